@@ -1,0 +1,51 @@
+"""kiwitrio: durable tasks, RPC and broadcasts over RabbitMQ, for Trio.
+
+Open a communicator with :func:`open_communicator` (``amqp://`` for RabbitMQ, ``memory://`` for
+the in-process broker) and use it inside the ``async with`` block.
+"""
+
+from ._broadcast import BroadcastFilter
+from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
+from ._communicator import DEFAULT_URL, Communicator, open_communicator
+from ._errors import (
+    CommunicatorClosed,
+    ConnectionFailed,
+    DecodeError,
+    DeliveryFailed,
+    DuplicateSubscriberIdentifier,
+    KiwitrioError,
+    QueueEmpty,
+    RemoteException,
+    TaskRejected,
+    UnroutableError,
+)
+from ._replies import ResultHandle
+from ._tasks import IncomingTask, TaskOutcome, TaskQueue
+from ._version import __version__
+
+__all__ = [
+    "CBOR_CONTENT_TYPE",
+    "DEFAULT_URL",
+    "BroadcastFilter",
+    "Communicator",
+    "CommunicatorClosed",
+    "ConnectionFailed",
+    "DecodeError",
+    "Decoder",
+    "DeliveryFailed",
+    "DuplicateSubscriberIdentifier",
+    "Encoder",
+    "IncomingTask",
+    "KiwitrioError",
+    "QueueEmpty",
+    "RemoteException",
+    "ResultHandle",
+    "TaskOutcome",
+    "TaskQueue",
+    "TaskRejected",
+    "UnroutableError",
+    "__version__",
+    "cbor_decode",
+    "cbor_encode",
+    "open_communicator",
+]

@@ -1,0 +1,401 @@
+"""The RabbitMQ backend: :class:`~kiwitrio._backend.Session` over aio-pika.
+
+Everything here that touches aio-pika or aiormq either runs inside an asyncio coroutine passed
+to :meth:`AsyncioBridge.run`, or is an asyncio callback that hands data to Trio with a
+synchronous ``send_nowait``. aio-pika sets up the connection and channels; the per-message
+hot paths (publish, deliver, ack) use the aiormq channel underneath to save a wrapper task
+per message.
+
+Channels: one with publisher confirms for publishing, one for declarations (a failed
+declaration closes its channel, so it is reopened on demand), one for ``basic.get``, and one
+per consumer, so that each consumer has its own prefetch window and closing one never
+requeues another's deliveries.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import aio_pika
+import aiormq
+import aiormq.exceptions
+import trio
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+
+from ._backend import (
+    Consumer,
+    Delivery,
+    ExchangeType,
+    OutgoingMessage,
+    QueueInUse,
+    QueueSpec,
+    Session,
+)
+from ._bridge import AsyncioBridge, open_asyncio_bridge
+from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, UnroutableError
+
+__all__ = ["open_amqp_session", "redact_url"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_PERSISTENT = 2
+_TRANSIENT = 1
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0] + ":***"
+    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+
+
+@asynccontextmanager
+async def open_amqp_session(url: str, *, heartbeat: float = 30.0) -> AsyncIterator[Session]:
+    """Connect to the broker at ``url`` for the duration of the block.
+
+    Raises :class:`~kiwitrio.ConnectionFailed` (naming the URL without its password) if the
+    broker cannot be reached.
+    """
+    async with open_asyncio_bridge() as bridge:
+        session = await _AmqpSession.connect(bridge, url, heartbeat=heartbeat)
+        try:
+            yield session
+        finally:
+            with trio.CancelScope(shield=True):
+                await session.aclose()
+
+
+class _AmqpDelivery(Delivery):
+    __slots__ = (
+        "_consumer",
+        "_message",
+        "_session",
+        "_settled",
+        "body",
+        "content_type",
+        "correlation_id",
+        "exchange",
+        "headers",
+        "redelivered",
+        "reply_to",
+        "routing_key",
+    )
+
+    def __init__(
+        self,
+        session: _AmqpSession,
+        message: DeliveredMessage,
+        consumer: _AmqpConsumer | None,
+    ) -> None:
+        self._session = session
+        self._message = message
+        self._consumer = consumer
+        self._settled = False
+        props = message.header.properties
+        self.body = message.body
+        self.content_type = props.content_type
+        self.correlation_id = props.correlation_id
+        self.reply_to = props.reply_to
+        self.headers = props.headers or {}
+        self.redelivered = bool(message.redelivered)
+        self.exchange = message.exchange or ""
+        self.routing_key = message.routing_key or ""
+
+    @property
+    def settled(self) -> bool:
+        return self._settled
+
+    async def ack(self) -> None:
+        await self._settle(lambda channel, tag: channel.basic_ack(tag))
+
+    async def reject(self, *, requeue: bool) -> None:
+        await self._settle(lambda channel, tag: channel.basic_reject(tag, requeue=requeue))
+
+    async def _settle(self, op: Callable[[aiormq.Channel, int], Awaitable[None]]) -> None:
+        if self._settled:
+            await trio.lowlevel.checkpoint()
+            return
+        self._settled = True
+        channel = self._message.channel
+        tag = self._message.delivery_tag
+        assert tag is not None
+        try:
+            if channel.is_closed:
+                raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
+            await self._session.bridge.run(op, channel, tag)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+            # The channel is gone, and with it the delivery: the broker requeued it.
+            if self._session.closed:
+                raise CommunicatorClosed("the connection is closed") from exc
+            logger.warning("could not settle a delivery, the broker will requeue it: %s", exc)
+        finally:
+            if self._consumer is not None:
+                self._consumer.settled_one()
+
+
+class _AmqpConsumer(Consumer):
+    def __init__(self, session: _AmqpSession, queue: str, channel: aio_pika.abc.AbstractChannel,
+                 prefetch_count: int) -> None:
+        self._session = session
+        self.queue = queue
+        self._channel = channel
+        self._send, self.deliveries = trio.open_memory_channel[Delivery](prefetch_count)
+        # A second receiving end on the same buffer, used only by cancel() to take back
+        # deliveries that nobody received.
+        self._reclaim = self.deliveries.clone()
+        self._tag: str | None = None
+        self._cancelled = False
+        self._unsettled = 0
+
+    async def start(self) -> None:
+        underlay = await self._session.bridge.run(self._channel.get_underlay_channel)
+        result = await self._session.bridge.run(
+            underlay.basic_consume, self.queue, self._on_message
+        )
+        self._tag = result.consumer_tag
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        # asyncio context: only synchronous Trio calls from here.
+        delivery = _AmqpDelivery(self._session, message, self)
+        self._unsettled += 1
+        if self._cancelled:
+            # Arrived after basic.cancel was sent: not ours any more.
+            await self._give_back(message)
+            return
+        try:
+            self._send.send_nowait(delivery)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            # Cannot happen while the broker honours prefetch; requeue rather than drop.
+            logger.error("consumer of %r got a delivery beyond its prefetch window", self.queue)
+            await self._give_back(message)
+
+    async def _give_back(self, message: DeliveredMessage) -> None:
+        assert message.delivery_tag is not None
+        try:
+            await message.channel.basic_reject(message.delivery_tag, requeue=True)
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            pass  # channel gone: the broker requeues it anyway
+        self.settled_one()
+
+    def settled_one(self) -> None:
+        self._unsettled -= 1
+        if self._cancelled and self._unsettled == 0:
+            self._session.spawn_close_channel(self._channel)
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            await trio.lowlevel.checkpoint()
+            return
+        self._cancelled = True
+        if self._tag is not None and not self._channel.is_closed:
+            try:
+                underlay = await self._session.bridge.run(self._channel.get_underlay_channel)
+                await self._session.bridge.run(underlay.basic_cancel, self._tag)
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+                pass
+        while True:
+            try:
+                delivery = self._reclaim.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            await delivery.reject(requeue=True)
+        self._send.close()
+        self._reclaim.close()
+        if self._unsettled == 0:
+            self._session.spawn_close_channel(self._channel)
+
+
+class _AmqpSession(Session):
+    def __init__(self, bridge: AsyncioBridge, url: str,
+                 connection: aio_pika.abc.AbstractConnection) -> None:
+        self.bridge = bridge
+        self.url = url
+        self._connection = connection
+        self._publish_channel: aio_pika.abc.AbstractChannel | None = None
+        self._admin_channel: aio_pika.abc.AbstractChannel | None = None
+        self._get_channel: aio_pika.abc.AbstractChannel | None = None
+        self._consumers: set[_AmqpConsumer] = set()
+        self.closed = False
+        props = connection.transport.connection.server_properties if connection.transport else {}
+        self.server_properties: Mapping[str, Any] = _decode_server_properties(props)
+
+    @classmethod
+    async def connect(cls, bridge: AsyncioBridge, url: str, *, heartbeat: float) -> _AmqpSession:
+        try:
+            connection = await bridge.run(_connect, url, heartbeat)
+        except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            raise ConnectionFailed(f"cannot connect to {redact_url(url)}: {exc}") from exc
+        return cls(bridge, url, connection)
+
+    # -- channels ---------------------------------------------------------------------------
+
+    async def _channel(self, current: aio_pika.abc.AbstractChannel | None,
+                       *, confirms: bool) -> aio_pika.abc.AbstractChannel:
+        self._check_open()
+        if current is not None and not current.is_closed:
+            return current
+        try:
+            return await self.bridge.run(
+                # (channel number, publisher_confirms, on_return_raises)
+                self._connection.channel, None, confirms, confirms
+            )
+        except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise self._connection_error(exc) from exc
+
+    async def _admin(self) -> aiormq.Channel:
+        self._admin_channel = await self._channel(self._admin_channel, confirms=False)
+        return await self.bridge.run(self._admin_channel.get_underlay_channel)
+
+    def spawn_close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
+        """Close ``channel`` in the background (callable from asyncio or Trio context)."""
+        if not channel.is_closed:
+            self.bridge.loop.create_task(_close_quietly(channel))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise CommunicatorClosed("the connection is closed")
+
+    def _connection_error(self, exc: BaseException) -> ConnectionFailed | CommunicatorClosed:
+        if self.closed:
+            return CommunicatorClosed("the connection is closed")
+        return ConnectionFailed(f"connection to {redact_url(self.url)} failed: {exc}")
+
+    async def _admin_op(self, fn: Callable[[aiormq.Channel], Awaitable[T]]) -> T:
+        channel = await self._admin()
+        try:
+            return await self.bridge.run(fn, channel)
+        except aiormq.exceptions.ChannelLockedResource as exc:
+            raise QueueInUse(str(exc)) from exc
+        except aiormq.exceptions.AMQPChannelError as exc:
+            raise DeliveryFailed(f"the broker refused: {exc}") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError,
+                aiormq.exceptions.ChannelInvalidStateError) as exc:
+            raise self._connection_error(exc) from exc
+
+    # -- Session ----------------------------------------------------------------------------
+
+    async def declare_exchange(self, name: str, type: ExchangeType, *, durable: bool,
+                               auto_delete: bool) -> None:
+        await self._admin_op(lambda ch: ch.exchange_declare(
+            name, exchange_type=type, durable=durable, auto_delete=auto_delete))
+
+    async def declare_queue(self, spec_: QueueSpec) -> str:
+        result = await self._admin_op(lambda ch: ch.queue_declare(
+            spec_.name or "", durable=spec_.durable, exclusive=spec_.exclusive,
+            auto_delete=spec_.auto_delete, arguments=dict(spec_.arguments)))
+        assert result.queue is not None
+        return result.queue
+
+    async def delete_queue(self, name: str) -> None:
+        await self._admin_op(lambda ch: ch.queue_delete(name))
+
+    async def delete_exchange(self, name: str) -> None:
+        await self._admin_op(lambda ch: ch.exchange_delete(name))
+
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self._admin_op(lambda ch: ch.queue_bind(queue, exchange, routing_key=routing_key))
+
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self._admin_op(lambda ch: ch.queue_unbind(queue, exchange, routing_key=routing_key))
+
+    async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage, *,
+                      mandatory: bool) -> None:
+        self._publish_channel = await self._channel(self._publish_channel, confirms=True)
+        properties = spec.Basic.Properties(
+            content_type=message.content_type,
+            delivery_mode=_PERSISTENT if message.persistent else _TRANSIENT,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            headers=dict(message.headers) if message.headers else None,
+            expiration=None if message.expiration_ms is None else str(message.expiration_ms),
+        )
+        try:
+            await self.bridge.run(_publish, self._publish_channel, exchange, routing_key,
+                                  message.body, properties, mandatory)
+        except aiormq.exceptions.PublishError as exc:
+            raise UnroutableError(
+                f"no queue is bound to {routing_key!r} on exchange {exchange!r}") from exc
+        except aiormq.exceptions.DeliveryError as exc:
+            raise DeliveryFailed(f"the broker did not accept the message: {exc}") from exc
+        except aiormq.exceptions.AMQPChannelError as exc:
+            raise DeliveryFailed(f"publishing to {exchange!r} failed: {exc}") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError,
+                aiormq.exceptions.ChannelInvalidStateError) as exc:
+            raise self._connection_error(exc) from exc
+
+    async def get(self, queue: str) -> Delivery | None:
+        self._get_channel = await self._channel(self._get_channel, confirms=False)
+        underlay = await self.bridge.run(self._get_channel.get_underlay_channel)
+        try:
+            message = await self.bridge.run(underlay.basic_get, queue)
+        except aiormq.exceptions.AMQPChannelError as exc:
+            raise DeliveryFailed(f"cannot get from {queue!r}: {exc}") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError,
+                aiormq.exceptions.ChannelInvalidStateError) as exc:
+            raise self._connection_error(exc) from exc
+        if isinstance(message.delivery, spec.Basic.GetEmpty):
+            return None
+        return _AmqpDelivery(self, message, None)
+
+    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
+        channel = await self._channel(None, confirms=False)
+        consumer = _AmqpConsumer(self, queue, channel, prefetch_count)
+        try:
+            await self.bridge.run(channel.set_qos, prefetch_count)
+            await consumer.start()
+        except aiormq.exceptions.ChannelLockedResource as exc:
+            raise QueueInUse(str(exc)) from exc
+        except aiormq.exceptions.AMQPChannelError as exc:
+            raise DeliveryFailed(f"cannot consume from {queue!r}: {exc}") from exc
+        except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            raise self._connection_error(exc) from exc
+        self._consumers.add(consumer)
+        return consumer
+
+    async def aclose(self) -> None:
+        if self.closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self.closed = True
+        for consumer in self._consumers:
+            consumer._send.close()
+        # Closing the connection requeues every unsettled delivery at the broker.
+        try:
+            await self.bridge.run(self._connection.close)
+        except Exception as exc:  # noqa: BLE001 - closing a broken connection may fail any way
+            logger.debug("error while closing the connection: %r", exc)
+
+
+async def _connect(url: str, heartbeat: float) -> aio_pika.abc.AbstractConnection:
+    # Heartbeats are negotiated in whole seconds; 0 turns them off.
+    return await aio_pika.connect(url, heartbeat=math.ceil(heartbeat) if heartbeat else 0)
+
+
+async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str, routing_key: str,
+                   body: bytes, properties: spec.Basic.Properties, mandatory: bool) -> None:
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_publish(body, exchange=exchange, routing_key=routing_key,
+                                 properties=properties, mandatory=mandatory)
+
+
+async def _close_quietly(channel: aio_pika.abc.AbstractChannel) -> None:
+    try:
+        await channel.close()
+    except Exception as exc:  # noqa: BLE001 - the channel may already be broken
+        logger.debug("error while closing a channel: %r", exc)
+
+
+def _decode_server_properties(props: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value.decode() if isinstance(value, bytes) else value
+            for key, value in props.items()}

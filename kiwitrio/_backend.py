@@ -1,0 +1,170 @@
+"""The broker interface that the message kinds are written against.
+
+Two implementations exist: :mod:`kiwitrio._amqp` (RabbitMQ through aio-pika) and
+:mod:`kiwitrio._memory` (a broker inside the process). Tasks, RPC and broadcasts
+(:mod:`kiwitrio._tasks`, :mod:`kiwitrio._rpc`, :mod:`kiwitrio._broadcast`) only use the small
+AMQP-shaped vocabulary defined here, so both backends give them the same semantics.
+
+All methods are Trio-flavoured. Cancelling a caller cancels the wait, not necessarily the
+operation: a cancelled :meth:`Session.publish` may still have reached the broker.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import trio
+
+__all__ = [
+    "Consumer",
+    "Delivery",
+    "ExchangeType",
+    "OutgoingMessage",
+    "QueueInUse",
+    "QueueSpec",
+    "Session",
+]
+
+ExchangeType = Literal["direct", "topic", "fanout"]
+
+#: AMQP queue arguments understood by both backends.
+DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
+DEAD_LETTER_ROUTING_KEY = "x-dead-letter-routing-key"
+
+
+class QueueInUse(Exception):
+    """Internal: an exclusive queue of that name belongs to another connection."""
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A message to publish. ``headers`` values must be AMQP field values (str, int, bytes...)."""
+
+    body: bytes
+    content_type: str
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    persistent: bool = False
+    #: Per-message time to live, in milliseconds (AMQP ``expiration``).
+    expiration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    """How to declare a queue. ``name=None`` asks the broker for a unique name."""
+
+    name: str | None
+    durable: bool = False
+    exclusive: bool = False
+    auto_delete: bool = False
+    arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Delivery(abc.ABC):
+    """A message handed to a consumer (or fetched with :meth:`Session.get`).
+
+    It stays unacknowledged, and so owned by this client, until :meth:`ack` or :meth:`reject`.
+    Settling twice is a no-op. If the session closes first, the broker requeues it.
+    """
+
+    body: bytes
+    content_type: str | None
+    correlation_id: str | None
+    reply_to: str | None
+    headers: Mapping[str, Any]
+    #: True when the broker delivered this message before (to this or another consumer).
+    redelivered: bool
+    exchange: str
+    routing_key: str
+
+    @property
+    @abc.abstractmethod
+    def settled(self) -> bool:
+        """True once acked or rejected (by us, or implicitly by a closed session)."""
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Tell the broker the message is done with; it is removed from its queue."""
+
+    @abc.abstractmethod
+    async def reject(self, *, requeue: bool) -> None:
+        """Give the message back (``requeue=True``) or dead-letter/drop it (``requeue=False``)."""
+
+
+class Consumer(abc.ABC):
+    """An active subscription to one queue.
+
+    Deliveries arrive on :attr:`deliveries`, a bounded channel: the broker never has more
+    than ``prefetch_count`` unsettled deliveries out to one consumer, and the channel holds
+    that many. The channel ends (``EndOfChannel``) when the consumer is cancelled or its
+    session closes.
+    """
+
+    deliveries: trio.MemoryReceiveChannel[Delivery]
+    queue: str
+
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop deliveries; deliveries still buffered and unsettled are requeued.
+
+        Deliveries already taken from :attr:`deliveries` remain the caller's to settle.
+        Idempotent.
+        """
+
+
+class Session(abc.ABC):
+    """One connection to a broker."""
+
+    #: What the broker said about itself (``product``, ``version``...).
+    server_properties: Mapping[str, Any]
+
+    @abc.abstractmethod
+    async def declare_exchange(
+        self, name: str, type: ExchangeType, *, durable: bool, auto_delete: bool
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def declare_queue(self, spec: QueueSpec) -> str:
+        """Declare (or check) a queue and return its name.
+
+        Raises :class:`QueueInUse` if it is exclusive to another connection.
+        """
+
+    @abc.abstractmethod
+    async def delete_queue(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_exchange(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str) -> None: ...
+
+    @abc.abstractmethod
+    async def publish(
+        self, exchange: str, routing_key: str, message: OutgoingMessage, *, mandatory: bool
+    ) -> None:
+        """Publish and wait for the broker's confirm.
+
+        Raises :class:`~kiwitrio.UnroutableError` if ``mandatory`` and no queue took it,
+        :class:`~kiwitrio.DeliveryFailed` if the broker refused it or the connection failed
+        before it confirmed.
+        """
+
+    @abc.abstractmethod
+    async def get(self, queue: str) -> Delivery | None:
+        """Fetch one message without consuming (``basic.get``); ``None`` if the queue is empty."""
+
+    @abc.abstractmethod
+    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
+        """Start consuming ``queue`` with at most ``prefetch_count`` unsettled deliveries."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Close the connection. Unsettled deliveries go back to their queues. Idempotent."""

@@ -1,0 +1,139 @@
+"""The one place where Trio meets asyncio.
+
+aio-pika is an asyncio library. trio-asyncio runs an asyncio event loop *inside* the Trio run,
+in the same thread: asyncio callbacks execute inside a Trio task. Two rules follow:
+
+* Trio code must not ``await`` asyncio objects (and vice versa). Trio code runs an asyncio
+  coroutine with :meth:`AsyncioBridge.run`.
+* asyncio callbacks may call *synchronous* Trio APIs (``MemorySendChannel.send_nowait``,
+  ``Event.set``...), which is how deliveries cross from aio-pika to Trio without a hop.
+
+Speed: trio-asyncio's stock main loop takes one asyncio handle per Trio checkpoint, entering a
+cancel scope and awaiting a memory channel for each. Under message load that is most of the
+CPU time. :func:`open_asyncio_bridge` swaps in a main loop step that, after the first handle,
+runs every handle that is already ready (up to :data:`BATCH_LIMIT`) before yielding to Trio.
+It keeps the stock loop's order and semantics (timers, Trio-task handles, cancelled handles,
+sniffio), and is only installed on the trio-asyncio version it was tested with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+import trio_asyncio
+
+from ._groups import BaseExceptionGroup, single_leaf
+from sniffio import thread_local as sniffio_library
+from trio_asyncio._handles import AsyncHandle
+
+__all__ = ["BATCH_LIMIT", "AsyncioBridge", "open_asyncio_bridge"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Most asyncio handles run in one go before the main loop yields to other Trio tasks.
+#: Bounds how long Trio tasks can be starved by a flood of asyncio callbacks.
+BATCH_LIMIT = 256
+
+# The batched step reaches into trio-asyncio's private loop state, so it is pinned to the
+# versions it was read against and tested with (tests/test_bridge.py).
+_BATCHED_LOOP_VERSIONS = frozenset({"0.16.0"})
+
+#: Set to "1" to run trio-asyncio's stock main loop (for comparison and debugging).
+STOCK_LOOP_ENV = "KIWITRIO_STOCK_ASYNCIO_LOOP"
+
+
+class AsyncioBridge:
+    """Runs asyncio-flavoured code from Trio on one trio-asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, batched: bool) -> None:
+        self.loop = loop
+        #: Whether the batched main loop step is in use.
+        self.batched = batched
+
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` as an asyncio task and return its result.
+
+        Cancelling the Trio caller cancels the asyncio task and raises ``trio.Cancelled``.
+        """
+        result: T = await self.loop.run_aio_coroutine(fn(*args))  # type: ignore[attr-defined]
+        return result
+
+
+@asynccontextmanager
+async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
+    """Open a trio-asyncio loop (batched when supported) for the duration of the block."""
+    body_error: BaseException | None = None
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            batched = _install_batched_main_loop(loop)
+            try:
+                yield AsyncioBridge(loop, batched)
+            except BaseException as exc:
+                body_error = exc
+                raise
+    except BaseExceptionGroup as group:
+        # open_loop() runs the body inside nurseries of its own, which wrap whatever the
+        # body raised in exception groups. Give the caller back the exception it raised.
+        if body_error is not None and single_leaf(group) is body_error:
+            raise body_error from None
+        raise
+
+
+def _install_batched_main_loop(loop: Any) -> bool:
+    if os.environ.get(STOCK_LOOP_ENV) == "1":
+        return False
+    version = getattr(trio_asyncio, "__version__", "")
+    if version not in _BATCHED_LOOP_VERSIONS:
+        logger.info("trio-asyncio %s is untested with the batched main loop; using stock", version)
+        return False
+    # _main_loop() looks the step up on the instance on every iteration, so an instance
+    # attribute takes over from the next step on, for this loop only.
+    loop._main_loop_one = types.MethodType(_batched_main_loop_one, loop)
+    return True
+
+
+_stock_main_loop_one = trio_asyncio.TrioEventLoop._main_loop_one
+
+
+async def _batched_main_loop_one(loop: Any, no_wait: bool = False) -> None:
+    # The stock step blocks until there is work (or a timer is due) and runs one handle.
+    await _stock_main_loop_one(loop, no_wait)
+    if no_wait:
+        return
+    # Then run what is ready now, without a checkpoint per handle. A due timer goes first,
+    # as in the stock loop, which checks timers before the queue.
+    for _ in range(BATCH_LIMIT):
+        if loop._timers and loop._timers[0]._when <= loop.time():
+            handle = heapq.heappop(loop._timers)
+        else:
+            try:
+                handle = loop._q_recv.receive_nowait()
+            except trio.WouldBlock:
+                return
+            if isinstance(handle, asyncio.TimerHandle):
+                heapq.heappush(loop._timers, handle)
+                continue
+        await _run_handle(loop, handle)
+
+
+async def _run_handle(loop: Any, handle: Any) -> None:
+    # Mirrors the dispatch at the end of the stock _main_loop_one.
+    if isinstance(handle, AsyncHandle):
+        handle._context.run(loop._nursery.start_soon, handle._run, name=handle._callback)
+        await handle._started.wait()
+    elif not handle._cancelled:
+        previous, sniffio_library.name = sniffio_library.name, "asyncio"
+        try:
+            handle._run()
+        finally:
+            sniffio_library.name = previous

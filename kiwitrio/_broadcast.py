@@ -1,0 +1,223 @@
+"""Broadcasts: one-to-many, fire-and-forget messages with subject and sender filters.
+
+Broadcasts go to the message exchange (a topic exchange) with the subject as routing key.
+Each communicator with broadcast subscribers has one exclusive queue, bound with the union of
+its subscribers' binding keys. A :class:`BroadcastFilter` on a subject gives a binding key
+that matches a superset of what the filter accepts (``jobs.*`` binds ``jobs.#``), so the
+broker drops most unwanted broadcasts before they cross the network, and the filter itself
+decides exactly. Broadcasts are not persistent and expire after :data:`BROADCAST_TTL_MS`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec
+from ._context import Context
+from ._errors import DecodeError, DuplicateSubscriberIdentifier
+from ._invoke import call_subscriber
+
+__all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
+
+logger = logging.getLogger("kiwitrio.broadcast")
+
+BroadcastSubscriber = Callable[[Any, Any, Any, Any, Any], Any]
+
+#: Broadcasts not consumed within this time are dropped by the broker (as in kiwiPy).
+BROADCAST_TTL_MS = 66_000
+BROADCAST_PREFETCH = 64
+_MAX_ROUTING_KEY_BYTES = 255
+# Broadcasts without a str subject travel under this routing key; every filtered binding also
+# binds it, because a filter lets a broadcast without subject through (as kiwiPy's does).
+_NO_SUBJECT_KEY = ""
+_MATCH_ALL = "#"
+
+_Matcher = Callable[[Any], bool]
+
+
+def _matcher(pattern: Any) -> _Matcher:
+    """A str with ``*`` (any run of characters), a compiled regex, or a value to compare."""
+    if isinstance(pattern, str):
+        regex = re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+        return lambda value: isinstance(value, str) and regex.fullmatch(value) is not None
+    if isinstance(pattern, re.Pattern):
+        return lambda value: isinstance(value, str) and pattern.match(value) is not None
+    return lambda value: bool(value == pattern)
+
+
+def _binding_key(pattern: Any) -> str:
+    """A topic binding key that matches at least every subject ``pattern`` accepts."""
+    if not isinstance(pattern, str):
+        return _MATCH_ALL
+    words = pattern.split(".")
+    for index, word in enumerate(words):
+        # '*' may span dots in a filter, so from the first word holding one on, anything goes.
+        if "*" in word or "#" in word:
+            return ".".join([*words[:index], _MATCH_ALL])
+    return pattern
+
+
+class BroadcastFilter:
+    """Wraps a broadcast subscriber so that it only sees some broadcasts.
+
+    ``subject`` and ``sender`` each take a str where ``*`` matches any run of characters
+    (``"state_changed.*"``), a compiled regex (matched at the start), or any other value
+    compared with ``==``. Several filters of one kind (:meth:`add_subject_filter`) accept a
+    broadcast if any matches. As in kiwiPy, a broadcast whose subject (or sender) is ``None``
+    is not filtered on it.
+    """
+
+    def __init__(self, subscriber: BroadcastSubscriber, subject: Any = None,
+                 sender: Any = None) -> None:
+        self._subscriber = subscriber
+        self._subject_patterns: list[Any] = []
+        self._subject_filters: list[_Matcher] = []
+        self._sender_filters: list[_Matcher] = []
+        if subject is not None:
+            self.add_subject_filter(subject)
+        if sender is not None:
+            self.add_sender_filter(sender)
+
+    @property
+    def subscriber(self) -> BroadcastSubscriber:
+        return self._subscriber
+
+    def add_subject_filter(self, subject_filter: Any) -> None:
+        self._subject_patterns.append(subject_filter)
+        self._subject_filters.append(_matcher(subject_filter))
+
+    def add_sender_filter(self, sender_filter: Any) -> None:
+        self._sender_filters.append(_matcher(sender_filter))
+
+    def is_filtered(self, sender: Any, subject: Any) -> bool:
+        """True if this filter keeps the broadcast away from the subscriber."""
+        return _rejects(self._subject_filters, subject) or _rejects(self._sender_filters, sender)
+
+    def binding_keys(self) -> set[str]:
+        if not self._subject_patterns:
+            return {_MATCH_ALL}
+        return {_NO_SUBJECT_KEY, *(_binding_key(p) for p in self._subject_patterns)}
+
+    def __call__(self, communicator: Any, body: Any, sender: Any = None, subject: Any = None,
+                 correlation_id: Any = None) -> Any:
+        if self.is_filtered(sender, subject):
+            return None
+        return self._subscriber(communicator, body, sender, subject, correlation_id)
+
+
+def _rejects(filters: list[_Matcher], value: Any) -> bool:
+    return value is not None and bool(filters) and not any(f(value) for f in filters)
+
+
+def binding_keys(subscriber: BroadcastSubscriber) -> set[str]:
+    if isinstance(subscriber, BroadcastFilter):
+        return subscriber.binding_keys()
+    return {_MATCH_ALL}
+
+
+class BroadcastHub:
+    """The broadcast subscribers of one communicator, and sending broadcasts."""
+
+    def __init__(self, ctx: Context, *, exchange: str) -> None:
+        self._ctx = ctx
+        self._exchange = exchange
+        self._subscribers: dict[Any, BroadcastSubscriber] = {}
+        self._bindings: Counter[str] = Counter()
+        self._queue: str | None = None
+        self._lock = trio.Lock()
+        self._ids = itertools.count()
+
+    async def send(self, body: Any, sender: Any = None, subject: Any = None,
+                   correlation_id: Any = None) -> None:
+        self._ctx.check_open()
+        routing_key = subject if isinstance(subject, str) else _NO_SUBJECT_KEY
+        if len(routing_key.encode()) > _MAX_ROUTING_KEY_BYTES:
+            raise ValueError(f"a broadcast subject must be at most {_MAX_ROUTING_KEY_BYTES} bytes")
+        envelope = {"body": body, "sender": sender, "subject": subject,
+                    "correlation_id": correlation_id}
+        message = OutgoingMessage(self._ctx.encode(envelope), self._ctx.content_type,
+                                  expiration_ms=BROADCAST_TTL_MS)
+        await self._ctx.session.publish(self._exchange, routing_key, message, mandatory=False)
+
+    async def add(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
+        self._ctx.check_open()
+        if identifier is None:
+            identifier = f"broadcast-subscriber-{next(self._ids)}"
+        async with self._lock:
+            if identifier in self._subscribers:
+                raise DuplicateSubscriberIdentifier(f"broadcast subscriber {identifier!r} exists")
+            queue = self._queue or await self._open()
+            await self._bind(queue, binding_keys(subscriber))
+            self._subscribers[identifier] = subscriber
+        return identifier
+
+    async def remove(self, identifier: Any) -> None:
+        self._ctx.check_open()
+        async with self._lock:
+            subscriber = self._subscribers.pop(identifier, None)
+            if subscriber is None:
+                raise ValueError(f"no broadcast subscriber {identifier!r}")
+            if self._queue is not None:
+                await self._unbind(self._queue, binding_keys(subscriber))
+
+    async def _open(self) -> str:
+        session = self._ctx.session
+        self._queue = await session.declare_queue(
+            QueueSpec(None, exclusive=True, auto_delete=True))
+        consumer = await session.consume(self._queue, prefetch_count=BROADCAST_PREFETCH)
+        self._ctx.nursery.start_soon(self._dispatch, consumer, name="kiwitrio broadcasts")
+        return self._queue
+
+    async def _bind(self, queue: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            if self._bindings[key] == 0:
+                await self._ctx.session.bind_queue(queue, self._exchange, key)
+            self._bindings[key] += 1
+
+    async def _unbind(self, queue: str, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._bindings[key] -= 1
+            if self._bindings[key] == 0:
+                del self._bindings[key]
+                await self._ctx.session.unbind_queue(queue, self._exchange, key)
+
+    async def _dispatch(self, consumer: Consumer) -> None:
+        async with trio.open_nursery() as handlers:
+            async for delivery in consumer.deliveries:
+                handlers.start_soon(self._handle, delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            envelope = _parse_envelope(self._ctx.decode(delivery))
+        except DecodeError as exc:
+            await self._ctx.reject_visibly(delivery, "broadcast", exc)
+            return
+        async with trio.open_nursery() as calls:
+            for subscriber in list(self._subscribers.values()):
+                calls.start_soon(self._call, subscriber, envelope)
+        await delivery.ack()
+
+    async def _call(self, subscriber: BroadcastSubscriber, envelope: dict[str, Any]) -> None:
+        if isinstance(subscriber, BroadcastFilter):
+            if subscriber.is_filtered(envelope["sender"], envelope["subject"]):
+                return
+            subscriber = subscriber.subscriber
+        try:
+            await call_subscriber(subscriber, self._ctx.communicator, envelope["body"],
+                                  envelope["sender"], envelope["subject"],
+                                  envelope["correlation_id"])
+        except Exception:
+            logger.exception("broadcast subscriber %r raised", subscriber)
+
+
+def _parse_envelope(envelope: Any) -> dict[str, Any]:
+    if not isinstance(envelope, dict) or "body" not in envelope:
+        raise DecodeError(f"not a broadcast envelope: {envelope!r:.200}")
+    return {key: envelope.get(key) for key in ("body", "sender", "subject", "correlation_id")}

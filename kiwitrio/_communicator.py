@@ -1,0 +1,225 @@
+"""The Communicator: tasks, RPC and broadcasts over one broker connection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._backend import Session
+from ._broadcast import BroadcastHub, BroadcastSubscriber
+from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
+from ._context import SHUTDOWN_GRACE, Context
+from ._groups import BaseExceptionGroup, single_leaf
+from ._replies import ReplyRouter, ResultHandle
+from ._rpc import RpcHub, RpcSubscriber
+from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
+
+__all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
+
+logger = logging.getLogger("kiwitrio")
+
+DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_MESSAGE_EXCHANGE = "kiwitrio.messages"
+DEFAULT_TASK_EXCHANGE = "kiwitrio.tasks"
+DEFAULT_TASK_QUEUE = "kiwitrio.tasks"
+DEFAULT_TASK_PREFETCH = 1
+
+
+@asynccontextmanager
+async def open_communicator(
+    url: str = DEFAULT_URL,
+    *,
+    message_exchange: str = DEFAULT_MESSAGE_EXCHANGE,
+    task_exchange: str = DEFAULT_TASK_EXCHANGE,
+    task_queue: str = DEFAULT_TASK_QUEUE,
+    task_prefetch_count: int = DEFAULT_TASK_PREFETCH,
+    encoder: Encoder = cbor_encode,
+    decoder: Decoder = cbor_decode,
+    content_type: str | None = None,
+    testing_mode: bool = False,
+    heartbeat: float = 30.0,
+) -> AsyncIterator[Communicator]:
+    """Connect to a broker and yield a :class:`Communicator` for the block.
+
+    ``url`` is an ``amqp://`` (or ``amqps://``) URL, or ``memory://[name]`` for the in-process
+    broker (communicators opened with the same memory URL in one Trio run share it).
+
+    ``encoder``/``decoder`` default to CBOR; ``content_type`` labels what the encoder makes
+    (default ``application/cbor`` for CBOR, ``application/octet-stream`` otherwise) and
+    messages with another content type are rejected. ``testing_mode`` makes exchanges
+    auto-delete and queues expire once unused, so that tests leave nothing behind.
+
+    Leaving the block stops consuming, gives tasks still being processed back to the queue,
+    fails pending results with :class:`~kiwitrio.CommunicatorClosed` and closes the
+    connection. Raises :class:`~kiwitrio.ConnectionFailed` if the broker cannot be reached.
+    """
+    if content_type is None:
+        content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
+    body_error: BaseException | None = None
+    try:
+        async with _open_session(url, heartbeat=heartbeat) as session:
+            async with trio.open_nursery() as nursery:
+                ctx = Context(session=session, nursery=nursery, encoder=encoder,
+                              decoder=decoder, content_type=content_type, communicator=None,
+                              testing_mode=testing_mode)
+                comm = Communicator(ctx, message_exchange=message_exchange,
+                                    task_exchange=task_exchange, task_queue=task_queue,
+                                    task_prefetch_count=task_prefetch_count)
+                try:
+                    await comm._declare()
+                    yield comm
+                except BaseException as exc:
+                    body_error = exc
+                    raise
+                finally:
+                    await comm._shut_down()
+    except BaseExceptionGroup as group:
+        # The nursery wrapped the block's own exception: hand it back unwrapped.
+        if body_error is not None and single_leaf(group) is body_error:
+            raise body_error from None
+        raise
+
+
+@asynccontextmanager
+async def _open_session(url: str, *, heartbeat: float) -> AsyncIterator[Session]:
+    if url.startswith("memory:"):
+        from ._memory import open_memory_session
+
+        async with open_memory_session(url) as session:
+            yield session
+    elif url.startswith(("amqp:", "amqps:")):
+        from ._amqp import open_amqp_session
+
+        async with open_amqp_session(url, heartbeat=heartbeat) as session:
+            yield session
+    else:
+        raise ValueError(f"unsupported broker URL {url!r}: use amqp://, amqps:// or memory://")
+
+
+class Communicator:
+    """Tasks, RPC and broadcasts over one broker connection.
+
+    Made by :func:`open_communicator`; every method is a Trio-flavoured coroutine and raises
+    :class:`~kiwitrio.CommunicatorClosed` once the communicator is closed. Subscribers may be
+    async functions (run in the communicator's nursery) or plain functions (run in a worker
+    thread); either may return an awaitable or a ``concurrent.futures.Future``.
+    """
+
+    def __init__(self, ctx: Context, *, message_exchange: str, task_exchange: str,
+                 task_queue: str, task_prefetch_count: int) -> None:
+        ctx.communicator = self
+        self._ctx = ctx
+        self._message_exchange = message_exchange
+        self._task_exchange = task_exchange
+        self._replies = ReplyRouter(ctx)
+        self._rpc = RpcHub(ctx, self._replies, exchange=message_exchange)
+        self._broadcasts = BroadcastHub(ctx, exchange=message_exchange)
+        self._task_queues: dict[str, TaskQueue] = {}
+        self._default_queue = self._new_task_queue(task_queue, task_prefetch_count)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def _declare(self) -> None:
+        session, auto_delete = self._ctx.session, self._ctx.testing_mode
+        await session.declare_exchange(self._message_exchange, "topic", durable=True,
+                                       auto_delete=auto_delete)
+        await session.declare_exchange(self._task_exchange, "direct", durable=True,
+                                       auto_delete=auto_delete)
+        await session.declare_exchange(dead_letter_exchange_name(self._task_exchange), "direct",
+                                       durable=True, auto_delete=auto_delete)
+        await self._default_queue.declare()
+
+    async def _shut_down(self) -> None:
+        if self._ctx.closed:
+            return
+        self._ctx.closed = True
+        self._replies.close()
+        # Cancelling the nursery stops consumers and cancels subscribers still working;
+        # each gives its delivery back to the queue. Closing the session requeues the rest.
+        self._ctx.nursery.cancel_scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+            await self._ctx.session.aclose()
+
+    def is_closed(self) -> bool:
+        return self._ctx.closed
+
+    @property
+    def server_properties(self) -> Mapping[str, Any]:
+        """What the broker said about itself; ``server_properties["version"]`` and so on."""
+        return self._ctx.session.server_properties
+
+    # -- tasks ------------------------------------------------------------------------------
+
+    def _new_task_queue(self, name: str, prefetch_count: int) -> TaskQueue:
+        queue = TaskQueue(self._ctx, self._replies, name=name, exchange=self._task_exchange,
+                          prefetch_count=prefetch_count)
+        self._task_queues[name] = queue
+        return queue
+
+    async def task_queue(self, name: str, prefetch_count: int | None = None) -> TaskQueue:
+        """The durable task queue ``name`` (declared if new), with the same task methods.
+
+        ``prefetch_count`` (default: the communicator's ``task_prefetch_count``) is how many
+        tasks its subscribers may work on at once.
+        """
+        self._ctx.check_open()
+        if name in self._task_queues:
+            return self._task_queues[name]
+        queue = TaskQueue(self._ctx, self._replies, name=name, exchange=self._task_exchange,
+                          prefetch_count=prefetch_count or self._default_queue.prefetch_count)
+        await queue.declare()
+        return self._task_queues.setdefault(name, queue)
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> ResultHandle:
+        """Send a task to the default task queue; see :meth:`TaskQueue.task_send`."""
+        return await self._default_queue.task_send(task, no_reply=no_reply)
+
+    async def add_task_subscriber(self, subscriber: TaskSubscriber,
+                                  identifier: Any = None) -> Any:
+        """Work on tasks of the default queue; see :meth:`TaskQueue.add_task_subscriber`."""
+        return await self._default_queue.add_task_subscriber(subscriber, identifier)
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        await self._default_queue.remove_task_subscriber(identifier)
+
+    # -- RPC --------------------------------------------------------------------------------
+
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: str) -> str:
+        """Answer RPCs sent to ``identifier`` with ``subscriber(communicator, msg)``.
+
+        Raises :class:`~kiwitrio.DuplicateSubscriberIdentifier` if any communicator on the
+        broker already subscribes with that identifier.
+        """
+        return await self._rpc.add(subscriber, identifier)
+
+    async def remove_rpc_subscriber(self, identifier: str) -> None:
+        await self._rpc.remove(identifier)
+
+    async def rpc_send(self, recipient_id: str, msg: Any) -> ResultHandle:
+        """Call the RPC subscriber ``recipient_id``; ``await`` the handle for its answer.
+
+        Raises :class:`~kiwitrio.UnroutableError` at once if nobody subscribes with that
+        identifier. The handle raises :class:`~kiwitrio.RemoteException` if the subscriber
+        raised. Bound the wait with ``trio.fail_after``.
+        """
+        return await self._rpc.send(recipient_id, msg)
+
+    # -- broadcasts -------------------------------------------------------------------------
+
+    async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber,
+                                       identifier: Any = None) -> Any:
+        """Call ``subscriber(communicator, body, sender, subject, correlation_id)`` for
+        broadcasts (wrap it in a :class:`~kiwitrio.BroadcastFilter` to filter them)."""
+        return await self._broadcasts.add(subscriber, identifier)
+
+    async def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        await self._broadcasts.remove(identifier)
+
+    async def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
+                             correlation_id: Any = None) -> None:
+        """Send a broadcast to every matching subscriber; returns once the broker has it."""
+        await self._broadcasts.send(body, sender, subject, correlation_id)

@@ -1,0 +1,83 @@
+"""State shared by the message kinds of one communicator: session, nursery, codec."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ._backend import Delivery, Session
+from ._codec import Decoder, Encoder
+from ._errors import CommunicatorClosed, DecodeError
+
+__all__ = ["Context"]
+
+logger = logging.getLogger("kiwitrio")
+
+#: How long shutdown work (giving deliveries back) may take before it is abandoned; the
+#: broker requeues whatever is left when the connection closes anyway.
+SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(eq=False)
+class Context:
+    session: Session
+    #: The communicator's nursery: every background task of the communicator runs here.
+    nursery: trio.Nursery
+    encoder: Encoder
+    decoder: Decoder
+    content_type: str
+    #: Passed as first argument to subscribers.
+    communicator: Any
+    testing_mode: bool
+    closed: bool = False
+    #: Extra queue arguments for durable queues in testing mode (expire when unused).
+    testing_queue_arguments: Mapping[str, Any] = field(
+        default_factory=lambda: {"x-expires": 60_000}
+    )
+
+    def check_open(self) -> None:
+        if self.closed:
+            raise CommunicatorClosed("the communicator is closed")
+
+    def encode(self, value: Any) -> bytes:
+        """Encode ``value``; :class:`TypeError` names what could not be encoded."""
+        try:
+            return self.encoder(value)
+        except TypeError:
+            raise
+        except Exception as exc:
+            raise TypeError(f"cannot encode {type(value).__qualname__}: {exc}") from exc
+
+    def decode(self, delivery: Delivery) -> Any:
+        """Decode a delivery's body or raise :class:`DecodeError` saying why not."""
+        if delivery.content_type != self.content_type:
+            raise DecodeError(
+                f"unexpected content type {delivery.content_type!r} "
+                f"(expected {self.content_type!r})"
+            )
+        try:
+            return self.decoder(delivery.body)
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"cannot decode message: {exc}") from exc
+
+    async def reject_visibly(self, delivery: Delivery, what: str, reason: Exception) -> None:
+        """Log and dead-letter a message that cannot be handled (it is never redelivered)."""
+        logger.error(
+            "rejecting %s (routing key %r, %d bytes, correlation id %r): %s",
+            what, delivery.routing_key, len(delivery.body), delivery.correlation_id, reason,
+        )
+        await delivery.reject(requeue=False)
+
+    async def give_back(self, delivery: Delivery) -> None:
+        """Requeue ``delivery``; safe to call while being cancelled."""
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+            try:
+                await delivery.reject(requeue=True)
+            except CommunicatorClosed:
+                pass  # the connection is gone: the broker requeued it already

@@ -1,0 +1,87 @@
+"""The exception hierarchy of kiwitrio.
+
+Every exception kiwitrio raises on purpose derives from :class:`KiwitrioError`, so that
+``except kiwitrio.KiwitrioError`` catches all of them. The names follow kiwiPy's.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CommunicatorClosed",
+    "ConnectionFailed",
+    "DecodeError",
+    "DeliveryFailed",
+    "DuplicateSubscriberIdentifier",
+    "KiwitrioError",
+    "QueueEmpty",
+    "RemoteException",
+    "TaskRejected",
+    "UnroutableError",
+]
+
+
+class KiwitrioError(Exception):
+    """Base class of every error kiwitrio raises."""
+
+
+class CommunicatorClosed(KiwitrioError):
+    """The communicator (or the queue) was used after it was closed."""
+
+
+class ConnectionFailed(KiwitrioError):
+    """The broker could not be reached or the connection was lost.
+
+    The message names the broker URL with its password removed.
+    """
+
+
+class DeliveryFailed(KiwitrioError):
+    """The broker did not accept a message (negative publisher confirm, closed channel...)."""
+
+
+class UnroutableError(DeliveryFailed):
+    """The broker could not route a message to any queue.
+
+    Raised by :meth:`~kiwitrio.Communicator.rpc_send` when nobody subscribes with that
+    identifier, and by :meth:`~kiwitrio.Communicator.task_send` when the task queue
+    does not exist.
+    """
+
+
+class TaskRejected(KiwitrioError):
+    """Raised by a task subscriber to decline a task.
+
+    The task is offered to the communicator's next task subscriber and, when all of them
+    declined, given back to the queue for another worker.
+    """
+
+
+class QueueEmpty(KiwitrioError):
+    """:meth:`~kiwitrio.TaskQueue.next_task` found no task within its timeout."""
+
+
+class DuplicateSubscriberIdentifier(KiwitrioError):
+    """A subscriber with that identifier already exists (here, or for RPC anywhere)."""
+
+
+class DecodeError(KiwitrioError):
+    """A message body could not be decoded, or has the wrong structure."""
+
+
+class RemoteException(KiwitrioError):
+    """The remote subscriber raised an exception while handling the message.
+
+    Attributes:
+        remote_type: qualified name of the remote exception's class, e.g. ``"ValueError"``.
+        remote_message: ``str()`` of the remote exception.
+        remote_traceback: the remote traceback, formatted, or ``""``.
+    """
+
+    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {remote_message}")
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type[RemoteException], tuple[str, str, str]]:
+        return (type(self), (self.remote_type, self.remote_message, self.remote_traceback))

@@ -1,0 +1,30 @@
+"""Exception groups around context managers that run the caller's block inside a nursery.
+
+Trio wraps whatever escapes a nursery in a ``BaseExceptionGroup``. When the block of one of our
+context managers raises, the caller should get that exception back, not a group around it
+(``open_communicator`` would otherwise turn a plain ``ValueError`` into a group).
+"""
+
+from __future__ import annotations
+
+import sys
+
+if sys.version_info >= (3, 11):
+    BaseExceptionGroup = BaseExceptionGroup  # noqa: PLW0127 - re-exported for 3.10's sake
+else:
+    from exceptiongroup import BaseExceptionGroup
+
+__all__ = ["BaseExceptionGroup", "single_leaf"]
+
+
+def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only non-group exception inside ``group`` (however nested), or ``None``."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None

@@ -1,0 +1,83 @@
+"""Running user subscribers, whatever their flavour.
+
+A subscriber may be an async function (awaited in the calling Trio task), or a plain function
+(run in a worker thread with :func:`trio.to_thread.run_sync`, so that it can block without
+stalling deliveries, heartbeats or other subscribers). Either may return an awaitable or a
+:class:`concurrent.futures.Future`; the outcome is what that resolves to.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+__all__ = ["call_subscriber", "is_async_callable", "wait_concurrent_future"]
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for async functions, partials of them and objects with an async ``__call__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method, not callable()
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+async def call_subscriber(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn(*args)`` and return its final outcome (awaiting what it returns).
+
+    Cancellation: an async subscriber is cancelled with the caller. A sync subscriber's
+    thread cannot be interrupted; the caller abandons it and raises ``trio.Cancelled`` at
+    once, and the thread's eventual result is discarded.
+    """
+    if is_async_callable(fn):
+        result = await fn(*args)
+    else:
+        result = await trio.to_thread.run_sync(
+            functools.partial(fn, *args), abandon_on_cancel=True
+        )
+    return await resolve(result)
+
+
+async def resolve(result: Any) -> Any:
+    """Await ``result`` if it is an awaitable or a concurrent future, repeatedly."""
+    while True:
+        if isinstance(result, concurrent.futures.Future):
+            result = await wait_concurrent_future(result)
+        elif inspect.isawaitable(result):
+            result = await _await(result)
+        else:
+            return result
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+async def wait_concurrent_future(future: concurrent.futures.Future[Any]) -> Any:
+    """Wait for a :class:`concurrent.futures.Future` without blocking Trio.
+
+    Cancelling the caller cancels the future (if it has not started running yet).
+    """
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def on_done(_: concurrent.futures.Future[Any]) -> None:
+        try:
+            token.run_sync_soon(done.set)
+        except trio.RunFinishedError:
+            pass
+
+    future.add_done_callback(on_done)
+    try:
+        await done.wait()
+    except trio.Cancelled:
+        future.cancel()
+        raise
+    return future.result()

@@ -1,0 +1,207 @@
+"""Results coming back: the reply envelope, :class:`ResultHandle`, and the reply queue.
+
+A task or RPC that wants an answer carries ``reply_to`` (this communicator's exclusive reply
+queue) and a fresh ``correlation_id``. The worker publishes the envelope
+``{"result": value}`` or ``{"exception": {"type", "message", "traceback"}}`` there, encoded
+with the communicator's encoder, before it acknowledges the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+import uuid
+import weakref
+from collections.abc import Callable, Generator
+from typing import Any
+
+import trio
+
+from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec
+from ._context import Context
+from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
+
+__all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "result_envelope"]
+
+logger = logging.getLogger("kiwitrio.replies")
+
+_REPLY_PREFETCH = 256
+_MISSING: Any = object()
+
+
+def result_envelope(value: Any) -> dict[str, Any]:
+    return {"result": value}
+
+
+def exception_envelope(exc: BaseException) -> dict[str, Any]:
+    return {
+        "exception": {
+            "type": type(exc).__qualname__,
+            "message": str(exc),
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+        }
+    }
+
+
+def _parse_envelope(envelope: Any) -> tuple[Any, BaseException | None]:
+    if isinstance(envelope, dict):
+        if "result" in envelope:
+            return envelope["result"], None
+        info = envelope.get("exception")
+        if isinstance(info, dict):
+            return None, RemoteException(
+                str(info.get("type", "Exception")),
+                str(info.get("message", "")),
+                str(info.get("traceback", "")),
+            )
+    raise DecodeError(f"not a reply envelope: {envelope!r:.200}")
+
+
+class ResultHandle:
+    """The eventual outcome of :meth:`~kiwitrio.Communicator.task_send` or ``rpc_send``.
+
+    ``await handle`` waits for the result and returns it, or raises
+    :class:`~kiwitrio.RemoteException` if the remote subscriber raised, or
+    :class:`~kiwitrio.CommunicatorClosed` if this communicator closed first. Awaiting can be
+    repeated; cancelling an ``await`` cancels only that wait.
+    """
+
+    __slots__ = ("__weakref__", "_callbacks", "_error", "_event", "_value", "correlation_id")
+
+    def __init__(self, correlation_id: str | None) -> None:
+        self.correlation_id = correlation_id
+        self._event = trio.Event()
+        self._value: Any = _MISSING
+        self._error: BaseException | None = None
+        self._callbacks: list[Callable[[ResultHandle], None]] = []
+
+    @classmethod
+    def completed(cls, value: Any) -> ResultHandle:
+        handle = cls(None)
+        handle._set(value, None)
+        return handle
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def result(self) -> Any:
+        """The result now; raises :class:`RuntimeError` if there is none yet."""
+        if not self.done():
+            raise RuntimeError("the result has not arrived yet")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        if not self.done():
+            raise RuntimeError("the result has not arrived yet")
+        return self._error
+
+    def add_done_callback(self, fn: Callable[[ResultHandle], None]) -> None:
+        """Call ``fn(handle)`` (in the Trio thread) once done; at once if already done."""
+        if self.done():
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    async def wait(self) -> Any:
+        await self._event.wait()
+        return self.result()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.wait().__await__()
+
+    def _set(self, value: Any, error: BaseException | None) -> None:
+        if self.done():
+            return  # a duplicate reply (the request was redelivered): keep the first
+        self._value, self._error = value, error
+        self._event.set()
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("error in a result callback")
+
+    def __repr__(self) -> str:
+        state = "pending" if not self.done() else ("error" if self._error else "done")
+        return f"<ResultHandle {self.correlation_id} {state}>"
+
+
+class ReplyRouter:
+    """This communicator's reply queue and the handles waiting on it."""
+
+    def __init__(self, ctx: Context) -> None:
+        self._ctx = ctx
+        self._queue: str | None = None
+        self._lock = trio.Lock()
+        # Weak: if the caller drops a handle, nobody wants that result any more.
+        self._pending: weakref.WeakValueDictionary[str, ResultHandle] = (
+            weakref.WeakValueDictionary()
+        )
+
+    async def expect(self) -> tuple[str, ResultHandle]:
+        """Register a new pending result; returns (reply queue, handle)."""
+        queue = self._queue or await self._open()
+        handle = ResultHandle(uuid.uuid4().hex)
+        assert handle.correlation_id is not None
+        self._pending[handle.correlation_id] = handle
+        return queue, handle
+
+    def forget(self, handle: ResultHandle) -> None:
+        if handle.correlation_id is not None:
+            self._pending.pop(handle.correlation_id, None)
+
+    async def _open(self) -> str:
+        async with self._lock:
+            if self._queue is None:
+                queue = await self._ctx.session.declare_queue(
+                    QueueSpec(None, exclusive=True, auto_delete=True)
+                )
+                consumer = await self._ctx.session.consume(queue, prefetch_count=_REPLY_PREFETCH)
+                self._ctx.nursery.start_soon(self._route, consumer, name="kiwitrio replies")
+                self._queue = queue
+            return self._queue
+
+    async def _route(self, consumer: Consumer) -> None:
+        async for delivery in consumer.deliveries:
+            self._resolve(delivery)
+            await delivery.ack()
+
+    def _resolve(self, delivery: Delivery) -> None:
+        handle = self._pending.pop(delivery.correlation_id or "", None)
+        if handle is None:
+            logger.debug("reply %r has no waiter (dropped or duplicate)", delivery.correlation_id)
+            return
+        try:
+            value, error = _parse_envelope(self._ctx.decode(delivery))
+        except DecodeError as exc:
+            logger.error("undecodable reply %r: %s", delivery.correlation_id, exc)
+            value, error = None, exc
+        handle._set(value, error)
+
+    def close(self) -> None:
+        """Fail every pending handle with CommunicatorClosed."""
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for handle in pending:
+            handle._set(None, CommunicatorClosed("the communicator closed before the reply came"))
+
+    async def send(self, request: Delivery, envelope: dict[str, Any]) -> None:
+        """Publish ``envelope`` as the reply to ``request``, if it asked for one.
+
+        A requester that is gone (its reply queue no longer exists) is logged, not an error.
+        """
+        if not request.reply_to:
+            return
+        try:
+            body = self._ctx.encode(envelope)
+        except TypeError as exc:
+            body = self._ctx.encode(exception_envelope(TypeError(f"cannot encode result: {exc}")))
+        message = OutgoingMessage(
+            body, self._ctx.content_type, correlation_id=request.correlation_id
+        )
+        try:
+            await self._ctx.session.publish("", request.reply_to, message, mandatory=True)
+        except DeliveryFailed as exc:
+            logger.info("could not reply to %r: %s", request.correlation_id, exc)

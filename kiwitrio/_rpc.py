@@ -1,0 +1,126 @@
+"""RPC: one-to-one calls to a live, named recipient.
+
+Each RPC subscriber owns an exclusive, auto-deleting queue named
+``<message exchange>.rpc.<identifier>``; calls go through the default exchange straight to
+that queue with ``mandatory`` set. So a call to an identifier nobody subscribes to comes back
+from the broker as unroutable at once (:class:`~kiwitrio.UnroutableError`), and the
+exclusivity makes an identifier unique across every communicator on the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
+from ._context import Context
+from ._errors import DecodeError, DuplicateSubscriberIdentifier
+from ._invoke import call_subscriber
+from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
+
+__all__ = ["RpcHub", "RpcSubscriber"]
+
+logger = logging.getLogger("kiwitrio.rpc")
+
+RpcSubscriber = Callable[[Any, Any], Any]
+
+#: Calls handled concurrently by one RPC subscriber.
+RPC_PREFETCH = 32
+_MAX_QUEUE_NAME_BYTES = 255
+
+
+@dataclass
+class _Registration:
+    subscriber: RpcSubscriber
+    consumer: Consumer
+
+
+class RpcHub:
+    """The RPC subscribers of one communicator, and sending calls."""
+
+    def __init__(self, ctx: Context, replies: ReplyRouter, *, exchange: str) -> None:
+        self._ctx = ctx
+        self._replies = replies
+        self._prefix = f"{exchange}.rpc."
+        self._registrations: dict[str, _Registration] = {}
+
+    def queue_name(self, identifier: str) -> str:
+        if not isinstance(identifier, str) or not identifier:
+            raise TypeError(f"an RPC identifier must be a non-empty str, not {identifier!r}")
+        name = self._prefix + identifier
+        if len(name.encode()) > _MAX_QUEUE_NAME_BYTES:
+            raise ValueError(f"RPC identifier {identifier!r:.50} is too long")
+        return name
+
+    async def add(self, subscriber: RpcSubscriber, identifier: str) -> str:
+        self._ctx.check_open()
+        queue = self.queue_name(identifier)
+        if identifier in self._registrations:
+            raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} exists")
+        session = self._ctx.session
+        try:
+            await session.declare_queue(QueueSpec(queue, exclusive=True, auto_delete=True))
+            consumer = await session.consume(queue, prefetch_count=RPC_PREFETCH)
+        except QueueInUse as exc:
+            raise DuplicateSubscriberIdentifier(
+                f"RPC identifier {identifier!r} is taken by another communicator"
+            ) from exc
+        self._registrations[identifier] = _Registration(subscriber, consumer)
+        self._ctx.nursery.start_soon(self._serve, identifier, consumer,
+                                     name=f"kiwitrio rpc {identifier}")
+        return identifier
+
+    async def remove(self, identifier: str) -> None:
+        self._ctx.check_open()
+        registration = self._registrations.pop(identifier, None)
+        if registration is None:
+            raise ValueError(f"no RPC subscriber {identifier!r}")
+        # Cancelling the only consumer deletes the auto-delete queue, so later calls are
+        # unroutable. Calls already being handled finish and are answered.
+        await registration.consumer.cancel()
+
+    async def send(self, recipient_id: str, msg: Any) -> ResultHandle:
+        self._ctx.check_open()
+        queue = self.queue_name(recipient_id)
+        body = self._ctx.encode(msg)
+        reply_to, handle = await self._replies.expect()
+        message = OutgoingMessage(body, self._ctx.content_type,
+                                  correlation_id=handle.correlation_id, reply_to=reply_to)
+        try:
+            await self._ctx.session.publish("", queue, message, mandatory=True)
+        except BaseException:
+            self._replies.forget(handle)
+            raise
+        return handle
+
+    async def _serve(self, identifier: str, consumer: Consumer) -> None:
+        async with trio.open_nursery() as calls:
+            async for delivery in consumer.deliveries:
+                calls.start_soon(self._handle, identifier, delivery)
+
+    async def _handle(self, identifier: str, delivery: Delivery) -> None:
+        try:
+            msg = self._ctx.decode(delivery)
+        except DecodeError as exc:
+            await self._replies.send(delivery, exception_envelope(exc))
+            await self._ctx.reject_visibly(delivery, f"RPC to {identifier!r}", exc)
+            return
+        registration = self._registrations.get(identifier)
+        if registration is None:  # removed meanwhile
+            await self._ctx.give_back(delivery)
+            return
+        try:
+            result = await call_subscriber(registration.subscriber, self._ctx.communicator, msg)
+        except trio.Cancelled:
+            await self._ctx.give_back(delivery)
+            raise
+        except Exception as exc:
+            envelope = exception_envelope(exc)
+        else:
+            envelope = result_envelope(result)
+        await self._replies.send(delivery, envelope)
+        await delivery.ack()

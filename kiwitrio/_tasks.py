@@ -1,0 +1,361 @@
+"""Tasks: a durable work queue with results.
+
+A task queue is a durable queue bound to the (direct) task exchange under its own name, with a
+dead-letter queue ``<name>.dead-letter`` beside it for messages that cannot be decoded.
+Tasks are persistent messages published with confirms and ``mandatory``.
+
+A delivered task stays unacknowledged while a subscriber works on it; the result (or the
+exception) is published to the sender's reply queue first and the task acknowledged after, so
+a worker that dies at any point leaves the task to be redelivered. The broker hands an
+unacknowledged task to one consumer only, so no task is processed by two workers at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import trio
+
+from ._backend import DEAD_LETTER_EXCHANGE, Consumer, Delivery, OutgoingMessage, QueueSpec
+from ._context import Context
+from ._errors import (
+    CommunicatorClosed,
+    DecodeError,
+    DuplicateSubscriberIdentifier,
+    QueueEmpty,
+    TaskRejected,
+)
+from ._invoke import call_subscriber
+from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
+
+__all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
+
+logger = logging.getLogger("kiwitrio.tasks")
+
+TaskSubscriber = Callable[[Any, Any], Any]
+
+_MISSING: Any = object()
+
+
+def dead_letter_exchange_name(task_exchange: str) -> str:
+    return f"{task_exchange}.dead-letter"
+
+
+class TaskOutcome:
+    """What a pull-mode worker reports for a task: set a result or an exception, once."""
+
+    def __init__(self) -> None:
+        self._value: Any = _MISSING
+        self._error: BaseException | None = None
+
+    def done(self) -> bool:
+        return self._value is not _MISSING or self._error is not None
+
+    def set_result(self, value: Any) -> None:
+        self._check_not_done()
+        self._value = value
+
+    def set_exception(self, error: BaseException) -> None:
+        self._check_not_done()
+        self._error = error
+
+    def _check_not_done(self) -> None:
+        if self.done():
+            raise RuntimeError("the task outcome is already set")
+
+    def envelope(self) -> dict[str, Any]:
+        if self._error is not None:
+            return exception_envelope(self._error)
+        return result_envelope(self._value)
+
+
+class IncomingTask:
+    """A task taken from a queue in pull mode (:meth:`TaskQueue.next_task`, iteration).
+
+    It is reserved for this worker until it is finished (its outcome set and the block left:
+    the result goes to the sender and the task is acknowledged) or requeued.
+    """
+
+    def __init__(self, queue: TaskQueue, delivery: Delivery, body: Any) -> None:
+        self._queue = queue
+        self._delivery = delivery
+        #: The task itself, decoded.
+        self.body = body
+        self._outcome: TaskOutcome | None = None
+
+    @property
+    def redelivered(self) -> bool:
+        """True if the broker handed this task out before (a worker died or gave it back)."""
+        return self._delivery.redelivered
+
+    @property
+    def settled(self) -> bool:
+        return self._delivery.settled
+
+    def process(self) -> TaskOutcome:
+        """Start processing: returns the outcome to set. Calling it again returns the same."""
+        if self._outcome is None:
+            self._outcome = TaskOutcome()
+        return self._outcome
+
+    @asynccontextmanager
+    async def processing(self) -> AsyncIterator[TaskOutcome]:
+        """Process the task in a block; an exception escaping it becomes the task's outcome.
+
+        On leaving the block: outcome set -> reply sent and task acknowledged; not set ->
+        requeued. An ``Exception`` escaping the block is recorded as the outcome (the sender
+        gets a RemoteException) and re-raised; cancellation and other BaseExceptions requeue.
+        """
+        outcome = self.process()
+        try:
+            yield outcome
+        except Exception as exc:
+            if not outcome.done():
+                outcome.set_exception(exc)
+            await self._settle()
+            raise
+        except BaseException:
+            await self.requeue()
+            raise
+        await self._settle()
+
+    async def requeue(self) -> None:
+        """Give the task back to the queue for any worker."""
+        if not self._delivery.settled:
+            await self._queue.ctx.give_back(self._delivery)
+
+    async def _settle(self) -> None:
+        if self._delivery.settled:
+            return
+        if self._outcome is not None and self._outcome.done():
+            with trio.CancelScope(shield=True):
+                await self._queue.replies.send(self._delivery, self._outcome.envelope())
+                await self._delivery.ack()
+        else:
+            await self.requeue()
+
+
+class TaskQueue:
+    """A named, durable task queue: send tasks to it, subscribe to it, or pull from it.
+
+    Get one with :meth:`Communicator.task_queue`; the communicator's own ``task_send`` and
+    ``add_task_subscriber`` use its default queue.
+    """
+
+    def __init__(self, ctx: Context, replies: ReplyRouter, *, name: str, exchange: str,
+                 prefetch_count: int) -> None:
+        if prefetch_count < 1:
+            raise ValueError("prefetch_count must be at least 1")
+        self.ctx = ctx
+        self.replies = replies
+        self.name = name
+        self.exchange = exchange
+        self.prefetch_count = prefetch_count
+        self._subscribers: dict[Any, TaskSubscriber] = {}
+        self._consumer: Consumer | None = None
+        self._lock = trio.Lock()
+
+    async def declare(self) -> None:
+        """Declare the queue, its dead-letter queue and their bindings (idempotent)."""
+        extra = dict(self.ctx.testing_queue_arguments) if self.ctx.testing_mode else {}
+        session = self.ctx.session
+        dlx = dead_letter_exchange_name(self.exchange)
+        dead_letters = await session.declare_queue(
+            QueueSpec(f"{self.name}.dead-letter", durable=True, arguments=extra)
+        )
+        await session.bind_queue(dead_letters, dlx, self.name)
+        await session.declare_queue(QueueSpec(
+            self.name, durable=True, arguments={DEAD_LETTER_EXCHANGE: dlx, **extra}
+        ))
+        await session.bind_queue(self.name, self.exchange, self.name)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def task_send(self, task: Any, no_reply: bool = False) -> ResultHandle:
+        """Send ``task``; returns once the broker has it safely (persisted and confirmed).
+
+        Returns a :class:`ResultHandle`: ``await`` it for the result (``None`` at once with
+        ``no_reply=True``). Raises :class:`TypeError` if the task cannot be encoded,
+        :class:`~kiwitrio.UnroutableError` if the queue does not exist. Cancelling the call
+        abandons the wait; the task may or may not have reached the broker.
+        """
+        self.ctx.check_open()
+        body = self.ctx.encode(task)
+        if no_reply:
+            await self._publish(OutgoingMessage(body, self.ctx.content_type, persistent=True))
+            return ResultHandle.completed(None)
+        reply_to, handle = await self.replies.expect()
+        message = OutgoingMessage(
+            body, self.ctx.content_type, correlation_id=handle.correlation_id,
+            reply_to=reply_to, persistent=True,
+        )
+        try:
+            await self._publish(message)
+        except BaseException:
+            self.replies.forget(handle)
+            raise
+        return handle
+
+    async def _publish(self, message: OutgoingMessage) -> None:
+        await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
+
+    # -- push mode --------------------------------------------------------------------------
+
+    async def add_task_subscriber(self, subscriber: TaskSubscriber,
+                                  identifier: Any = None) -> Any:
+        """Call ``subscriber(communicator, task)`` for tasks from this queue.
+
+        Returns the identifier (a new one if ``None``). Raises
+        :class:`~kiwitrio.DuplicateSubscriberIdentifier` if it is taken.
+        """
+        self.ctx.check_open()
+        if identifier is None:
+            identifier = f"task-subscriber-{id(subscriber):x}-{len(self._subscribers)}"
+            while identifier in self._subscribers:
+                identifier += "+"
+        if identifier in self._subscribers:
+            raise DuplicateSubscriberIdentifier(f"task subscriber {identifier!r} exists")
+        self._subscribers[identifier] = subscriber
+        try:
+            await self._ensure_consuming()
+        except BaseException:
+            del self._subscribers[identifier]
+            raise
+        return identifier
+
+    async def remove_task_subscriber(self, identifier: Any) -> None:
+        """Remove a subscriber; with none left, stop taking tasks from the queue.
+
+        Tasks already being processed run to completion. Raises :class:`ValueError` if
+        there is no such subscriber.
+        """
+        self.ctx.check_open()
+        if identifier not in self._subscribers:
+            raise ValueError(f"no task subscriber {identifier!r}")
+        del self._subscribers[identifier]
+        async with self._lock:
+            if not self._subscribers and self._consumer is not None:
+                consumer, self._consumer = self._consumer, None
+                await consumer.cancel()
+
+    async def _ensure_consuming(self) -> None:
+        async with self._lock:
+            if self._consumer is None:
+                self._consumer = await self.ctx.session.consume(
+                    self.name, prefetch_count=self.prefetch_count
+                )
+                self.ctx.nursery.start_soon(
+                    self._dispatch, self._consumer, name=f"kiwitrio tasks {self.name}"
+                )
+
+    async def _dispatch(self, consumer: Consumer) -> None:
+        # The broker sends at most prefetch_count unacknowledged tasks, so at most that many
+        # handlers run at once.
+        async with trio.open_nursery() as handlers:
+            async for delivery in consumer.deliveries:
+                handlers.start_soon(self._handle, delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            task = self.ctx.decode(delivery)
+        except DecodeError as exc:
+            await self._reject_undecodable(delivery, exc)
+            return
+        try:
+            envelope = await self._run_subscribers(task)
+        except trio.Cancelled:
+            await self.ctx.give_back(delivery)
+            raise
+        if envelope is None:
+            await delivery.reject(requeue=True)  # every subscriber declined
+            return
+        await self.replies.send(delivery, envelope)
+        await delivery.ack()
+
+    async def _run_subscribers(self, task: Any) -> dict[str, Any] | None:
+        for subscriber in list(self._subscribers.values()):
+            try:
+                result = await call_subscriber(subscriber, self.ctx.communicator, task)
+            except TaskRejected:
+                continue
+            except Exception as exc:
+                logger.info("task subscriber raised %r; sending it back to the sender", exc)
+                return exception_envelope(exc)
+            return result_envelope(result)
+        return None
+
+    async def _reject_undecodable(self, delivery: Delivery, reason: DecodeError) -> None:
+        await self.replies.send(delivery, exception_envelope(reason))
+        await self.ctx.reject_visibly(delivery, f"task on {self.name!r}", reason)
+
+    # -- pull mode --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def next_task(self, timeout: float | None = None) -> AsyncIterator[IncomingTask]:
+        """Take the next task, waiting up to ``timeout`` seconds (``None``: do not wait).
+
+        Use as ``async with queue.next_task() as task:``. On leaving the block the task is
+        finished if its outcome was set (``task.process().set_result(...)``), else requeued;
+        likewise if the block raises. Raises :class:`~kiwitrio.QueueEmpty` if no task came.
+        """
+        self.ctx.check_open()
+        task = await self._fetch(timeout)
+        try:
+            yield task
+        finally:
+            with trio.CancelScope(shield=True):
+                await task._settle()
+
+    async def _fetch(self, timeout: float | None) -> IncomingTask:
+        deadline = trio.current_time() + (timeout or 0.0)
+        while True:
+            delivery = await self.ctx.session.get(self.name)
+            if delivery is None and timeout:
+                delivery = await self._wait_for_delivery(deadline)
+            if delivery is None:
+                raise QueueEmpty(f"no task in {self.name!r}")
+            try:
+                return IncomingTask(self, delivery, self.ctx.decode(delivery))
+            except DecodeError as exc:
+                await self._reject_undecodable(delivery, exc)
+
+    async def _wait_for_delivery(self, deadline: float) -> Delivery | None:
+        consumer = await self.ctx.session.consume(self.name, prefetch_count=1)
+        try:
+            with trio.move_on_at(deadline):
+                return await consumer.deliveries.receive()
+            return None
+        finally:
+            with trio.CancelScope(shield=True):
+                await consumer.cancel()
+
+    def __aiter__(self) -> AsyncIterator[IncomingTask]:
+        """Iterate over the tasks in the queue now (pull mode), ending when it is empty.
+
+        Handle each with ``async with task.processing() as outcome:``. A task left
+        unfinished when the loop moves on (or ends) is requeued.
+        """
+        return _TaskIterator(self)
+
+
+class _TaskIterator:
+    def __init__(self, queue: TaskQueue) -> None:
+        self._queue = queue
+        self._current: IncomingTask | None = None
+
+    def __aiter__(self) -> _TaskIterator:
+        return self
+
+    async def __anext__(self) -> IncomingTask:
+        if self._current is not None:
+            with trio.CancelScope(shield=True):
+                await self._current._settle()
+            self._current = None
+        try:
+            self._current = await self._queue._fetch(None)
+        except (QueueEmpty, CommunicatorClosed):
+            raise StopAsyncIteration from None
+        return self._current
