@@ -253,9 +253,10 @@ class _AmqpSession(Session):
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise self._connection_error(exc) from exc
 
-    async def _admin(self) -> aiormq.Channel:
+    async def _admin(self) -> aiormq.abc.AbstractChannel:
         self._admin_channel = await self._channel(self._admin_channel, confirms=False)
-        return await self.bridge.run(self._admin_channel.get_underlay_channel)
+        channel = self._admin_channel
+        return await self.bridge.run(channel.get_underlay_channel)
 
     def spawn_close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
         """Close ``channel`` in the background (callable from asyncio or Trio context)."""
@@ -271,7 +272,7 @@ class _AmqpSession(Session):
             return CommunicatorClosed("the connection is closed")
         return ConnectionFailed(f"connection to {redact_url(self.url)} failed: {exc}")
 
-    async def _admin_op(self, fn: Callable[[aiormq.Channel], Awaitable[T]]) -> T:
+    async def _admin_op(self, fn: Callable[[aiormq.abc.AbstractChannel], Awaitable[T]]) -> T:
         channel = await self._admin()
         try:
             return await self.bridge.run(fn, channel)
@@ -373,7 +374,7 @@ class _AmqpSession(Session):
         # Closing the connection requeues every unsettled delivery at the broker.
         try:
             await self.bridge.run(self._connection.close)
-        except Exception as exc:  # noqa: BLE001 - closing a broken connection may fail any way
+        except Exception as exc:
             logger.debug("error while closing the connection: %r", exc)
 
 
@@ -392,7 +393,7 @@ async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str, routing
 async def _close_quietly(channel: aio_pika.abc.AbstractChannel) -> None:
     try:
         await channel.close()
-    except Exception as exc:  # noqa: BLE001 - the channel may already be broken
+    except Exception as exc:
         logger.debug("error while closing a channel: %r", exc)
 
 

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 
 import trio
 import trio_asyncio
-
-from ._groups import BaseExceptionGroup, single_leaf
 from sniffio import thread_local as sniffio_library
 from trio_asyncio._handles import AsyncHandle
+
+from ._groups import BaseExceptionGroup, single_leaf
 
 __all__ = ["BATCH_LIMIT", "AsyncioBridge", "open_asyncio_bridge"]
 

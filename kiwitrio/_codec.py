@@ -39,7 +39,9 @@ def _encode_datetime(encoder: cbor2.CBOREncoder, value: datetime.datetime) -> No
     encoder.encode(cbor2.CBORTag(tag, value.isoformat()))
 
 
-_ENCODERS = {datetime.datetime: _encode_datetime}
+_ENCODERS: dict[type, Callable[[cbor2.CBOREncoder, Any], None]] = {
+    datetime.datetime: _encode_datetime
+}
 
 
 def _decode_extra(*args: Any) -> Any:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import sys
 
 if sys.version_info >= (3, 11):
-    BaseExceptionGroup = BaseExceptionGroup  # noqa: PLW0127 - re-exported for 3.10's sake
-else:
+    import builtins
+
+    BaseExceptionGroup = builtins.BaseExceptionGroup
+else:  # pragma: no cover - Python 3.10
     from exceptiongroup import BaseExceptionGroup
 
 __all__ = ["BaseExceptionGroup", "single_leaf"]

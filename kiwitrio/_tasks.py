@@ -294,7 +294,9 @@ class TaskQueue:
     # -- pull mode --------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def next_task(self, timeout: float | None = None) -> AsyncIterator[IncomingTask]:
+    async def next_task(
+        self, timeout: float | None = None  # noqa: ASYNC109 - kiwiPy's signature
+    ) -> AsyncIterator[IncomingTask]:
         """Take the next task, waiting up to ``timeout`` seconds (``None``: do not wait).
 
         Use as ``async with queue.next_task() as task:``. On leaving the block the task is
@@ -309,11 +311,11 @@ class TaskQueue:
             with trio.CancelScope(shield=True):
                 await task._settle()
 
-    async def _fetch(self, timeout: float | None) -> IncomingTask:
-        deadline = trio.current_time() + (timeout or 0.0)
+    async def _fetch(self, wait: float | None) -> IncomingTask:
+        deadline = trio.current_time() + (wait or 0.0)
         while True:
             delivery = await self.ctx.session.get(self.name)
-            if delivery is None and timeout:
+            if delivery is None and wait:
                 delivery = await self._wait_for_delivery(deadline)
             if delivery is None:
                 raise QueueEmpty(f"no task in {self.name!r}")

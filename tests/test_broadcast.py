@@ -1,0 +1,146 @@
+"""Broadcasts and filters."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+import trio
+
+import kiwitrio
+from kiwitrio._broadcast import binding_keys
+
+from .conftest import OpenComm
+
+DEADLINE = 10
+
+
+class Inbox:
+    """Collects broadcasts and lets a test wait for a given number of them."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[Any, Any, Any, Any]] = []
+        self._changed = trio.Event()
+
+    async def __call__(self, _comm: Any, body: Any, sender: Any, subject: Any, cid: Any) -> None:
+        self.items.append((body, sender, subject, cid))
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, count: int) -> None:
+        with trio.fail_after(DEADLINE):
+            while len(self.items) < count:
+                await self._changed.wait()
+
+    def bodies(self) -> list[Any]:
+        return [item[0] for item in self.items]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "matching", "not_matching"),
+    [
+        ("jobs.*", ["jobs.a", "jobs.a.b", "jobs."], ["jobs", "other.a", "xjobs.a"]),
+        ("*.done", ["a.done", "a.b.done"], ["done", "a.done.x"]),
+        ("state_changed.*.running", ["state_changed.created.running"],
+         ["state_changed.created.waiting"]),
+        ("exact", ["exact"], ["exactly", "inexact"]),
+        (re.compile(r"^(?!state_changed).*"), ["jobs.a", "x"], ["state_changed.a"]),
+        (42, [42], [43, "42"]),
+    ],
+)
+def test_filter_matching(pattern: Any, matching: list[Any], not_matching: list[Any]) -> None:
+    filt = kiwitrio.BroadcastFilter(lambda *args: None, subject=pattern)
+    for subject in matching:
+        assert not filt.is_filtered(None, subject), subject
+    for subject in not_matching:
+        assert filt.is_filtered(None, subject), subject
+
+
+def test_sender_filter_and_none_values() -> None:
+    filt = kiwitrio.BroadcastFilter(lambda *args: None, sender="proc-*")
+    assert not filt.is_filtered("proc-1", "anything")
+    assert filt.is_filtered("worker-1", "anything")
+    # As in kiwiPy, an unset sender/subject is not filtered on.
+    assert not filt.is_filtered(None, None)
+
+
+def test_binding_keys_cover_what_the_filter_accepts() -> None:
+    def keys(pattern: Any) -> set[str]:
+        return binding_keys(kiwitrio.BroadcastFilter(lambda *a: None, subject=pattern))
+
+    assert keys("jobs.*") == {"", "jobs.#"}
+    assert keys("a.b*c.d") == {"", "a.#"}
+    assert keys("exact.subject") == {"", "exact.subject"}
+    assert keys(re.compile("x")) == {"", "#"}
+    assert binding_keys(lambda *a: None) == {"#"}
+
+
+async def test_broadcast_reaches_every_subscriber(open_comm: OpenComm) -> None:
+    first, second = Inbox(), Inbox()
+    async with open_comm() as sender, open_comm() as listener:
+        await listener.add_broadcast_subscriber(first)
+        await listener.add_broadcast_subscriber(second)
+        await sender.broadcast_send({"n": 1}, sender="me", subject="news", correlation_id="c1")
+        await first.wait_for(1)
+        await second.wait_for(1)
+    assert first.items == [({"n": 1}, "me", "news", "c1")]
+    assert second.items == first.items
+
+
+async def test_filtered_subscribers_get_only_what_matches(open_comm: OpenComm) -> None:
+    jobs, from_proc, everything = Inbox(), Inbox(), Inbox()
+    async with open_comm() as comm:
+        await comm.add_broadcast_subscriber(kiwitrio.BroadcastFilter(jobs, subject="jobs.*"))
+        await comm.add_broadcast_subscriber(kiwitrio.BroadcastFilter(from_proc, sender="proc-1"))
+        await comm.add_broadcast_subscriber(everything)
+        sent = [("a", "proc-1", "jobs"), ("b", "proc-2", "jobs.x"), ("c", "proc-1", "other"),
+                ("d", None, None), ("e", "proc-2", "jobs.y.z")]
+        for body, sender, subject in sent:
+            await comm.broadcast_send(body, sender=sender, subject=subject)
+        await everything.wait_for(len(sent))
+        await jobs.wait_for(3)
+        await from_proc.wait_for(3)
+        # A last broadcast that all three accept: everything before it has been dispatched.
+        await comm.broadcast_send("end", sender="proc-1", subject="jobs.end")
+        await everything.wait_for(len(sent) + 1)
+        await jobs.wait_for(4)
+        await from_proc.wait_for(4)
+    assert sorted(jobs.bodies()) == ["b", "d", "e", "end"]
+    assert sorted(from_proc.bodies()) == ["a", "c", "d", "end"]
+
+
+async def test_removed_broadcast_subscriber_gets_nothing_more(open_comm: OpenComm) -> None:
+    removed, kept = Inbox(), Inbox()
+    async with open_comm() as comm:
+        ident = await comm.add_broadcast_subscriber(removed, identifier="gone")
+        await comm.add_broadcast_subscriber(kept)
+        with pytest.raises(kiwitrio.DuplicateSubscriberIdentifier):
+            await comm.add_broadcast_subscriber(removed, identifier="gone")
+        await comm.broadcast_send(1)
+        await removed.wait_for(1)
+        await comm.remove_broadcast_subscriber(ident)
+        await comm.broadcast_send(2)
+        await kept.wait_for(2)
+    assert removed.bodies() == [1]
+
+
+async def test_failing_broadcast_subscriber_does_not_break_others(open_comm: OpenComm) -> None:
+    inbox = Inbox()
+
+    def failing(*_args: Any) -> None:
+        raise RuntimeError("listener bug")
+
+    async with open_comm() as comm:
+        await comm.add_broadcast_subscriber(failing)
+        await comm.add_broadcast_subscriber(inbox)
+        await comm.broadcast_send(1)
+        await comm.broadcast_send(2)
+        await inbox.wait_for(2)
+        assert not comm.is_closed()
+
+
+async def test_overlong_subject_is_refused(open_comm: OpenComm) -> None:
+    async with open_comm() as comm:
+        with pytest.raises(ValueError, match="at most 255 bytes"):
+            await comm.broadcast_send(None, subject="x" * 256)
