@@ -1,0 +1,106 @@
+"""The trio-asyncio bridge keeps asyncio's semantics with the batched main loop."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio_asyncio
+
+from kiwitrio._bridge import BATCH_LIMIT, STOCK_LOOP_ENV, open_asyncio_bridge
+
+
+async def test_batched_loop_is_installed_on_the_tested_version() -> None:
+    async with open_asyncio_bridge() as bridge:
+        assert bridge.batched == (trio_asyncio.__version__ == "0.16.0")
+
+
+async def test_stock_loop_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(STOCK_LOOP_ENV, "1")
+    async with open_asyncio_bridge() as bridge:
+        assert not bridge.batched
+
+
+@pytest.mark.parametrize("stock", [False, True])
+async def test_callbacks_timers_and_tasks_keep_asyncio_order(
+    stock: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if stock:
+        monkeypatch.setenv(STOCK_LOOP_ENV, "1")
+    order: list[Any] = []
+
+    async def scenario() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        # More callbacks than one batch, so that batching and its limit are exercised.
+        for i in range(BATCH_LIMIT * 3):
+            loop.call_soon(order.append, i)
+        cancelled = loop.call_soon(order.append, "cancelled")
+        cancelled.cancel()
+        loop.call_later(0.02, order.append, "late")
+        loop.call_later(0.01, order.append, "early")
+        loop.call_later(0.03, done.set_result, None)
+        await done
+
+        async def child(n: int) -> int:
+            await asyncio.sleep(0)
+            return n * 2
+
+        return list(await asyncio.gather(*(child(n) for n in range(5))))
+
+    async with open_asyncio_bridge() as bridge:
+        with trio.fail_after(10):
+            results = await bridge.run(scenario)
+    assert results == [0, 2, 4, 6, 8]
+    assert order == [*range(BATCH_LIMIT * 3), "early", "late"]
+
+
+ROUNDS = 20
+FLOOD = 1024
+
+
+async def test_trio_tasks_keep_running_during_an_asyncio_flood() -> None:
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async def flood() -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(ROUNDS):
+            futures = [loop.create_future() for _ in range(FLOOD)]
+            for future in futures:
+                loop.call_soon(future.set_result, None)
+            await asyncio.gather(*futures)
+
+    async with open_asyncio_bridge() as bridge, trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        await bridge.run(flood)
+        nursery.cancel_scope.cancel()
+    # The batch limit makes the main loop yield to Trio between batches.
+    # and so it yields several times per round of FLOOD callbacks.
+    assert BATCH_LIMIT * 3 <= FLOOD
+    assert ticks >= ROUNDS * 3
+
+
+async def test_cancelling_trio_caller_cancels_the_asyncio_task() -> None:
+    cancelled = trio.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()  # a synchronous Trio call, allowed from asyncio callbacks
+            raise
+
+    async with open_asyncio_bridge() as bridge:
+        with trio.move_on_after(0.1):
+            await bridge.run(forever)
+        with trio.fail_after(5):
+            await cancelled.wait()
