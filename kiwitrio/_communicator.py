@@ -12,7 +12,7 @@ import trio
 from ._backend import Session
 from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
-from ._context import SHUTDOWN_GRACE, Context
+from ._context import Context
 from ._groups import BaseExceptionGroup, single_leaf
 from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
@@ -76,7 +76,10 @@ async def open_communicator(
                     body_error = exc
                     raise
                 finally:
-                    await comm._shut_down()
+                    comm._begin_shut_down()
+            # The nursery has exited: every subscriber has either finished its message or
+            # given it back. Leaving _open_session closes the connection, and the broker
+            # requeues whatever was still unacknowledged.
     except BaseExceptionGroup as group:
         # The nursery wrapped the block's own exception: hand it back unwrapped.
         if body_error is not None and single_leaf(group) is body_error:
@@ -133,16 +136,15 @@ class Communicator:
                                        durable=True, auto_delete=auto_delete)
         await self._default_queue.declare()
 
-    async def _shut_down(self) -> None:
-        if self._ctx.closed:
-            return
+    def _begin_shut_down(self) -> None:
+        """Refuse new calls, fail pending results, and cancel all background work.
+
+        Cancelled subscribers give their messages back to the queue (shielded, bounded by
+        SHUTDOWN_GRACE) before the communicator's nursery exits.
+        """
         self._ctx.closed = True
         self._replies.close()
-        # Cancelling the nursery stops consumers and cancels subscribers still working;
-        # each gives its delivery back to the queue. Closing the session requeues the rest.
         self._ctx.nursery.cancel_scope.cancel()
-        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
-            await self._ctx.session.aclose()
 
     def is_closed(self) -> bool:
         return self._ctx.closed

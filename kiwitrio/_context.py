@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ import trio
 
 from ._backend import Delivery, Session
 from ._codec import Decoder, Encoder
-from ._errors import CommunicatorClosed, DecodeError
+from ._errors import CommunicatorClosed, ConnectionFailed, DecodeError
 
 __all__ = ["Context"]
 
@@ -74,10 +74,24 @@ class Context:
         )
         await delivery.reject(requeue=False)
 
+    async def finish(self, delivery: Delivery, reply: Awaitable[None]) -> None:
+        """Send the reply, then acknowledge: the work is done.
+
+        Shielded, so that closing the communicator between the two cannot leave a task
+        answered but unacknowledged (and so redelivered and done twice).
+        """
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+            try:
+                await reply
+                await delivery.ack()
+            except (CommunicatorClosed, ConnectionFailed) as exc:
+                logger.warning("connection lost before a message was acknowledged; "
+                               "the broker will deliver it again: %s", exc)
+
     async def give_back(self, delivery: Delivery) -> None:
         """Requeue ``delivery``; safe to call while being cancelled."""
         with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
             try:
                 await delivery.reject(requeue=True)
-            except CommunicatorClosed:
+            except (CommunicatorClosed, ConnectionFailed):
                 pass  # the connection is gone: the broker requeued it already

@@ -122,5 +122,4 @@ class RpcHub:
             envelope = exception_envelope(exc)
         else:
             envelope = result_envelope(result)
-        await self._replies.send(delivery, envelope)
-        await delivery.ack()
+        await self._ctx.finish(delivery, self._replies.send(delivery, envelope))

@@ -131,9 +131,8 @@ class IncomingTask:
         if self._delivery.settled:
             return
         if self._outcome is not None and self._outcome.done():
-            with trio.CancelScope(shield=True):
-                await self._queue.replies.send(self._delivery, self._outcome.envelope())
-                await self._delivery.ack()
+            reply = self._queue.replies.send(self._delivery, self._outcome.envelope())
+            await self._queue.ctx.finish(self._delivery, reply)
         else:
             await self.requeue()
 
@@ -270,10 +269,9 @@ class TaskQueue:
             await self.ctx.give_back(delivery)
             raise
         if envelope is None:
-            await delivery.reject(requeue=True)  # every subscriber declined
+            await self.ctx.give_back(delivery)  # every subscriber declined
             return
-        await self.replies.send(delivery, envelope)
-        await delivery.ack()
+        await self.ctx.finish(delivery, self.replies.send(delivery, envelope))
 
     async def _run_subscribers(self, task: Any) -> dict[str, Any] | None:
         for subscriber in list(self._subscribers.values()):

@@ -14,7 +14,7 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 import trio
@@ -227,7 +227,8 @@ async def test_1000_tasks_over_4_worker_processes(names: Names, workers: WorkerP
         assert worker.log_lines()[-1] == "stopped SIGTERM", worker.describe()
 
 
-async def _slow_task_taken_over(names: Names, workers: WorkerPool, *, stop_first: str) -> None:
+async def _slow_task_taken_over(names: Names, workers: WorkerPool, *,
+                                stop_first: Literal["kill", "term"]) -> None:
     """Worker A starts a slow task and blocks; it is stopped (``stop_first``: "kill" for
     SIGKILL, "term" for SIGTERM) and worker B, started after A took the task, completes it."""
     task_id = 42

@@ -1,0 +1,68 @@
+"""A TCP proxy owned by a test, to cut client connections without touching the broker."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+
+class TcpProxy:
+    """Forwards connections from ``127.0.0.1:port`` to ``target``; :meth:`cut` drops them."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self._target = (target_host, target_port)
+        self.port = 0
+        self._scopes: set[trio.CancelScope] = set()
+        self.connections_seen = 0
+
+    def url(self, user: str = "guest", password: str = "guest") -> str:
+        return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
+
+    def cut(self) -> int:
+        """Abort every connection going through the proxy; returns how many."""
+        for scope in self._scopes:
+            scope.cancel()
+        return len(self._scopes)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        self.connections_seen += 1
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                upstream = await trio.open_tcp_stream(*self._target)
+                async with client, upstream, trio.open_nursery() as nursery:
+                    nursery.start_soon(_pump, client, upstream, nursery.cancel_scope)
+                    nursery.start_soon(_pump, upstream, client, nursery.cancel_scope)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._scopes.discard(scope)
+
+
+async def _pump(source: trio.SocketStream, sink: trio.SocketStream,
+                scope: trio.CancelScope) -> None:
+    try:
+        async for chunk in source:
+            await sink.send_all(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        scope.cancel()  # one direction ended: end the other too
+
+
+@asynccontextmanager
+async def open_tcp_proxy(target_host: str = "127.0.0.1",
+                         target_port: int = 5672) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(target_host, target_port)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1")
+        )
+        proxy.port = listeners[0].socket.getsockname()[1]
+        try:
+            yield proxy
+        finally:
+            nursery.cancel_scope.cancel()
