@@ -65,8 +65,17 @@ class AsyncioBridge:
 
         Cancelling the Trio caller cancels the asyncio task and raises ``trio.Cancelled``.
         """
-        result: T = await self.loop.run_aio_coroutine(fn(*args))  # type: ignore[attr-defined]
+        coroutine = _call_in_asyncio(fn, args)
+        result: T = await self.loop.run_aio_coroutine(coroutine)  # type: ignore[attr-defined]
         return result
+
+
+async def _call_in_asyncio(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+    # fn(*args) itself must run inside the asyncio task: aio-pika calls
+    # asyncio.get_running_loop() in plain methods, and trio-asyncio answers that from the
+    # calling Trio task's context, which lacks the loop when the caller was spawned outside
+    # open_loop() (a portal thread's task, for one).
+    return await fn(*args)
 
 
 @asynccontextmanager

@@ -89,6 +89,14 @@ class BroadcastFilter:
     def subscriber(self) -> BroadcastSubscriber:
         return self._subscriber
 
+    def with_subscriber(self, subscriber: BroadcastSubscriber) -> BroadcastFilter:
+        """A copy of this filter (same filters) around another subscriber."""
+        copy = BroadcastFilter(subscriber)
+        copy._subject_patterns = list(self._subject_patterns)
+        copy._subject_filters = list(self._subject_filters)
+        copy._sender_filters = list(self._sender_filters)
+        return copy
+
     def add_subject_filter(self, subject_filter: Any) -> None:
         self._subject_patterns.append(subject_filter)
         self._subject_filters.append(_matcher(subject_filter))

@@ -46,11 +46,13 @@ class Context:
     def encode(self, value: Any) -> bytes:
         """Encode ``value``; :class:`TypeError` names what could not be encoded."""
         try:
-            return self.encoder(value)
+            encoded = self.encoder(value)
         except TypeError:
             raise
         except Exception as exc:
             raise TypeError(f"cannot encode {type(value).__qualname__}: {exc}") from exc
+        # Text encoders (kiwiPy's YAML or JSON ones) are welcome: send their text as UTF-8.
+        return encoded.encode() if isinstance(encoded, str) else encoded
 
     def decode(self, delivery: Delivery) -> Any:
         """Decode a delivery's body or raise :class:`DecodeError` saying why not."""

@@ -1,0 +1,409 @@
+"""The blocking Communicator: kiwitrio's core run in a portal thread.
+
+Every method blocks the calling thread until the portal has done its part (for sends: until
+the broker confirmed) and raises errors from the call itself. Results come back as
+:class:`concurrent.futures.Future` objects. Subscribers are plain functions, called in worker
+threads (never the portal thread) with this communicator as first argument, so they may use
+the blocking API themselves.
+"""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures
+import threading
+import weakref
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import trio
+
+import kiwitrio
+from kiwitrio import BroadcastFilter, CommunicatorClosed, QueueEmpty, ResultHandle
+from kiwitrio._invoke import is_async_callable
+from kiwitrio._tasks import IncomingTask as CoreIncomingTask
+from kiwitrio._tasks import TaskQueue as CoreTaskQueue
+
+from ._portal import Portal
+
+__all__ = ["Communicator", "IncomingTask", "TaskQueue", "connect"]
+
+#: How long close() waits for the communicator to shut down (giving tasks back) in the portal.
+CLOSE_TIMEOUT = 15.0
+#: kiwiPy's default wait in next_task().
+NEXT_TASK_TIMEOUT = 5.0
+
+_live: weakref.WeakSet[_Runtime] = weakref.WeakSet()
+
+
+def connect(
+    url: str = kiwitrio.DEFAULT_URL,
+    *,
+    portal: Portal | None = None,
+    **options: Any,
+) -> Communicator:
+    """Connect and return a blocking :class:`Communicator`; use it as a context manager.
+
+    Takes :func:`kiwitrio.open_communicator`'s options (``message_exchange``,
+    ``task_exchange``, ``task_queue``, ``task_prefetch_count``, ``encoder``, ``decoder``,
+    ``testing_mode``...). Each communicator starts its own portal thread unless a
+    :class:`Portal` is given, to share one thread between several communicators (the caller
+    then stops the portal after closing them).
+    """
+    return Communicator(url, portal=portal, **options)
+
+
+class _Runtime:
+    """The part of a communicator that lives in the portal.
+
+    Kept apart from :class:`Communicator` so that nothing in the portal refers to the
+    Communicator object itself, which can then be garbage collected (and closed) when the
+    program drops it.
+    """
+
+    def __init__(self, portal: Portal, owns_portal: bool) -> None:
+        self.portal = portal
+        self.owns_portal = owns_portal
+        self.core: kiwitrio.Communicator | None = None
+        self.close_requested: trio.Event | None = None
+        self.finished: concurrent.futures.Future[None] | None = None
+        self.closed = False
+        self._close_lock = threading.Lock()
+
+    def open(self, url: str, options: dict[str, Any]) -> None:
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self.finished = self.portal.submit(self._serve, url, options, started)
+        try:
+            started.result()
+        except BaseException:
+            self.finished.cancel()
+            raise
+
+    async def _serve(self, url: str, options: dict[str, Any],
+                     started: concurrent.futures.Future[None]) -> None:
+        self.close_requested = trio.Event()
+        try:
+            async with kiwitrio.open_communicator(url, **options) as core:
+                self.core = core
+                started.set_result(None)
+                await self.close_requested.wait()
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+                return
+            raise
+        finally:
+            if self.owns_portal and self.closed:
+                self.portal.stop()  # from inside: stops the loop once this task is done
+
+    def close(self) -> None:
+        with self._close_lock:
+            if self.closed:
+                return
+            self.closed = True
+        if not self.portal.is_running():
+            return
+        if self.close_requested is not None:
+            try:
+                self.portal.submit(_set_event, self.close_requested)
+            except CommunicatorClosed:
+                return
+        if self.portal.in_portal_thread():
+            return  # cannot wait for ourselves; the shutdown goes on in the background
+        if self.finished is not None:
+            try:
+                self.finished.result(CLOSE_TIMEOUT)
+            except BaseException:
+                pass
+        if self.owns_portal:
+            self.portal.stop()
+
+
+async def _set_event(event: trio.Event) -> None:
+    event.set()
+
+
+@atexit.register
+def _close_all_at_exit() -> None:
+    for runtime in list(_live):
+        runtime.close()
+
+
+class Communicator:
+    """Blocking tasks, RPC and broadcasts; a drop-in for kiwiPy's ``RmqThreadCommunicator``.
+
+    Made by :func:`connect`. Closed by :meth:`close`, by leaving its ``with`` block, at
+    interpreter exit, or when garbage collected; every call after that raises
+    :class:`~kiwitrio.CommunicatorClosed`.
+    """
+
+    def __init__(self, url: str = kiwitrio.DEFAULT_URL, *, portal: Portal | None = None,
+                 **options: Any) -> None:
+        owns_portal = portal is None
+        self._runtime = _Runtime(portal or Portal(), owns_portal)
+        try:
+            self._runtime.open(url, options)
+        except BaseException:
+            if owns_portal:
+                self._runtime.portal.stop()
+            raise
+        _live.add(self._runtime)
+        self._queues: dict[str, TaskQueue] = {}
+        self._default_queue = TaskQueue(self, self._core._default_queue)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def _core(self) -> kiwitrio.Communicator:
+        core = self._runtime.core
+        if self._runtime.closed or core is None or core.is_closed():
+            raise CommunicatorClosed("the communicator is closed")
+        return core
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._runtime.portal.check_usable()
+        self._core  # noqa: B018 - raises CommunicatorClosed if closed
+        return self._runtime.portal.call(fn, *args)
+
+    def _wrap(self, subscriber: Callable[..., Any]) -> Callable[..., Any]:
+        """Make ``subscriber(self, ...)`` callable by the core (as ``fn(core, ...)``)."""
+        if isinstance(subscriber, BroadcastFilter):
+            return subscriber.with_subscriber(self._wrap(subscriber.subscriber))
+        if is_async_callable(subscriber):
+            raise TypeError(
+                "kiwitrio_sync subscribers must be plain functions (they run in worker "
+                "threads); use kiwitrio's async Communicator for async subscribers"
+            )
+        this = weakref.ref(self)  # subscribers must not keep the communicator alive
+
+        def call_with_sync_communicator(_core: Any, *args: Any) -> Any:
+            communicator = this()
+            if communicator is None:
+                raise CommunicatorClosed("the communicator was garbage collected")
+            return subscriber(communicator, *args)
+
+        return call_with_sync_communicator
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop consuming, give unfinished tasks back, close the connection, stop the portal
+        thread (if this communicator started it) and join it. Idempotent."""
+        self._runtime.close()
+
+    def is_closed(self) -> bool:
+        return self._runtime.closed or (
+            self._runtime.core is not None and self._runtime.core.is_closed()
+        )
+
+    def __enter__(self) -> Communicator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        runtime = getattr(self, "_runtime", None)
+        if runtime is not None:
+            runtime.close()
+
+    @property
+    def server_properties(self) -> Mapping[str, Any]:
+        return self._core.server_properties
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    def task_queue(self, queue_name: str, prefetch_count: int | None = None,
+                   prefetch_size: int = 0) -> TaskQueue:
+        """The named durable task queue (``prefetch_size`` is accepted for kiwiPy's sake)."""
+        del prefetch_size
+        core_queue = self._call(self._core.task_queue, queue_name, prefetch_count or None)
+        return self._queues.setdefault(queue_name, TaskQueue(self, core_queue))
+
+    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any]:
+        return self._default_queue.task_send(task, no_reply)
+
+    def add_task_subscriber(self, subscriber: Callable[..., Any],
+                            identifier: Any = None) -> Any:
+        return self._default_queue.add_task_subscriber(subscriber, identifier)
+
+    def remove_task_subscriber(self, identifier: Any) -> None:
+        self._default_queue.remove_task_subscriber(identifier)
+
+    # -- RPC ----------------------------------------------------------------------------------
+
+    def add_rpc_subscriber(self, subscriber: Callable[..., Any],
+                           identifier: str | None = None) -> str:
+        """Answer RPCs to ``identifier`` (a new unique one if ``None``, as in kiwiPy)."""
+        if identifier is None:
+            identifier = f"rpc-{threading.get_ident():x}-{id(subscriber):x}"
+        result: str = self._call(self._core.add_rpc_subscriber, self._wrap(subscriber),
+                                 identifier)
+        return result
+
+    def remove_rpc_subscriber(self, identifier: str) -> None:
+        self._call(self._core.remove_rpc_subscriber, identifier)
+
+    def rpc_send(self, recipient_id: str, msg: Any) -> concurrent.futures.Future[Any]:
+        """Send an RPC; raises :class:`~kiwitrio.UnroutableError` at once if nobody listens."""
+        future: concurrent.futures.Future[Any] = self._call(
+            _send_as_future, self._core.rpc_send, recipient_id, msg
+        )
+        return future
+
+    # -- broadcasts ---------------------------------------------------------------------------
+
+    def add_broadcast_subscriber(self, subscriber: Callable[..., Any],
+                                 identifier: Any = None) -> Any:
+        return self._call(self._core.add_broadcast_subscriber, self._wrap(subscriber),
+                          identifier)
+
+    def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        self._call(self._core.remove_broadcast_subscriber, identifier)
+
+    def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
+                       correlation_id: Any = None) -> bool:
+        """Send a broadcast; returns ``True`` once the broker has it (as kiwiPy does)."""
+        self._call(self._core.broadcast_send, body, sender, subject, correlation_id)
+        return True
+
+
+async def _send_as_future(send: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+    # Runs in the portal thread: the handle is only touched there.
+    handle: ResultHandle = await send(*args)
+    return _future_from(handle)
+
+
+def _future_from(handle: ResultHandle) -> concurrent.futures.Future[Any]:
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    # The reply router holds handles weakly; the future keeps this one alive for as long as
+    # the caller keeps the future.
+    future._kiwitrio_handle = handle  # type: ignore[attr-defined]
+
+    def transfer(done: ResultHandle) -> None:
+        if future.cancelled():
+            return
+        error = done.exception()
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(done.result())
+
+    handle.add_done_callback(transfer)
+    return future
+
+
+class TaskQueue:
+    """A named task queue, blocking flavour (see :class:`kiwitrio.TaskQueue`)."""
+
+    def __init__(self, communicator: Communicator, core: CoreTaskQueue) -> None:
+        self._communicator = communicator
+        self._queue = core
+
+    @property
+    def name(self) -> str:
+        return self._queue.name
+
+    def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any]:
+        """Send a task; returns once the broker confirmed it, with a future of its result."""
+        future: concurrent.futures.Future[Any] = self._communicator._call(
+            _send_as_future, self._queue.task_send, task, no_reply
+        )
+        return future
+
+    def add_task_subscriber(self, subscriber: Callable[..., Any],
+                            identifier: Any = None) -> Any:
+        return self._communicator._call(
+            self._queue.add_task_subscriber, self._communicator._wrap(subscriber), identifier
+        )
+
+    def remove_task_subscriber(self, identifier: Any) -> None:
+        self._communicator._call(self._queue.remove_task_subscriber, identifier)
+
+    @contextmanager
+    def next_task(self, timeout: float | None = NEXT_TASK_TIMEOUT,
+                  fail: bool = True) -> Iterator[IncomingTask | None]:
+        """Take the next task, waiting up to ``timeout`` seconds.
+
+        On leaving the block the task is finished if ``task.process()``'s future was given
+        a result or exception, else requeued. With no task: raises
+        :class:`~kiwitrio.QueueEmpty`, or yields ``None`` if ``fail`` is false.
+        """
+        try:
+            core_task = self._communicator._call(self._queue._fetch, timeout)
+        except QueueEmpty:
+            if fail:
+                raise
+            yield None
+            return
+        task = IncomingTask(self._communicator, core_task)
+        try:
+            yield task
+        finally:
+            task._settle()
+
+    def __iter__(self) -> Iterator[IncomingTask]:
+        """The tasks waiting now, one at a time; an unfinished one is requeued on moving on."""
+        while True:
+            try:
+                core_task = self._communicator._call(self._queue._fetch, None)
+            except QueueEmpty:
+                return
+            task = IncomingTask(self._communicator, core_task)
+            try:
+                yield task
+            finally:
+                task._settle()
+
+
+class IncomingTask:
+    """A task taken in pull mode, blocking flavour."""
+
+    def __init__(self, communicator: Communicator, core: CoreIncomingTask) -> None:
+        self._communicator = communicator
+        self._task = core
+        self._future: concurrent.futures.Future[Any] | None = None
+
+    @property
+    def body(self) -> Any:
+        return self._task.body
+
+    @property
+    def redelivered(self) -> bool:
+        return self._task.redelivered
+
+    def process(self) -> concurrent.futures.Future[Any]:
+        """Start processing; set the returned future's result (or exception) when done."""
+        if self._future is None:
+            self._future = concurrent.futures.Future()
+        return self._future
+
+    @contextmanager
+    def processing(self) -> Iterator[concurrent.futures.Future[Any]]:
+        """Process in a block; an exception escaping it becomes the task's outcome."""
+        future = self.process()
+        try:
+            yield future
+        except Exception as exc:
+            if not future.done():
+                future.set_exception(exc)
+            raise
+        finally:
+            self._settle()
+
+    def requeue(self) -> None:
+        self._communicator._call(self._task.requeue)
+
+    def _settle(self) -> None:
+        if self._task.settled:
+            return
+        future = self._future
+        if future is not None and future.done() and not future.cancelled():
+            outcome = self._task.process()
+            error = future.exception()
+            if error is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(future.result())
+        self._communicator._call(self._task._settle)

@@ -1,0 +1,38 @@
+"""Fixtures for the blocking API. No async code in these tests: they are plain pytest."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import trio
+
+import kiwitrio_sync
+
+from ..conftest import AMQP_URL, Names, delete_queues
+
+Connect = Callable[..., kiwitrio_sync.Communicator]
+
+
+@pytest.fixture
+def connect(names: Names) -> Iterator[Connect]:
+    """``connect(**overrides)``: a blocking communicator on this test's unique names.
+
+    Every communicator made is closed, and the test's task queues deleted, afterwards.
+    """
+    made: list[kiwitrio_sync.Communicator] = []
+    queues = {names.task_queue}
+
+    def _connect(**overrides: Any) -> kiwitrio_sync.Communicator:
+        kwargs = {**names.kwargs(), **overrides}
+        queues.add(kwargs["task_queue"])
+        url = kwargs.pop("url", AMQP_URL)
+        comm = kiwitrio_sync.connect(url, **kwargs)
+        made.append(comm)
+        return comm
+
+    yield _connect
+    for comm in made:
+        comm.close()
+    trio.run(delete_queues, AMQP_URL, queues)
