@@ -301,8 +301,8 @@ class _AmqpSession(Session):
     async def delete_queue(self, name: str) -> None:
         await self._admin_op(lambda ch: ch.queue_delete(name))
 
-    async def delete_exchange(self, name: str) -> None:
-        await self._admin_op(lambda ch: ch.exchange_delete(name))
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        await self._admin_op(lambda ch: ch.exchange_delete(name, if_unused=if_unused))
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
         await self._admin_op(lambda ch: ch.queue_bind(queue, exchange, routing_key=routing_key))

@@ -138,7 +138,8 @@ class Session(abc.ABC):
     async def delete_queue(self, name: str) -> None: ...
 
     @abc.abstractmethod
-    async def delete_exchange(self, name: str) -> None: ...
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange; with ``if_unused``, raise DeliveryFailed if it has bindings."""
 
     @abc.abstractmethod
     async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None: ...

@@ -23,6 +23,7 @@ import heapq
 import logging
 import os
 import types
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -85,17 +86,44 @@ async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     try:
         async with trio_asyncio.open_loop() as loop:
             batched = _install_batched_main_loop(loop)
+            transports = _track_socket_transports(loop)
             try:
                 yield AsyncioBridge(loop, batched)
             except BaseException as exc:
                 body_error = exc
                 raise
+            finally:
+                _abort_open_transports(transports)
     except BaseExceptionGroup as group:
         # open_loop() runs the body inside nurseries of its own, which wrap whatever the
         # body raised in exception groups. Give the caller back the exception it raised.
         if body_error is not None and single_leaf(group) is body_error:
             raise body_error from None
         raise
+
+
+def _track_socket_transports(loop: Any) -> weakref.WeakSet[asyncio.BaseTransport]:
+    """Record every socket transport the loop makes, so that none outlives it."""
+    transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+    make_transport = loop._make_socket_transport
+
+    def make_tracked_transport(*args: Any, **kwargs: Any) -> asyncio.BaseTransport:
+        transport: asyncio.BaseTransport = make_transport(*args, **kwargs)
+        transports.add(transport)
+        return transport
+
+    loop._make_socket_transport = make_tracked_transport
+    return transports
+
+
+def _abort_open_transports(transports: weakref.WeakSet[asyncio.BaseTransport]) -> None:
+    # aiormq 6 (Python 3.10) leaves a connection's socket half-open when the broker side
+    # goes away (EOF seen, transport never closed). The loop is about to stop: close what
+    # is left, so that no socket leaks past the bridge.
+    for transport in list(transports):
+        if not transport.is_closing() and isinstance(transport, asyncio.Transport):
+            logger.debug("aborting a transport left open: %r", transport)
+            transport.abort()
 
 
 def _install_batched_main_loop(loop: Any) -> bool:

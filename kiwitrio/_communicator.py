@@ -12,7 +12,8 @@ import trio
 from ._backend import Session
 from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
-from ._context import Context
+from ._context import SHUTDOWN_GRACE, Context
+from ._errors import ConnectionFailed, DeliveryFailed
 from ._groups import BaseExceptionGroup, single_leaf
 from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
@@ -80,6 +81,8 @@ async def open_communicator(
             # The nursery has exited: every subscriber has either finished its message or
             # given it back. Leaving _open_session closes the connection, and the broker
             # requeues whatever was still unacknowledged.
+            if testing_mode:
+                await comm._delete_unused_exchanges()
     except BaseExceptionGroup as group:
         # The nursery wrapped the block's own exception: hand it back unwrapped.
         if body_error is not None and single_leaf(group) is body_error:
@@ -145,6 +148,17 @@ class Communicator:
         self._ctx.closed = True
         self._replies.close()
         self._ctx.nursery.cancel_scope.cancel()
+
+    async def _delete_unused_exchanges(self) -> None:
+        # An auto-delete exchange goes only when its last binding is removed, so one that was
+        # never bound (a message exchange nobody subscribed to) would stay forever.
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+            for exchange in (self._message_exchange, self._task_exchange,
+                             dead_letter_exchange_name(self._task_exchange)):
+                try:
+                    await self._ctx.session.delete_exchange(exchange, if_unused=True)
+                except (DeliveryFailed, ConnectionFailed):
+                    pass  # still in use (bound): it auto-deletes later
 
     def is_closed(self) -> bool:
         return self._ctx.closed

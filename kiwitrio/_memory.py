@@ -337,10 +337,17 @@ class _Broker:
                 f"PRECONDITION_FAILED: inequivalent redeclaration of exchange {name!r}"
             )
 
-    def delete_exchange(self, name: str) -> None:
-        """Delete an exchange and its bindings. Deleting a missing exchange is fine."""
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        """Delete an exchange and its bindings. Deleting a missing exchange is fine.
+
+        With ``if_unused``, an exchange that still has bindings is refused
+        (PRECONDITION_FAILED), as RabbitMQ does.
+        """
         _check_not_default(name)
         _check_not_reserved("exchange", name)
+        exchange = self.exchanges.get(name)
+        if if_unused and exchange is not None and exchange.bindings:
+            raise DeliveryFailed(f"PRECONDITION_FAILED: exchange {name!r} in use")
         self.exchanges.pop(name, None)
 
     def exchange_exists(self, name: str) -> bool:
@@ -575,9 +582,9 @@ class _MemorySession(Session):
             queue.check_access(self)
             self._broker.delete_queue(queue)
 
-    async def delete_exchange(self, name: str) -> None:
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         await self._enter()
-        self._broker.delete_exchange(name)
+        self._broker.delete_exchange(name, if_unused=if_unused)
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
         await self._enter()

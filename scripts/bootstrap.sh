@@ -59,6 +59,8 @@ else
         rm -rf "$VENV"
     fi
     PY=$(find_python)
+    # Through a pyenv shim: name the interpreter itself.
+    PY=$("$PY" -c 'import sys; print(sys.executable)')
     say "creating .venv with $PY ($("$PY" -V 2>&1))"
     "$PY" -m venv "$VENV" \
         || die "'$PY -m venv' failed (on Debian/Ubuntu: apt-get install python3-venv)"

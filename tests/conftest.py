@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import trio
 
 import kiwitrio
 from kiwitrio._communicator import _open_session
@@ -40,6 +41,9 @@ class Names:
     def task_queue(self) -> str:
         return f"{self.prefix}.tasks"
 
+    def exchanges(self) -> list[str]:
+        return [self.message_exchange, self.task_exchange, f"{self.task_exchange}.dead-letter"]
+
     def kwargs(self) -> dict[str, Any]:
         return {
             "message_exchange": self.message_exchange,
@@ -50,8 +54,12 @@ class Names:
 
 
 @pytest.fixture
-def names() -> Names:
-    return Names(f"kt-test-{uuid.uuid4().hex[:12]}")
+def names() -> Iterator[Names]:
+    """Unique names; afterwards, the default task queue and the exchanges are deleted."""
+    names = Names(f"kt-test-{uuid.uuid4().hex[:12]}")
+    yield names
+    # A sync fixture: its teardown runs after the test's own Trio run has finished.
+    trio.run(delete_queues, AMQP_URL, {names.task_queue}, names)
 
 
 @pytest.fixture(params=["amqp", "memory"])
@@ -82,11 +90,14 @@ async def open_comm(broker_url: str, names: Names) -> AsyncIterator[OpenComm]:
 
     yield _open
     if broker_url.startswith("amqp"):
-        await delete_queues(broker_url, queues)
+        await delete_queues(broker_url, queues, names)
 
 
-async def delete_queues(url: str, queues: set[str]) -> None:
+async def delete_queues(url: str, queues: set[str], names: Names | None = None) -> None:
+    """Delete task queues (with their dead-letter queues) and, given names, the exchanges."""
     async with _open_session(url, heartbeat=0) as session:
         for queue in queues:
             await session.delete_queue(queue)
             await session.delete_queue(f"{queue}.dead-letter")
+        for exchange in names.exchanges() if names else ():
+            await session.delete_exchange(exchange)

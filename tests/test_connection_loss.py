@@ -36,7 +36,7 @@ async def test_task_of_a_worker_that_lost_its_connection_is_redelivered(names: N
                         await rescuer.add_task_subscriber(lambda _c, task: f"rescued {task}")
                         assert await handle == "rescued survive me"
     finally:
-        await delete_queues(AMQP_URL, {names.task_queue})
+        await delete_queues(AMQP_URL, {names.task_queue}, names)
 
 
 async def test_send_over_a_dead_connection_raises(names: Names) -> None:
@@ -50,4 +50,4 @@ async def test_send_over_a_dead_connection_raises(names: Names) -> None:
                 for _ in range(100):
                     await comm.task_send("x")
     finally:
-        await delete_queues(AMQP_URL, {names.task_queue})
+        await delete_queues(AMQP_URL, {names.task_queue}, names)

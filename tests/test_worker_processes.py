@@ -178,7 +178,7 @@ async def workers(tmp_path: Path, names: Names) -> AsyncIterator[WorkerPool]:
     finally:
         await pool.stop_all()
         with trio.CancelScope(shield=True), trio.fail_after(15):
-            await delete_queues(AMQP_URL, {names.task_queue})
+            await delete_queues(AMQP_URL, {names.task_queue}, names)
 
 
 async def test_1000_tasks_over_4_worker_processes(names: Names, workers: WorkerPool) -> None:

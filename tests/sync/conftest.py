@@ -35,4 +35,4 @@ def connect(names: Names) -> Iterator[Connect]:
     yield _connect
     for comm in made:
         comm.close()
-    trio.run(delete_queues, AMQP_URL, queues)
+    trio.run(delete_queues, AMQP_URL, queues, names)
