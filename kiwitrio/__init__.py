@@ -19,6 +19,7 @@ from ._errors import (
     TaskRejected,
     UnroutableError,
 )
+from ._reconnect import ConnectionState, ReconnectPolicy
 from ._replies import ResultHandle
 from ._tasks import IncomingTask, TaskOutcome, TaskQueue
 from ._version import __version__
@@ -30,6 +31,7 @@ __all__ = [
     "Communicator",
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionState",
     "DecodeError",
     "Decoder",
     "DeliveryFailed",
@@ -38,6 +40,7 @@ __all__ = [
     "IncomingTask",
     "KiwitrioError",
     "QueueEmpty",
+    "ReconnectPolicy",
     "RemoteException",
     "ResultHandle",
     "TaskOutcome",

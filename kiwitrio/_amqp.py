@@ -19,7 +19,6 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -39,6 +38,7 @@ from ._backend import (
 )
 from ._bridge import AsyncioBridge, open_asyncio_bridge
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, UnroutableError
+from ._urls import redact_url
 
 __all__ = ["open_amqp_session", "redact_url"]
 
@@ -48,16 +48,6 @@ T = TypeVar("T")
 
 _PERSISTENT = 2
 _TRANSIENT = 1
-
-
-def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0] + ":***"
-    return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
 
 
 @asynccontextmanager
@@ -116,6 +106,10 @@ class _AmqpDelivery(Delivery):
     def settled(self) -> bool:
         return self._settled
 
+    @property
+    def stale(self) -> bool:
+        return self._message.channel.is_closed
+
     async def ack(self) -> None:
         await self._settle(lambda channel, tag: channel.basic_ack(tag))
 
@@ -134,11 +128,10 @@ class _AmqpDelivery(Delivery):
             if channel.is_closed:
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
             await self._session.bridge.run(op, channel, tag)
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError) as exc:
+        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+                ConnectionError) as exc:
             # The channel is gone, and with it the delivery: the broker requeued it.
-            if self._session.closed:
-                raise CommunicatorClosed("the connection is closed") from exc
-            logger.warning("could not settle a delivery, the broker will requeue it: %s", exc)
+            logger.warning("could not settle a delivery, the broker requeued it: %s", exc)
         finally:
             if self._consumer is not None:
                 self._consumer.settled_one()
@@ -158,7 +151,13 @@ class _AmqpConsumer(Consumer):
         self._cancelled = False
         self._unsettled = 0
 
+    def end(self, *_args: Any) -> None:
+        """End the delivery stream (channel or connection closed); callable from asyncio."""
+        self._send.close()
+
     async def start(self) -> None:
+        # A channel closed by the broker (queue deleted, consumer timeout...) ends the stream.
+        self._channel.close_callbacks.add(self.end)
         underlay = await self._session.bridge.run(self._channel.get_underlay_channel)
         result = await self._session.bridge.run(
             underlay.basic_consume, self.queue, self._on_message
@@ -227,6 +226,9 @@ class _AmqpSession(Session):
         self._get_channel: aio_pika.abc.AbstractChannel | None = None
         self._consumers: set[_AmqpConsumer] = set()
         self.closed = False
+        self._lost = trio.Event()
+        self._loss_reason: BaseException = ConnectionFailed("connection lost")
+        connection.close_callbacks.add(self._on_connection_closed)
         props = connection.transport.connection.server_properties if connection.transport else {}
         self.server_properties: Mapping[str, Any] = _decode_server_properties(props)
 
@@ -237,6 +239,20 @@ class _AmqpSession(Session):
         except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
             raise ConnectionFailed(f"cannot connect to {redact_url(url)}: {exc}") from exc
         return cls(bridge, url, connection)
+
+    def _on_connection_closed(self, _sender: Any, reason: BaseException | None = None) -> None:
+        # asyncio context: synchronous Trio calls only.
+        if not self.closed:
+            logger.warning("connection to %s lost: %s", redact_url(self.url), reason)
+            self._loss_reason = ConnectionFailed(
+                f"connection to {redact_url(self.url)} lost: {reason}")
+        for consumer in self._consumers:
+            consumer.end()
+        self._lost.set()
+
+    async def wait_lost(self) -> BaseException:
+        await self._lost.wait()
+        return self._loss_reason
 
     # -- channels ---------------------------------------------------------------------------
 
@@ -370,7 +386,7 @@ class _AmqpSession(Session):
             return
         self.closed = True
         for consumer in self._consumers:
-            consumer._send.close()
+            consumer.end()
         # Closing the connection requeues every unsettled delivery at the broker.
         try:
             await self.bridge.run(self._connection.close)

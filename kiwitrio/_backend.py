@@ -12,15 +12,16 @@ operation: a cancelled :meth:`Session.publish` may still have reached the broker
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import trio
 
 __all__ = [
     "Consumer",
     "Delivery",
+    "DeliveryReceiver",
     "ExchangeType",
     "OutgoingMessage",
     "QueueInUse",
@@ -86,6 +87,12 @@ class Delivery(abc.ABC):
     def settled(self) -> bool:
         """True once acked or rejected (by us, or implicitly by a closed session)."""
 
+    @property
+    def stale(self) -> bool:
+        """True once the connection it came on is gone: the broker has requeued it, so it
+        must not be processed (another consumer may have it already)."""
+        return False
+
     @abc.abstractmethod
     async def ack(self) -> None:
         """Tell the broker the message is done with; it is removed from its queue."""
@@ -95,16 +102,29 @@ class Delivery(abc.ABC):
         """Give the message back (``requeue=True``) or dead-letter/drop it (``requeue=False``)."""
 
 
+class DeliveryReceiver(Protocol):
+    """The receiving end of a consumer: a bounded stream of deliveries.
+
+    ``trio.MemoryReceiveChannel[Delivery]`` is one. Iteration ends (and ``receive`` raises
+    ``trio.EndOfChannel``) when the consumer is cancelled or its session closes.
+    """
+
+    async def receive(self) -> Delivery: ...
+
+    def receive_nowait(self) -> Delivery: ...
+
+    def __aiter__(self) -> AsyncIterator[Delivery]: ...
+
+
 class Consumer(abc.ABC):
     """An active subscription to one queue.
 
-    Deliveries arrive on :attr:`deliveries`, a bounded channel: the broker never has more
-    than ``prefetch_count`` unsettled deliveries out to one consumer, and the channel holds
-    that many. The channel ends (``EndOfChannel``) when the consumer is cancelled or its
-    session closes.
+    Deliveries arrive on :attr:`deliveries`, bounded: the broker never has more than
+    ``prefetch_count`` unsettled deliveries out to one consumer, and the stream holds that
+    many.
     """
 
-    deliveries: trio.MemoryReceiveChannel[Delivery]
+    deliveries: DeliveryReceiver
     queue: str
 
     @abc.abstractmethod
@@ -169,3 +189,11 @@ class Session(abc.ABC):
     @abc.abstractmethod
     async def aclose(self) -> None:
         """Close the connection. Unsettled deliveries go back to their queues. Idempotent."""
+
+    async def wait_lost(self) -> BaseException:
+        """Return (the reason) once the connection is lost by anything but :meth:`aclose`.
+
+        The in-memory broker never loses its connection: this waits forever.
+        """
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")

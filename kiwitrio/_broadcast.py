@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -177,8 +178,10 @@ class BroadcastHub:
 
     async def _open(self) -> str:
         session = self._ctx.session
+        # Named by us, so that it can be declared again after a reconnection.
+        name = f"{self._exchange}.broadcast.{uuid.uuid4().hex}"
         self._queue = await session.declare_queue(
-            QueueSpec(None, exclusive=True, auto_delete=True))
+            QueueSpec(name, exclusive=True, auto_delete=True))
         consumer = await session.consume(self._queue, prefetch_count=BROADCAST_PREFETCH)
         self._ctx.nursery.start_soon(self._dispatch, consumer, name="kiwitrio broadcasts")
         return self._queue

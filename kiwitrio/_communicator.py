@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
@@ -13,8 +13,9 @@ from ._backend import Session
 from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
 from ._context import SHUTDOWN_GRACE, Context
-from ._errors import ConnectionFailed, DeliveryFailed
+from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, KiwitrioError
 from ._groups import BaseExceptionGroup, single_leaf
+from ._reconnect import ConnectionState, ReconnectPolicy, open_resilient_session
 from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
 from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
@@ -28,11 +29,12 @@ DEFAULT_MESSAGE_EXCHANGE = "kiwitrio.messages"
 DEFAULT_TASK_EXCHANGE = "kiwitrio.tasks"
 DEFAULT_TASK_QUEUE = "kiwitrio.tasks"
 DEFAULT_TASK_PREFETCH = 1
+DEFAULT_RECONNECT = ReconnectPolicy()
 
 
 @asynccontextmanager
 async def open_communicator(
-    url: str = DEFAULT_URL,
+    url: str | Sequence[str] = DEFAULT_URL,
     *,
     message_exchange: str = DEFAULT_MESSAGE_EXCHANGE,
     task_exchange: str = DEFAULT_TASK_EXCHANGE,
@@ -42,12 +44,22 @@ async def open_communicator(
     decoder: Decoder = cbor_decode,
     content_type: str | None = None,
     testing_mode: bool = False,
-    heartbeat: float = 30.0,
+    heartbeat: float = 10.0,
+    reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
+    on_connection_state: Callable[[ConnectionState], None] | None = None,
 ) -> AsyncIterator[Communicator]:
     """Connect to a broker and yield a :class:`Communicator` for the block.
 
-    ``url`` is an ``amqp://`` (or ``amqps://``) URL, or ``memory://[name]`` for the in-process
-    broker (communicators opened with the same memory URL in one Trio run share it).
+    ``url`` is an ``amqp://`` (or ``amqps://``) URL, or several (nodes of a cluster, tried in
+    turn), or ``memory://[name]`` for the in-process broker (communicators opened with the same
+    memory URL in one Trio run share it).
+
+    A lost connection is detected by heartbeats (every ``heartbeat`` seconds) and repaired
+    according to ``reconnect`` (``None``: do not reconnect; calls then fail with
+    :class:`~kiwitrio.ConnectionFailed`). Subscribers come back by themselves; sends made
+    meanwhile wait for the connection. ``on_connection_state`` is called with each new
+    :class:`ConnectionState`. If an outage outlasts the policy, the block is cancelled and
+    ``ConnectionFailed`` raised from it.
 
     ``encoder``/``decoder`` default to CBOR; ``content_type`` labels what the encoder makes
     (default ``application/cbor`` for CBOR, ``application/octet-stream`` otherwise) and
@@ -62,7 +74,8 @@ async def open_communicator(
         content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
     body_error: BaseException | None = None
     try:
-        async with _open_session(url, heartbeat=heartbeat) as session:
+        async with _open_session(url, heartbeat=heartbeat, reconnect=reconnect,
+                                 on_state=on_connection_state) as session:
             async with trio.open_nursery() as nursery:
                 ctx = Context(session=session, nursery=nursery, encoder=encoder,
                               decoder=decoder, content_type=content_type, communicator=None,
@@ -81,29 +94,48 @@ async def open_communicator(
             # The nursery has exited: every subscriber has either finished its message or
             # given it back. Leaving _open_session closes the connection, and the broker
             # requeues whatever was still unacknowledged.
-            if testing_mode:
-                await comm._delete_unused_exchanges()
+            await comm._clean_up(testing_mode)
     except BaseExceptionGroup as group:
-        # The nursery wrapped the block's own exception: hand it back unwrapped.
-        if body_error is not None and single_leaf(group) is body_error:
-            raise body_error from None
+        # The nursery wrapped the block's own exception (or the connection's failure):
+        # hand it back unwrapped.
+        leaf = single_leaf(group)
+        if leaf is not None and (leaf is body_error or isinstance(leaf, KiwitrioError)):
+            raise leaf from None
         raise
 
 
 @asynccontextmanager
-async def _open_session(url: str, *, heartbeat: float) -> AsyncIterator[Session]:
-    if url.startswith("memory:"):
+async def _open_session(
+    url: str | Sequence[str],
+    *,
+    heartbeat: float,
+    reconnect: ReconnectPolicy | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
+) -> AsyncIterator[Session]:
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no broker URL given")
+    if all(u.startswith("memory:") for u in urls):
         from ._memory import open_memory_session
 
-        async with open_memory_session(url) as session:
+        async with open_memory_session(urls[0]) as session:
             yield session
-    elif url.startswith(("amqp:", "amqps:")):
-        from ._amqp import open_amqp_session
+        return
+    if not all(u.startswith(("amqp:", "amqps:")) for u in urls):
+        raise ValueError(f"unsupported broker URL in {urls!r}: use amqp://, amqps:// or memory://")
+    from ._amqp import open_amqp_session
 
-        async with open_amqp_session(url, heartbeat=heartbeat) as session:
+    if reconnect is None:
+        if len(urls) > 1:
+            raise ValueError("several broker URLs need a reconnect policy")
+        async with open_amqp_session(urls[0], heartbeat=heartbeat) as session:
             yield session
-    else:
-        raise ValueError(f"unsupported broker URL {url!r}: use amqp://, amqps:// or memory://")
+        return
+    def opener(one_url: str) -> AbstractAsyncContextManager[Session]:
+        return open_amqp_session(one_url, heartbeat=heartbeat)
+
+    async with open_resilient_session(urls, opener, reconnect, on_state) as session:
+        yield session
 
 
 class Communicator:
@@ -121,7 +153,7 @@ class Communicator:
         self._ctx = ctx
         self._message_exchange = message_exchange
         self._task_exchange = task_exchange
-        self._replies = ReplyRouter(ctx)
+        self._replies = ReplyRouter(ctx, prefix=message_exchange)
         self._rpc = RpcHub(ctx, self._replies, exchange=message_exchange)
         self._broadcasts = BroadcastHub(ctx, exchange=message_exchange)
         self._task_queues: dict[str, TaskQueue] = {}
@@ -149,19 +181,35 @@ class Communicator:
         self._replies.close()
         self._ctx.nursery.cancel_scope.cancel()
 
+    async def _clean_up(self, testing_mode: bool) -> None:
+        """Delete what only this communicator used, before the connection closes."""
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+            try:
+                await self._replies.delete_queue()
+                if testing_mode:
+                    await self._delete_unused_exchanges()
+            except (ConnectionFailed, CommunicatorClosed) as exc:
+                logger.info("could not clean up at close: %s", exc)
+
     async def _delete_unused_exchanges(self) -> None:
         # An auto-delete exchange goes only when its last binding is removed, so one that was
         # never bound (a message exchange nobody subscribed to) would stay forever.
-        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
-            for exchange in (self._message_exchange, self._task_exchange,
-                             dead_letter_exchange_name(self._task_exchange)):
-                try:
-                    await self._ctx.session.delete_exchange(exchange, if_unused=True)
-                except (DeliveryFailed, ConnectionFailed):
-                    pass  # still in use (bound): it auto-deletes later
+        for exchange in (self._message_exchange, self._task_exchange,
+                         dead_letter_exchange_name(self._task_exchange)):
+            try:
+                await self._ctx.session.delete_exchange(exchange, if_unused=True)
+            except DeliveryFailed:
+                pass  # still in use (bound): it auto-deletes later
 
     def is_closed(self) -> bool:
         return self._ctx.closed
+
+    @property
+    def connection_state(self) -> ConnectionState:
+        """``CONNECTED``, ``RECONNECTING``..., ``CLOSED`` once the communicator is closed."""
+        if self._ctx.closed:
+            return ConnectionState.CLOSED
+        return getattr(self._ctx.session, "state", ConnectionState.CONNECTED)
 
     @property
     def server_properties(self) -> Mapping[str, Any]:

@@ -26,6 +26,8 @@ __all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "result_envelope
 logger = logging.getLogger("kiwitrio.replies")
 
 _REPLY_PREFETCH = 256
+#: A reply queue unused (no consumer) this long is deleted by the broker.
+REPLY_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 _MISSING: Any = object()
 
 
@@ -131,8 +133,12 @@ class ResultHandle:
 class ReplyRouter:
     """This communicator's reply queue and the handles waiting on it."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, *, prefix: str) -> None:
         self._ctx = ctx
+        # Named by us (not by the broker), durable and expiring when unused: it outlives a
+        # lost connection, so results sent meanwhile wait in it and pending handles resolve
+        # after the reconnection.
+        self.queue_name = f"{prefix}.reply.{uuid.uuid4().hex}"
         self._queue: str | None = None
         self._lock = trio.Lock()
         # Weak: if the caller drops a handle, nobody wants that result any more.
@@ -155,9 +161,10 @@ class ReplyRouter:
     async def _open(self) -> str:
         async with self._lock:
             if self._queue is None:
-                queue = await self._ctx.session.declare_queue(
-                    QueueSpec(None, exclusive=True, auto_delete=True)
-                )
+                queue = await self._ctx.session.declare_queue(QueueSpec(
+                    self.queue_name, durable=True,
+                    arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+                ))
                 consumer = await self._ctx.session.consume(queue, prefetch_count=_REPLY_PREFETCH)
                 self._ctx.nursery.start_soon(self._route, consumer, name="kiwitrio replies")
                 self._queue = queue
@@ -179,6 +186,11 @@ class ReplyRouter:
             logger.error("undecodable reply %r: %s", delivery.correlation_id, exc)
             value, error = None, exc
         handle._set(value, error)
+
+    async def delete_queue(self) -> None:
+        """Delete the reply queue (at close): nothing more can come back."""
+        if self._queue is not None:
+            await self._ctx.session.delete_queue(self._queue)
 
     def close(self) -> None:
         """Fail every pending handle with CommunicatorClosed."""

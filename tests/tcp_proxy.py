@@ -17,6 +17,9 @@ class TcpProxy:
         self.port = 0
         self._scopes: set[trio.CancelScope] = set()
         self.connections_seen = 0
+        self._seen_changed = trio.Event()
+        #: While set, new connections are accepted and closed at once (broker "down").
+        self.blocked = False
 
     def url(self, user: str = "guest", password: str = "guest") -> str:
         return f"amqp://{user}:{password}@127.0.0.1:{self.port}/"
@@ -27,8 +30,26 @@ class TcpProxy:
             scope.cancel()
         return len(self._scopes)
 
+    def block(self) -> int:
+        """Cut every connection and refuse new ones until :meth:`unblock`."""
+        self.blocked = True
+        return self.cut()
+
+    def unblock(self) -> None:
+        self.blocked = False
+
+    async def wait_for_connections(self, count: int) -> None:
+        """Wait until ``count`` connections (accepted or refused) have come in."""
+        while self.connections_seen < count:
+            await self._seen_changed.wait()
+
     async def _handle(self, client: trio.SocketStream) -> None:
         self.connections_seen += 1
+        self._seen_changed.set()
+        self._seen_changed = trio.Event()
+        if self.blocked:
+            await client.aclose()
+            return
         with trio.CancelScope() as scope:
             self._scopes.add(scope)
             try:

@@ -1,4 +1,8 @@
-"""A worker whose connection drops mid-task: the broker gives the task to another worker."""
+"""Connections cut under a communicator: reconnection, and what happens to work in flight.
+
+Connections go through a TCP proxy owned by the test (tests/tcp_proxy.py); the shared broker
+is never touched.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,12 @@ import trio
 
 import kiwitrio
 
-from .conftest import AMQP_URL, Names, delete_queues
+from .conftest import AMQP_URL, Names
 from .tcp_proxy import open_tcp_proxy
 
 DEADLINE = 20
+FAST = kiwitrio.ReconnectPolicy(initial_delay=0.05, max_delay=0.5, jitter=0.05,
+                                startup_give_up_after=5.0)
 
 
 async def test_task_of_a_worker_that_lost_its_connection_is_redelivered(names: Names) -> None:
@@ -23,31 +29,166 @@ async def test_task_of_a_worker_that_lost_its_connection_is_redelivered(names: N
         await trio.sleep_forever()
         return "never"
 
-    try:
-        async with open_tcp_proxy() as proxy, \
-                kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as sender:
-            handle = await sender.task_send("survive me")
+    async with open_tcp_proxy() as proxy, \
+            kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as sender:
+        handle = await sender.task_send("survive me")
+        with trio.fail_after(DEADLINE):
+            async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(),
+                                                  reconnect=None) as doomed:
+                await doomed.add_task_subscriber(stuck)
+                await started.wait()
+                assert proxy.cut() == 1
+                async with kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as rescuer:
+                    await rescuer.add_task_subscriber(lambda _c, task: f"rescued {task}")
+                    assert await handle == "rescued survive me"
+
+
+async def test_without_reconnection_sends_over_a_dead_connection_raise(names: Names) -> None:
+    async with open_tcp_proxy() as proxy, \
+            kiwitrio.open_communicator(proxy.url(), **names.kwargs(), reconnect=None) as comm:
+        proxy.cut()
+        with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed):
+            # The first sends may still be written to the socket before the loss is seen;
+            # none may be reported as delivered without the broker's confirm.
+            for _ in range(100):
+                await comm.task_send("x")
+
+
+async def test_reconnects_and_restores_every_subscriber(names: Names) -> None:
+    states: list[kiwitrio.ConnectionState] = []
+    got_broadcast = trio.Event()
+
+    async def listener(*_args: Any) -> None:
+        got_broadcast.set()
+
+    async with open_tcp_proxy() as proxy:
+        async with kiwitrio.open_communicator(
+                proxy.url(), **names.kwargs(), reconnect=FAST,
+                on_connection_state=states.append) as worker, \
+                kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as client:
+            await worker.add_task_subscriber(lambda _c, task: task + 1, identifier="tasks")
+            await worker.add_rpc_subscriber(lambda _c, msg: f"pong {msg}", "pinger")
+            await worker.add_broadcast_subscriber(
+                kiwitrio.BroadcastFilter(listener, subject="news.*"))
+            assert worker.connection_state is kiwitrio.ConnectionState.CONNECTED
+            for _ in range(3):
+                assert proxy.cut() >= 1
+                with trio.fail_after(DEADLINE):
+                    assert await (await client.task_send(1)) == 2
+                    assert await (await _rpc_when_back(client, "pinger", 1)) == "pong 1"
+                    got_broadcast = trio.Event()
+                    while not got_broadcast.is_set():
+                        await client.broadcast_send("hello", subject="news.today")
+                        with trio.move_on_after(0.2):
+                            await got_broadcast.wait()
+            # The same identifiers are back: adding them again is refused.
+            with pytest.raises(kiwitrio.DuplicateSubscriberIdentifier):
+                await worker.add_rpc_subscriber(lambda _c, m: m, "pinger")
+    assert states[0] is kiwitrio.ConnectionState.CONNECTED
+    assert states.count(kiwitrio.ConnectionState.RECONNECTING) == 3
+    assert states[-2:] == [kiwitrio.ConnectionState.CONNECTED, kiwitrio.ConnectionState.CLOSED]
+
+
+async def _rpc_when_back(comm: kiwitrio.Communicator, recipient: str,
+                         msg: Any) -> kiwitrio.ResultHandle:
+    """RPC recipients are unroutable while they reconnect: retry until they are back."""
+    while True:
+        try:
+            return await comm.rpc_send(recipient, msg)
+        except kiwitrio.UnroutableError:
+            await trio.sleep(0.05)
+
+
+async def test_sends_during_an_outage_wait_and_then_go_out(names: Names) -> None:
+    lost = trio.Event()
+
+    def on_state(state: kiwitrio.ConnectionState) -> None:
+        if state is kiwitrio.ConnectionState.RECONNECTING:
+            lost.set()
+
+    async with open_tcp_proxy() as proxy:
+        async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(), reconnect=FAST,
+                                              on_connection_state=on_state) as sender, \
+                kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as worker:
+            await worker.add_task_subscriber(lambda _c, task: task * 3)
+            proxy.block()
+            sent: list[kiwitrio.ResultHandle] = []
+
+            async def send() -> None:
+                sent.append(await sender.task_send(5))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send)
+                with trio.fail_after(DEADLINE):
+                    await lost.wait()
+                    # Several refused reconnection attempts, the send still waiting.
+                    await proxy.wait_for_connections(proxy.connections_seen + 3)
+                assert not sent  # the broker is unreachable: not reported as sent
+                proxy.unblock()
             with trio.fail_after(DEADLINE):
-                async with kiwitrio.open_communicator(proxy.url(), **names.kwargs()) as doomed:
-                    await doomed.add_task_subscriber(stuck)
-                    await started.wait()
-                    assert proxy.cut() == 1
-                    async with kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as rescuer:
-                        await rescuer.add_task_subscriber(lambda _c, task: f"rescued {task}")
-                        assert await handle == "rescued survive me"
-    finally:
-        await delete_queues(AMQP_URL, {names.task_queue}, names)
+                assert await sent[0] == 15
 
 
-async def test_send_over_a_dead_connection_raises(names: Names) -> None:
-    try:
-        async with open_tcp_proxy() as proxy, \
-                kiwitrio.open_communicator(proxy.url(), **names.kwargs()) as comm:
-            proxy.cut()
-            with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.KiwitrioError):
-                # The first sends may still be written to the socket before the loss is seen;
-                # none may be reported as delivered without the broker's confirm.
-                for _ in range(100):
-                    await comm.task_send("x")
-    finally:
-        await delete_queues(AMQP_URL, {names.task_queue}, names)
+async def test_pending_result_arrives_after_the_sender_reconnected(names: Names) -> None:
+    release = trio.Event()
+    started = trio.Event()
+
+    async def slow(_comm: Any, task: str) -> str:
+        started.set()
+        await release.wait()
+        return task.upper()
+
+    async with open_tcp_proxy() as proxy:
+        async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(),
+                                              reconnect=FAST) as sender, \
+                kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as worker:
+            await worker.add_task_subscriber(slow)
+            handle = await sender.task_send("late")
+            with trio.fail_after(DEADLINE):
+                await started.wait()
+                proxy.cut()
+                release.set()  # the reply goes to the reply queue while the sender is away
+                assert await handle == "LATE"
+
+
+async def test_broker_down_at_start_then_up(names: Names) -> None:
+    async with open_tcp_proxy() as proxy:
+        proxy.block()
+        opened = trio.Event()
+
+        async def open_and_use() -> None:
+            async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(),
+                                                  reconnect=FAST) as comm:
+                opened.set()
+                await comm.add_task_subscriber(lambda _c, t: t)
+                assert await (await comm.task_send("up")) == "up"
+
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(open_and_use)
+                await proxy.wait_for_connections(3)  # it is trying, and failing
+                assert not opened.is_set()
+                proxy.unblock()
+
+
+async def test_unreachable_at_start_gives_up_naming_the_url(names: Names) -> None:
+    policy = kiwitrio.ReconnectPolicy(initial_delay=0.05, max_delay=0.1,
+                                      startup_give_up_after=0.5)
+    with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed) as info:
+        async with kiwitrio.open_communicator("amqp://guest:s3cret@127.0.0.1:1/",
+                                              **names.kwargs(), reconnect=policy):
+            pass
+    assert "127.0.0.1:1" in str(info.value)
+    assert "s3cret" not in str(info.value)
+
+
+async def test_outage_longer_than_the_policy_raises_from_the_block(names: Names) -> None:
+    policy = kiwitrio.ReconnectPolicy(initial_delay=0.05, max_delay=0.1, give_up_after=0.5)
+    async with open_tcp_proxy() as proxy:
+        with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed,
+                                                      match="gave up"):
+            async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(),
+                                                  reconnect=policy) as comm:
+                proxy.block()
+                await trio.sleep_forever()
+        assert comm.is_closed()

@@ -1,0 +1,428 @@
+"""Reconnection: a :class:`~kiwitrio._backend.Session` that survives losing its connection.
+
+:class:`ResilientSession` wraps the real sessions (one per connection) and hides the gaps
+between them. It remembers what was declared (exchanges, queues, bindings) and who consumes
+what, and replays all of it on every new connection, so subscribers come back by themselves
+with their identifiers. A supervisor task reconnects with tenacity: exponential backoff with
+jitter, one log line per attempt, bounds and give-up policy from :class:`ReconnectPolicy`.
+
+While disconnected, operations wait for the next connection (bounded by the caller's own
+cancel scope) and then run; a publish whose confirm never came is published again on the new
+connection, so a send is reported done only once a broker confirmed it (at least once: the
+message may arrive twice). Deliveries that came on a lost connection are *stale*: the broker
+has requeued them, so they are dropped from the consumer's stream instead of processed.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import tenacity
+import trio
+
+from ._backend import (
+    Consumer,
+    Delivery,
+    ExchangeType,
+    OutgoingMessage,
+    QueueInUse,
+    QueueSpec,
+    Session,
+)
+from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed
+from ._urls import redact_url
+
+__all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SessionOpener = Callable[[str], AbstractAsyncContextManager[Session]]
+
+
+class ConnectionState(enum.Enum):
+    """Where a communicator's connection stands."""
+
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    RECONNECTING = "reconnecting"
+    #: The reconnection policy gave up: the communicator raises ConnectionFailed.
+    GIVEN_UP = "given up"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class ReconnectPolicy:
+    """How to (re)connect: exponential backoff with jitter, and when to give up.
+
+    The n-th wait is ``min(max_delay, initial_delay * multiplier**n)`` plus up to ``jitter``
+    seconds at random. ``startup_give_up_after`` bounds the first connection (then
+    :func:`~kiwitrio.open_communicator` raises :class:`~kiwitrio.ConnectionFailed`);
+    ``give_up_after`` bounds each later outage (``None``: keep trying), as does
+    ``max_attempts`` if set.
+    """
+
+    initial_delay: float = 0.1
+    max_delay: float = 10.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+    startup_give_up_after: float | None = 10.0
+    give_up_after: float | None = None
+    max_attempts: int | None = None
+
+    def retrying(self, *, startup: bool, describe: Callable[[], str]) -> tenacity.AsyncRetrying:
+        give_up_after = self.startup_give_up_after if startup else self.give_up_after
+        stops: list[tenacity.stop.stop_base] = []
+        if give_up_after is not None:
+            stops.append(tenacity.stop_after_delay(give_up_after))
+        if self.max_attempts is not None:
+            stops.append(tenacity.stop_after_attempt(self.max_attempts))
+        stop = tenacity.stop_any(*stops) if stops else tenacity.stop_never
+
+        def log_attempt(state: tenacity.RetryCallState) -> None:
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            logger.warning("connecting to %s failed (attempt %d): %s; next try in %.1f s",
+                           describe(), state.attempt_number, error, wait)
+
+        return tenacity.AsyncRetrying(
+            stop=stop,
+            wait=tenacity.wait_exponential(multiplier=self.initial_delay, exp_base=self.multiplier,
+                                           max=self.max_delay)
+            + tenacity.wait_random(0, self.jitter),
+            retry=tenacity.retry_if_exception_type((ConnectionFailed, DeliveryFailed, QueueInUse,
+                                                    OSError)),
+            before_sleep=log_attempt,
+            sleep=trio.sleep,
+            reraise=True,
+        )
+
+
+@asynccontextmanager
+async def open_resilient_session(
+    urls: Sequence[str],
+    opener: SessionOpener,
+    policy: ReconnectPolicy,
+    on_state: Callable[[ConnectionState], None] | None = None,
+) -> AsyncIterator[ResilientSession]:
+    """Connect (retrying per ``policy``) and keep reconnecting for the block.
+
+    Raises :class:`~kiwitrio.ConnectionFailed` if the first connection cannot be made within
+    the policy, and out of the block if a later outage outlasts it.
+    """
+    async with trio.open_nursery() as nursery:
+        session = ResilientSession(urls, opener, policy, on_state, nursery)
+        await nursery.start(session.supervise)
+        try:
+            yield session
+        finally:
+            session.closing()
+            nursery.cancel_scope.cancel()
+
+
+class ResilientSession(Session):
+    """A session over a succession of connections; see the module docstring."""
+
+    def __init__(self, urls: Sequence[str], opener: SessionOpener, policy: ReconnectPolicy,
+                 on_state: Callable[[ConnectionState], None] | None,
+                 nursery: trio.Nursery) -> None:
+        if not urls:
+            raise ValueError("no broker URL given")
+        self._urls = list(urls)
+        self._next_url = itertools.cycle(self._urls)
+        self._url = self._urls[0]
+        self._opener = opener
+        self._policy = policy
+        self._on_state = on_state
+        self.nursery = nursery
+        self.state = ConnectionState.CONNECTING
+        self.server_properties: dict[str, Any] = {}
+        self._current: Session | None = None
+        self._connected = trio.Event()
+        self._given_up: ConnectionFailed | None = None
+        self._closed = False
+        #: Bumped on every new connection: tells operations whether they raced a reconnect.
+        self.generation = 0
+        # What to replay on a new connection, in declaration order.
+        self._exchanges: dict[str, tuple[ExchangeType, bool, bool]] = {}
+        self._queues: dict[str, QueueSpec] = {}
+        self._bindings: dict[tuple[str, str, str], None] = {}
+        self._consumers: dict[_ResilientConsumer, None] = {}
+
+    # -- the supervisor -----------------------------------------------------------------------
+
+    async def supervise(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                        ) -> None:
+        startup = True
+        while True:
+            try:
+                stack, inner = await self._connect(startup)
+            except Exception as exc:
+                raise self._give_up(exc, startup) from exc
+            async with stack:
+                self._attach(inner)
+                if startup:
+                    task_status.started()
+                    startup = False
+                reason = await inner.wait_lost()
+                self._detach(reason)
+
+    async def _connect(self, startup: bool) -> tuple[AsyncExitStack, Session]:
+        self._set_state(ConnectionState.CONNECTING if startup else ConnectionState.RECONNECTING)
+        describe = lambda: redact_url(self._url)  # noqa: E731
+        async for attempt in self._policy.retrying(startup=startup, describe=describe):
+            with attempt:
+                self._url = next(self._next_url)
+                stack = AsyncExitStack()
+                try:
+                    inner = await stack.enter_async_context(self._opener(self._url))
+                    await self._restore(inner)
+                except BaseException:
+                    with trio.CancelScope(shield=True):
+                        await stack.aclose()
+                    raise
+                return stack, inner
+        raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _restore(self, inner: Session) -> None:
+        for name, (type_, durable, auto_delete) in list(self._exchanges.items()):
+            await inner.declare_exchange(name, type_, durable=durable, auto_delete=auto_delete)
+        for spec in list(self._queues.values()):
+            await inner.declare_queue(spec)
+        for queue, exchange, key in list(self._bindings):
+            await inner.bind_queue(queue, exchange, key)
+        for consumer in list(self._consumers):
+            await consumer.attach(inner)
+
+    def _attach(self, inner: Session) -> None:
+        self._current = inner
+        self.generation += 1
+        self.server_properties = dict(inner.server_properties)
+        self._set_state(ConnectionState.CONNECTED)
+        self._connected.set()
+        if self.generation > 1:
+            logger.warning("reconnected to %s", redact_url(self._url))
+
+    def _detach(self, reason: BaseException) -> None:
+        self._current = None
+        self._connected = trio.Event()
+        logger.warning("lost the connection to %s (%s); reconnecting", redact_url(self._url),
+                       reason)
+        self._set_state(ConnectionState.RECONNECTING)
+
+    def _give_up(self, exc: Exception, startup: bool) -> ConnectionFailed:
+        when = "could not connect to" if startup else "gave up reconnecting to"
+        error = ConnectionFailed(f"{when} {', '.join(_redacted(self._urls))}: {exc}")
+        self._given_up = error
+        self._set_state(ConnectionState.GIVEN_UP)
+        self._connected.set()  # wake the waiters: they raise
+        return error
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if state is self.state:
+            return
+        self.state = state
+        if self._on_state is not None:
+            try:
+                self._on_state(state)
+            except Exception:
+                logger.exception("connection state callback failed")
+
+    def closing(self) -> None:
+        self._closed = True
+        self._set_state(ConnectionState.CLOSED)
+        self._connected.set()
+
+    # -- running operations across connections -----------------------------------------------
+
+    async def current(self) -> Session:
+        """The live inner session, waiting (within the caller's deadline) for one."""
+        while True:
+            if self._closed:
+                raise CommunicatorClosed("the communicator is closed")
+            if self._given_up is not None:
+                raise self._given_up
+            if self._current is not None:
+                return self._current
+            await self._connected.wait()
+
+    async def _run(self, op: Callable[[Session], Awaitable[T]]) -> T:
+        """Run ``op`` on a live connection; if that connection is lost first, on the next."""
+        while True:
+            inner = await self.current()
+            try:
+                return await op(inner)
+            except (ConnectionFailed, CommunicatorClosed):
+                if self._closed or self._given_up is not None:
+                    raise
+                if self._current is inner:
+                    await inner.wait_lost()  # the supervisor is about to notice
+                logger.info("operation interrupted by the connection loss; retrying")
+
+    async def _run_and_record(self, op: Callable[[Session], Awaitable[T]],
+                              record: Callable[[], None]) -> T:
+        while True:
+            generation = self.generation
+            result = await self._run(op)
+            record()  # no checkpoint since op: a reconnect replays it from now on
+            if generation == self.generation:
+                return result
+            # A reconnect may have replayed the records before this one: do it again.
+
+    # -- Session --------------------------------------------------------------------------------
+
+    async def declare_exchange(self, name: str, type: ExchangeType, *, durable: bool,
+                               auto_delete: bool) -> None:
+        await self._run_and_record(
+            lambda s: s.declare_exchange(name, type, durable=durable, auto_delete=auto_delete),
+            lambda: self._exchanges.__setitem__(name, (type, durable, auto_delete)),
+        )
+
+    async def declare_queue(self, spec: QueueSpec) -> str:
+        if not spec.name:
+            raise ValueError("queues must be named to survive reconnection")
+        name = spec.name
+        return await self._run_and_record(
+            lambda s: s.declare_queue(spec), lambda: self._queues.__setitem__(name, spec))
+
+    async def delete_queue(self, name: str) -> None:
+        self._forget_queue(name)
+        await self._run(lambda s: s.delete_queue(name))
+
+    async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        await self._run(lambda s: s.delete_exchange(name, if_unused=if_unused))
+        self._exchanges.pop(name, None)
+
+    async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        await self._run_and_record(
+            lambda s: s.bind_queue(queue, exchange, routing_key),
+            lambda: self._bindings.__setitem__((queue, exchange, routing_key), None),
+        )
+
+    async def unbind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
+        self._bindings.pop((queue, exchange, routing_key), None)
+        await self._run(lambda s: s.unbind_queue(queue, exchange, routing_key))
+
+    async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage, *,
+                      mandatory: bool) -> None:
+        await self._run(lambda s: s.publish(exchange, routing_key, message, mandatory=mandatory))
+
+    async def get(self, queue: str) -> Delivery | None:
+        return await self._run(lambda s: s.get(queue))
+
+    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
+        consumer = _ResilientConsumer(self, queue, prefetch_count)
+        await self._run_and_record(consumer.attach,
+                                   lambda: self._consumers.__setitem__(consumer, None))
+        return consumer
+
+    def forget_consumer(self, consumer: _ResilientConsumer) -> None:
+        self._consumers.pop(consumer, None)
+        spec = self._queues.get(consumer.queue)
+        if spec is not None and spec.auto_delete and not any(
+                c.queue == consumer.queue for c in self._consumers):
+            # The broker deletes an auto-delete queue with its last consumer: so do we.
+            self._forget_queue(consumer.queue)
+
+    def _forget_queue(self, name: str) -> None:
+        self._queues.pop(name, None)
+        for binding in [b for b in self._bindings if b[0] == name]:
+            del self._bindings[binding]
+
+    async def aclose(self) -> None:
+        self.closing()
+        if self._current is not None:
+            await self._current.aclose()
+
+    async def wait_lost(self) -> BaseException:
+        await trio.sleep_forever()  # losing a connection is this class's business, not ours
+        raise AssertionError("unreachable")
+
+
+class _FreshDeliveries:
+    """A consumer's stream, minus deliveries whose connection is gone (they were requeued)."""
+
+    def __init__(self, receive: trio.MemoryReceiveChannel[Delivery]) -> None:
+        self._receive = receive
+
+    async def receive(self) -> Delivery:
+        while True:
+            delivery = await self._receive.receive()
+            if not delivery.stale:
+                return delivery
+
+    def receive_nowait(self) -> Delivery:
+        while True:
+            delivery = self._receive.receive_nowait()
+            if not delivery.stale:
+                return delivery
+
+    def __aiter__(self) -> _FreshDeliveries:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+class _ResilientConsumer(Consumer):
+    """One consumer for the communicator, re-established on every new connection."""
+
+    def __init__(self, session: ResilientSession, queue: str, prefetch_count: int) -> None:
+        self._session = session
+        self.queue = queue
+        self._prefetch_count = prefetch_count
+        self._send, receive = trio.open_memory_channel[Delivery](prefetch_count)
+        self._reclaim = receive.clone()
+        self.deliveries = _FreshDeliveries(receive)
+        self._inner: Consumer | None = None
+        self._cancelled = False
+
+    async def attach(self, inner_session: Session) -> None:
+        inner = await inner_session.consume(self.queue, prefetch_count=self._prefetch_count)
+        self._inner = inner
+        self._session.nursery.start_soon(self._pump, inner)
+
+    async def _pump(self, inner: Consumer) -> None:
+        # Ends when the inner consumer's stream ends: cancelled, or its connection lost.
+        async for delivery in inner.deliveries:
+            try:
+                await self._send.send(delivery)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                await delivery.reject(requeue=True)
+
+    async def cancel(self) -> None:
+        if self._cancelled:
+            await trio.lowlevel.checkpoint()
+            return
+        self._cancelled = True
+        self._session.forget_consumer(self)
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            try:
+                await inner.cancel()
+            except (ConnectionFailed, CommunicatorClosed, DeliveryFailed):
+                pass  # its connection is gone, and with it the consumer
+        while True:
+            try:
+                delivery = self._reclaim.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if not delivery.stale:
+                await delivery.reject(requeue=True)
+        self._send.close()
+        self._reclaim.close()
+
+
+def _redacted(urls: Sequence[str]) -> list[str]:
+    return [redact_url(url) for url in urls]
