@@ -7,6 +7,7 @@ the in-process broker) and use it inside the ``async with`` block.
 from ._broadcast import BroadcastFilter
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
 from ._communicator import DEFAULT_URL, Communicator, open_communicator
+from ._context import DeliveryInfo, current_delivery
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
@@ -35,6 +36,7 @@ __all__ = [
     "DecodeError",
     "Decoder",
     "DeliveryFailed",
+    "DeliveryInfo",
     "DuplicateSubscriberIdentifier",
     "Encoder",
     "IncomingTask",
@@ -50,5 +52,6 @@ __all__ = [
     "__version__",
     "cbor_decode",
     "cbor_encode",
+    "current_delivery",
     "open_communicator",
 ]

@@ -81,6 +81,10 @@ EXIT_INTERRUPTED = 130
 
 PROG = "kiwitrio"
 URL_ENV = "KIWITRIO_URL"
+#: How long send, rpc and broadcast try to reach the broker (worker and listen: the default
+#: reconnection policy of open_communicator).
+ONE_SHOT_CONNECT_TIMEOUT = 3.0
+ONE_SHOT_COMMANDS = ("send", "rpc", "broadcast")
 #: ``send`` shows a progress bar (on a terminal) for more tasks than this.
 PROGRESS_MIN_TASKS = 20
 
@@ -136,6 +140,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _non_negative_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
+    return value
+
+
 def _global_options() -> argparse.ArgumentParser:
     """Options accepted before and after the command (``default=SUPPRESS``, see _defaults)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -149,6 +163,12 @@ def _global_options() -> argparse.ArgumentParser:
                        help=f"exchange for tasks (default {DEFAULT_TASK_EXCHANGE})")
     group.add_argument("--task-queue", default=argparse.SUPPRESS, metavar="NAME",
                        help=f"the default task queue (default {DEFAULT_TASK_QUEUE})")
+    group.add_argument("--connect-timeout", type=_non_negative_seconds, metavar="S",
+                       default=argparse.SUPPRESS,
+                       help="keep trying to reach the broker for S seconds at start, 0: try "
+                            f"once (default: {ONE_SHOT_CONNECT_TIMEOUT:g} for send, rpc and "
+                            "broadcast; kiwitrio's default reconnection policy for worker and "
+                            "listen); then exit with code 4")
     group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="log more (-v: kiwitrio info, -vv: debug, -vvv: everything) and "
                             "show tracebacks on errors")
@@ -164,6 +184,7 @@ def _defaults() -> dict[str, Any]:
         "message_exchange": DEFAULT_MESSAGE_EXCHANGE,
         "task_exchange": DEFAULT_TASK_EXCHANGE,
         "task_queue": DEFAULT_TASK_QUEUE,
+        "connect_timeout": None,
         "verbose": 0,
         "testing": False,
     }
@@ -349,6 +370,11 @@ def communicator(args: argparse.Namespace, **overrides: Any
         "task_queue": args.task_queue,
         "testing_mode": args.testing,
     }
+    connect_timeout = args.connect_timeout
+    if connect_timeout is None and args.command in ONE_SHOT_COMMANDS:
+        connect_timeout = ONE_SHOT_CONNECT_TIMEOUT
+    if connect_timeout is not None:
+        options["reconnect"] = kiwitrio.ReconnectPolicy(startup_give_up_after=connect_timeout)
     options.update(overrides)
     return kiwitrio.open_communicator(args.url, **options)
 
@@ -449,9 +475,13 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                     await stop.wait()
             nursery.cancel_scope.cancel()
     extra = f", {rejected} rejected" if rejected else ""
-    print(f"kiwitrio worker stopped ({stopped_by}): {done} tasks done, {failed} failed{extra}",
-          flush=True)
+    print(f"kiwitrio worker stopped ({stopped_by}): {_plural(done, 'task')} done, "
+          f"{failed} failed{extra}", flush=True)
     return EXIT_OK
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def read_tasks(args: argparse.Namespace) -> list[Any]:
@@ -496,8 +526,7 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
                         await comm.task_send(task, no_reply=True)
                         progress.update(index)
                     progress.clear()
-                    eprint(f"kiwitrio: sent {len(tasks)} task{'s' * (len(tasks) != 1)} to "
-                           f"queue {queue!r}")
+                    eprint(f"kiwitrio: sent {_plural(len(tasks), 'task')} to queue {queue!r}")
                     return EXIT_OK
                 progress.draw()
                 async with trio.open_nursery() as nursery:
@@ -510,7 +539,7 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
         raise CliError(f"timed out after {args.timeout:g} s ({what})", EXIT_TIMEOUT) from None
     progress.clear()
     if failures:
-        eprint(f"kiwitrio: {failures} of {len(tasks)} tasks failed")
+        eprint(f"kiwitrio: {failures} of {_plural(len(tasks), 'task')} failed")
         return EXIT_FAILURE
     return EXIT_OK
 
@@ -619,7 +648,7 @@ def run_repository_script(args: argparse.Namespace, relative: str, how: str) -> 
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     saved_argv = sys.argv
-    sys.argv = [str(path), "--url", args.url, *args.extra]
+    sys.argv = [f"{PROG} {args.command}", "--url", args.url, *args.extra]
     try:
         spec.loader.exec_module(module)
         result = module.main()
@@ -635,7 +664,7 @@ def run_repository_script(args: argparse.Namespace, relative: str, how: str) -> 
 # -- main ----------------------------------------------------------------------------------------
 
 
-def _configure_logging(verbose: int) -> None:
+def _configure_logging(verbose: int, command: str) -> None:
     if verbose >= 3:
         level, ours = logging.DEBUG, logging.DEBUG
     else:
@@ -645,6 +674,13 @@ def _configure_logging(verbose: int) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
                         else "kiwitrio: %(levelname)s: %(name)s: %(message)s")
     logging.getLogger("kiwitrio").setLevel(ours)
+    if not verbose:
+        # Their errors are kiwitrio's errors too, and reported as such: not twice.
+        for name in ("aiormq", "aio_pika"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        if command in ONE_SHOT_COMMANDS:
+            # A line per connection attempt is news for a worker, noise for a quick command.
+            logging.getLogger("kiwitrio._reconnect").setLevel(logging.ERROR)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -705,7 +741,7 @@ def _unreachable(command: object) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (see the module docstring)."""
     args = parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose, args.command)
     try:
         return _run(args)
     except SystemExit:

@@ -44,6 +44,7 @@ async def open_communicator(
     decoder: Decoder = cbor_decode,
     content_type: str | None = None,
     testing_mode: bool = False,
+    max_message_size: int = 64 * 1024 * 1024,
     heartbeat: float = 10.0,
     reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
     on_connection_state: Callable[[ConnectionState], None] | None = None,
@@ -63,8 +64,9 @@ async def open_communicator(
 
     ``encoder``/``decoder`` default to CBOR; ``content_type`` labels what the encoder makes
     (default ``application/cbor`` for CBOR, ``application/octet-stream`` otherwise) and
-    messages with another content type are rejected. ``testing_mode`` makes exchanges
-    auto-delete and queues expire once unused, so that tests leave nothing behind.
+    messages with another content type are rejected, as are bodies larger than
+    ``max_message_size`` bytes (sending one raises :class:`ValueError`). ``testing_mode`` makes
+    exchanges auto-delete and queues expire once unused, so that tests leave nothing behind.
 
     Leaving the block stops consuming, gives tasks still being processed back to the queue,
     fails pending results with :class:`~kiwitrio.CommunicatorClosed` and closes the
@@ -79,7 +81,7 @@ async def open_communicator(
             async with trio.open_nursery() as nursery:
                 ctx = Context(session=session, nursery=nursery, encoder=encoder,
                               decoder=decoder, content_type=content_type, communicator=None,
-                              testing_mode=testing_mode)
+                              testing_mode=testing_mode, max_message_size=max_message_size)
                 comm = Communicator(ctx, message_exchange=message_exchange,
                                     task_exchange=task_exchange, task_queue=task_queue,
                                     task_prefetch_count=task_prefetch_count)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,13 +15,54 @@ from ._backend import Delivery, Session
 from ._codec import Decoder, Encoder
 from ._errors import CommunicatorClosed, ConnectionFailed, DecodeError
 
-__all__ = ["Context"]
+__all__ = ["Context", "DeliveryInfo", "current_delivery"]
 
 logger = logging.getLogger("kiwitrio")
 
 #: How long shutdown work (giving deliveries back) may take before it is abandoned; the
 #: broker requeues whatever is left when the connection closes anyway.
 SHUTDOWN_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class DeliveryInfo:
+    """About the message a task or RPC subscriber is handling: :func:`current_delivery`."""
+
+    #: True if this message was handed out before: its worker died, lost its connection,
+    #: gave it back, or its lease expired. The work may have been partly done already.
+    redelivered: bool
+    correlation_id: str | None
+    routing_key: str
+    headers: Mapping[str, Any]
+
+
+_current_delivery: contextvars.ContextVar[DeliveryInfo] = contextvars.ContextVar(
+    "kiwitrio_current_delivery")
+
+
+def current_delivery() -> DeliveryInfo:
+    """The delivery that the calling task or RPC subscriber is handling.
+
+    Works in async subscribers and in plain ones (worker threads inherit it). Raises
+    :class:`LookupError` outside a subscriber.
+    """
+    return _current_delivery.get()
+
+
+@contextmanager
+def handling(delivery: Delivery) -> Iterator[None]:
+    """Make ``delivery`` the :func:`current_delivery` for the code in the block."""
+    info = DeliveryInfo(
+        redelivered=delivery.redelivered or "x-death" in delivery.headers,
+        correlation_id=delivery.correlation_id,
+        routing_key=delivery.routing_key,
+        headers=delivery.headers,
+    )
+    token = _current_delivery.set(info)
+    try:
+        yield
+    finally:
+        _current_delivery.reset(token)
 
 
 @dataclass(eq=False)
@@ -33,6 +76,8 @@ class Context:
     #: Passed as first argument to subscribers.
     communicator: Any
     testing_mode: bool
+    #: Larger message bodies are refused when sending and dead-lettered when received.
+    max_message_size: int = 64 * 1024 * 1024
     closed: bool = False
     #: Extra queue arguments for durable queues in testing mode (expire when unused).
     testing_queue_arguments: Mapping[str, Any] = field(
@@ -52,10 +97,17 @@ class Context:
         except Exception as exc:
             raise TypeError(f"cannot encode {type(value).__qualname__}: {exc}") from exc
         # Text encoders (kiwiPy's YAML or JSON ones) are welcome: send their text as UTF-8.
-        return encoded.encode() if isinstance(encoded, str) else encoded
+        body: bytes = encoded.encode() if isinstance(encoded, str) else encoded
+        if len(body) > self.max_message_size:
+            raise ValueError(f"the encoded message is {len(body)} bytes, more than "
+                             f"max_message_size ({self.max_message_size})")
+        return body
 
     def decode(self, delivery: Delivery) -> Any:
         """Decode a delivery's body or raise :class:`DecodeError` saying why not."""
+        if len(delivery.body) > self.max_message_size:
+            raise DecodeError(f"message of {len(delivery.body)} bytes is larger than "
+                              f"max_message_size ({self.max_message_size})")
         if delivery.content_type != self.content_type:
             raise DecodeError(
                 f"unexpected content type {delivery.content_type!r} "

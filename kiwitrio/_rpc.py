@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
-from ._context import Context
+from ._context import Context, handling
 from ._errors import DecodeError, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
 from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
@@ -114,7 +114,9 @@ class RpcHub:
             await self._ctx.give_back(delivery)
             return
         try:
-            result = await call_subscriber(registration.subscriber, self._ctx.communicator, msg)
+            with handling(delivery):
+                result = await call_subscriber(
+                    registration.subscriber, self._ctx.communicator, msg)
         except trio.Cancelled:
             await self._ctx.give_back(delivery)
             raise

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from ._backend import DEAD_LETTER_EXCHANGE, Consumer, Delivery, OutgoingMessage, QueueSpec
-from ._context import Context
+from ._context import Context, handling
 from ._errors import (
     CommunicatorClosed,
     DecodeError,
@@ -264,7 +264,8 @@ class TaskQueue:
             await self._reject_undecodable(delivery, exc)
             return
         try:
-            envelope = await self._run_subscribers(task)
+            with handling(delivery):
+                envelope = await self._run_subscribers(task)
         except trio.Cancelled:
             await self.ctx.give_back(delivery)
             raise

@@ -307,3 +307,51 @@ async def test_iterating_a_queue_yields_each_waiting_task(open_comm: OpenComm) -
                     outcome.set_result(task.body * 10)
             assert sorted(seen) == [0, 1, 2]
             assert [await h for h in handles] == [0, 10, 20]
+
+
+async def test_subscriber_sees_whether_a_task_is_redelivered(open_comm: OpenComm) -> None:
+    seen: list[tuple[str, bool]] = []
+    started = trio.Event()
+
+    async def stuck(_comm: Any, _task: Any) -> None:
+        seen.append(("first", kiwitrio.current_delivery().redelivered))
+        started.set()
+        await trio.sleep_forever()
+
+    def second(_comm: Any, task: Any) -> Any:  # a plain one: runs in a worker thread
+        seen.append(("second", kiwitrio.current_delivery().redelivered))
+        return task
+
+    async with open_comm() as sender:
+        handle = await sender.task_send("again")
+        with trio.fail_after(DEADLINE):
+            async with open_comm() as worker:
+                await worker.add_task_subscriber(stuck)
+                await started.wait()
+            async with open_comm() as worker:
+                await worker.add_task_subscriber(second)
+                assert await handle == "again"
+    assert seen == [("first", False), ("second", True)]
+    with pytest.raises(LookupError):
+        kiwitrio.current_delivery()
+
+
+async def test_oversized_messages_are_refused_and_dead_lettered(open_comm: OpenComm) -> None:
+    from kiwitrio._backend import OutgoingMessage
+
+    async with open_comm(max_message_size=1024) as comm:
+        await comm.add_task_subscriber(lambda _c, task: len(task))
+        with pytest.raises(ValueError, match="max_message_size"):
+            await comm.task_send(b"x" * 2048)
+        queue = comm._default_queue
+        big = OutgoingMessage(kiwitrio.cbor_encode(b"y" * 4096), kiwitrio.CBOR_CONTENT_TYPE)
+        await comm._ctx.session.publish(queue.exchange, queue.name, big, mandatory=True)
+        with trio.fail_after(DEADLINE):
+            assert await (await comm.task_send(b"z" * 10)) == 10
+            dead = None
+            while dead is None:
+                dead = await comm._ctx.session.get(f"{queue.name}.dead-letter")
+                if dead is None:
+                    await trio.sleep(0.05)
+        assert len(dead.body) > 4096
+        await dead.ack()
