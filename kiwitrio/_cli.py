@@ -235,14 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     replies.add_argument("--no-reply", action="store_true",
                          help="ask for no results (what happens anyway without --wait)")
     send.add_argument("--timeout", type=_seconds, metavar="S",
-                      help="give up after S seconds (exit code 5)")
+                      help="give up S seconds after connecting (exit code 5)")
 
     rpc = command("rpc", "call an RPC subscriber and print its answer (as JSON)")
     rpc.add_argument("identifier", metavar="ID")
     rpc.add_argument("message", metavar="MESSAGE")
     rpc.add_argument("--json", action="store_true", help="parse MESSAGE as JSON")
     rpc.add_argument("--timeout", type=_seconds, metavar="S",
-                     help="give up after S seconds (exit code 5)")
+                     help="give up S seconds after connecting (exit code 5)")
 
     broadcast = command("broadcast", "send a broadcast")
     broadcast.add_argument("body", metavar="BODY")
@@ -518,26 +518,26 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
         arrived += 1
         progress.update(arrived)
 
-    try:
-        with trio.fail_after(args.timeout or math.inf):
-            async with communicator(args, task_queue=queue) as comm:
-                if not args.wait:
-                    for index, task in enumerate(tasks, 1):
-                        await comm.task_send(task, no_reply=True)
-                        progress.update(index)
-                    progress.clear()
-                    eprint(f"kiwitrio: sent {_plural(len(tasks), 'task')} to queue {queue!r}")
-                    return EXIT_OK
+    # The deadline is inside the communicator block, so that a timeout still leaves it
+    # normally: the communicator then deletes its reply queue.
+    async with communicator(args, task_queue=queue) as comm:
+        with trio.move_on_after(args.timeout or math.inf) as deadline:
+            if not args.wait:
+                for index, task in enumerate(tasks, 1):
+                    await comm.task_send(task, no_reply=True)
+                    progress.update(index)
+            else:
                 progress.draw()
                 async with trio.open_nursery() as nursery:
                     for index, task in enumerate(tasks, 1):
                         handle = await comm.task_send(task)
                         nursery.start_soon(wait_for, index, handle)
-    except trio.TooSlowError:
-        progress.clear()
-        what = f"{arrived} of {len(tasks)} results arrived" if args.wait else "sending"
-        raise CliError(f"timed out after {args.timeout:g} s ({what})", EXIT_TIMEOUT) from None
     progress.clear()
+    if deadline.cancelled_caught:
+        what = f"{arrived} of {len(tasks)} results arrived" if args.wait else "sending"
+        raise CliError(f"timed out after {args.timeout:g} s ({what})", EXIT_TIMEOUT)
+    if not args.wait:
+        eprint(f"kiwitrio: sent {_plural(len(tasks), 'task')} to queue {queue!r}")
     if failures:
         eprint(f"kiwitrio: {failures} of {_plural(len(tasks), 'task')} failed")
         return EXIT_FAILURE
@@ -545,24 +545,25 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
 
 
 async def cmd_rpc(args: argparse.Namespace, message: Any) -> int:
-    try:
-        with trio.fail_after(args.timeout or math.inf):
-            async with communicator(args) as comm:
-                try:
-                    handle = await comm.rpc_send(args.identifier, message)
-                except kiwitrio.UnroutableError:
-                    raise CliError(f"nobody subscribes to the RPC identifier "
-                                   f"{args.identifier!r} (on exchange {args.message_exchange!r})",
-                                   EXIT_UNROUTABLE) from None
-                answer = await handle
-    except trio.TooSlowError:
+    error: CliError | None = None
+    # Errors are raised after the communicator block is left normally (see cmd_send).
+    async with communicator(args) as comm:
+        with trio.move_on_after(args.timeout or math.inf) as deadline:
+            try:
+                answer = await (await comm.rpc_send(args.identifier, message))
+            except kiwitrio.UnroutableError:
+                error = CliError(f"nobody subscribes to the RPC identifier {args.identifier!r} "
+                                 f"(on exchange {args.message_exchange!r})", EXIT_UNROUTABLE)
+            except kiwitrio.RemoteException as exc:
+                if args.verbose and exc.remote_traceback:
+                    eprint(exc.remote_traceback.rstrip())
+                error = CliError(f"{args.identifier!r} raised {exc.remote_type}: "
+                                 f"{exc.remote_message}", EXIT_FAILURE)
+    if deadline.cancelled_caught:
         raise CliError(f"timed out after {args.timeout:g} s waiting for {args.identifier!r}",
-                       EXIT_TIMEOUT) from None
-    except kiwitrio.RemoteException as exc:
-        if args.verbose and exc.remote_traceback:
-            eprint(exc.remote_traceback.rstrip())
-        raise CliError(f"{args.identifier!r} raised {exc.remote_type}: {exc.remote_message}",
-                       EXIT_FAILURE) from None
+                       EXIT_TIMEOUT)
+    if error is not None:
+        raise error
     print(to_json(answer), flush=True)
     return EXIT_OK
 

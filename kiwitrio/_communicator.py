@@ -30,6 +30,8 @@ DEFAULT_TASK_EXCHANGE = "kiwitrio.tasks"
 DEFAULT_TASK_QUEUE = "kiwitrio.tasks"
 DEFAULT_TASK_PREFETCH = 1
 DEFAULT_RECONNECT = ReconnectPolicy()
+#: Well under RabbitMQ's default consumer timeout (30 minutes).
+DEFAULT_TASK_LEASE = 10 * 60.0
 
 
 @asynccontextmanager
@@ -45,6 +47,7 @@ async def open_communicator(
     content_type: str | None = None,
     testing_mode: bool = False,
     max_message_size: int = 64 * 1024 * 1024,
+    task_lease: float | None = DEFAULT_TASK_LEASE,
     heartbeat: float = 10.0,
     reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
     on_connection_state: Callable[[ConnectionState], None] | None = None,
@@ -54,6 +57,11 @@ async def open_communicator(
     ``url`` is an ``amqp://`` (or ``amqps://``) URL, or several (nodes of a cluster, tried in
     turn), or ``memory://[name]`` for the in-process broker (communicators opened with the same
     memory URL in one Trio run share it).
+
+    A task still running after ``task_lease`` seconds is moved off the broker's delivery
+    clock onto a lease, so that the broker's consumer timeout (30 minutes by default) cannot
+    hand it to a second worker; keep ``task_lease`` below the broker's ``consumer_timeout``
+    (``None`` turns leases off).
 
     A lost connection is detected by heartbeats (every ``heartbeat`` seconds) and repaired
     according to ``reconnect`` (``None``: do not reconnect; calls then fail with
@@ -81,7 +89,8 @@ async def open_communicator(
             async with trio.open_nursery() as nursery:
                 ctx = Context(session=session, nursery=nursery, encoder=encoder,
                               decoder=decoder, content_type=content_type, communicator=None,
-                              testing_mode=testing_mode, max_message_size=max_message_size)
+                              testing_mode=testing_mode, max_message_size=max_message_size,
+                              task_lease=task_lease)
                 comm = Communicator(ctx, message_exchange=message_exchange,
                                     task_exchange=task_exchange, task_queue=task_queue,
                                     task_prefetch_count=task_prefetch_count)

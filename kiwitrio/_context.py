@@ -78,6 +78,8 @@ class Context:
     testing_mode: bool
     #: Larger message bodies are refused when sending and dead-lettered when received.
     max_message_size: int = 64 * 1024 * 1024
+    #: A task still running after this many seconds moves onto a lease (see _leases).
+    task_lease: float | None = None
     closed: bool = False
     #: Extra queue arguments for durable queues in testing mode (expire when unused).
     testing_queue_arguments: Mapping[str, Any] = field(

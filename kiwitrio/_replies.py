@@ -140,6 +140,7 @@ class ReplyRouter:
         # after the reconnection.
         self.queue_name = f"{prefix}.reply.{uuid.uuid4().hex}"
         self._queue: str | None = None
+        self._consumer: Consumer | None = None
         self._lock = trio.Lock()
         # Weak: if the caller drops a handle, nobody wants that result any more.
         self._pending: weakref.WeakValueDictionary[str, ResultHandle] = (
@@ -166,6 +167,7 @@ class ReplyRouter:
                     arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
                 ))
                 consumer = await self._ctx.session.consume(queue, prefetch_count=_REPLY_PREFETCH)
+                self._consumer = consumer
                 self._ctx.nursery.start_soon(self._route, consumer, name="kiwitrio replies")
                 self._queue = queue
             return self._queue
@@ -189,6 +191,8 @@ class ReplyRouter:
 
     async def delete_queue(self) -> None:
         """Delete the reply queue (at close): nothing more can come back."""
+        if self._consumer is not None:
+            await self._consumer.cancel()
         if self._queue is not None:
             await self._ctx.session.delete_queue(self._queue)
 

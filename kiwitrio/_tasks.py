@@ -29,6 +29,7 @@ from ._errors import (
     TaskRejected,
 )
 from ._invoke import call_subscriber
+from ._leases import LeaseKeeper, TaskLease
 from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
@@ -155,6 +156,8 @@ class TaskQueue:
         self.prefetch_count = prefetch_count
         self._subscribers: dict[Any, TaskSubscriber] = {}
         self._consumer: Consumer | None = None
+        self._lease_keeper = (
+            None if ctx.task_lease is None else LeaseKeeper(self, ctx.task_lease))
         self._lock = trio.Lock()
 
     async def declare(self) -> None:
@@ -263,16 +266,21 @@ class TaskQueue:
         except DecodeError as exc:
             await self._reject_undecodable(delivery, exc)
             return
+        lease = TaskLease(self.ctx, self._lease_keeper, delivery)
         try:
-            with handling(delivery):
-                envelope = await self._run_subscribers(task)
+            async with trio.open_nursery() as nursery:
+                if self._lease_keeper is not None and self.ctx.task_lease is not None:
+                    nursery.start_soon(lease.take_after, self.ctx.task_lease)
+                with handling(delivery):
+                    envelope = await self._run_subscribers(task)
+                nursery.cancel_scope.cancel()
         except trio.Cancelled:
-            await self.ctx.give_back(delivery)
+            await lease.give_back()
             raise
         if envelope is None:
-            await self.ctx.give_back(delivery)  # every subscriber declined
+            await lease.give_back()  # every subscriber declined
             return
-        await self.ctx.finish(delivery, self.replies.send(delivery, envelope))
+        await lease.finish(self.replies.send(delivery, envelope))
 
     async def _run_subscribers(self, task: Any) -> dict[str, Any] | None:
         for subscriber in list(self._subscribers.values()):

@@ -1,0 +1,190 @@
+"""Task leases: tasks that run longer than the broker lets a delivery stay unacknowledged.
+
+RabbitMQ closes a channel whose delivery stays unacknowledged past its consumer timeout
+(30 minutes by default) and requeues the delivery, so a long task would run twice. A task
+whose subscriber is still busy after ``task_lease`` seconds is therefore moved off the
+delivery clock onto a *lease*:
+
+1. a persistent copy of the task (same body, reply address and correlation id) is published,
+   with a confirm, to this worker's own lease queue ``<queue>.lease.<worker id>``;
+2. then the original delivery is acknowledged.
+
+The lease queue holds each copy for ``task_lease`` seconds (``x-message-ttl``) and then
+dead-letters it back into the task queue. While the worker lives, it renews its leases every
+third of that time: it publishes fresh copies of the tasks still running, then takes the older
+copies off the head of its queue (``basic.get`` + ack), so no copy ever expires. When the task
+finishes, its copy is removed at once. If the worker dies, renewal stops, the last copy
+expires and goes back to the task queue, and another worker runs the task (the subscriber
+sees ``current_delivery().redelivered``). A task is lost in no case; it runs twice only if
+the worker dies in the few milliseconds between publishing a renewal and removing the older
+copy, or between replying and removing the copy.
+
+Only this worker publishes to and reads from its lease queue, so FIFO order tells the copies
+apart: each carries the renewal cycle it was published in.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._backend import (
+    DEAD_LETTER_EXCHANGE,
+    DEAD_LETTER_ROUTING_KEY,
+    Delivery,
+    OutgoingMessage,
+    QueueSpec,
+)
+from ._context import SHUTDOWN_GRACE, Context
+
+if TYPE_CHECKING:
+    from ._tasks import TaskQueue
+
+__all__ = ["LeaseKeeper", "TaskLease"]
+
+logger = logging.getLogger("kiwitrio.leases")
+
+CYCLE_HEADER = "kiwitrio-lease-cycle"
+LEASE_HEADER = "kiwitrio-lease"
+
+
+class LeaseKeeper:
+    """The lease queue of one worker for one task queue, and its renewal loop."""
+
+    def __init__(self, queue: TaskQueue, lease_seconds: float) -> None:
+        self._queue = queue
+        self._lease_ms = max(1, int(lease_seconds * 1000))
+        self.name = f"{queue.name}.lease.{uuid.uuid4().hex[:12]}"
+        self._running: dict[str, OutgoingMessage] = {}
+        self._cycle = 0
+        self._declared = False
+        self._renew_now = trio.Event()
+        self._lock = trio.Lock()
+
+    async def _declare(self) -> None:
+        if self._declared:
+            return
+        await self._queue.ctx.session.declare_queue(QueueSpec(
+            self.name, durable=True, arguments={
+                "x-message-ttl": self._lease_ms,
+                DEAD_LETTER_EXCHANGE: self._queue.exchange,
+                DEAD_LETTER_ROUTING_KEY: self._queue.name,
+                # Outlives its last copy: an unused lease queue is gone after its copies.
+                "x-expires": self._lease_ms * 3,
+            },
+        ))
+        self._declared = True
+        self._queue.ctx.nursery.start_soon(self._renew_forever,
+                                           name=f"kiwitrio leases {self._queue.name}")
+
+    async def adopt(self, delivery: Delivery) -> str:
+        """Move ``delivery`` onto a lease: publish its copy, then acknowledge it."""
+        async with self._lock:
+            await self._declare()
+            lease_id = uuid.uuid4().hex
+            copy = OutgoingMessage(
+                delivery.body, delivery.content_type or self._queue.ctx.content_type,
+                correlation_id=delivery.correlation_id, reply_to=delivery.reply_to,
+                headers={**delivery.headers, LEASE_HEADER: lease_id}, persistent=True,
+            )
+            self._running[lease_id] = copy
+            await self._publish(copy)
+            await delivery.ack()
+        logger.info("task %r runs longer than its lease: moved to %s",
+                    delivery.correlation_id, self.name)
+        return lease_id
+
+    async def release(self, lease_id: str) -> None:
+        """The task is done (or handed back): drop its copies now."""
+        self._running.pop(lease_id, None)
+        async with self._lock:
+            await self._renew()
+
+    async def hand_back(self, lease_id: str) -> None:
+        """Put a leased task back in the task queue for another worker (we are closing)."""
+        copy = self._running.get(lease_id)
+        if copy is not None:
+            await self._queue.ctx.session.publish(
+                self._queue.exchange, self._queue.name, copy, mandatory=True)
+        await self.release(lease_id)
+
+    async def _renew_forever(self) -> None:
+        period = self._lease_ms / 1000 / 3
+        while True:
+            with trio.move_on_after(period):
+                await self._renew_now.wait()
+            self._renew_now = trio.Event()
+            async with self._lock:
+                await self._renew()
+
+    async def _renew(self) -> None:
+        # Shielded: stopping half-way could leave two copies of a task, or none.
+        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+            self._cycle += 1
+            for copy in list(self._running.values()):
+                await self._publish(copy)
+            await self._drop_older_copies()
+
+    async def _publish(self, copy: OutgoingMessage) -> None:
+        stamped = OutgoingMessage(
+            copy.body, copy.content_type, correlation_id=copy.correlation_id,
+            reply_to=copy.reply_to, headers={**copy.headers, CYCLE_HEADER: self._cycle},
+            persistent=True,
+        )
+        await self._queue.ctx.session.publish("", self.name, stamped, mandatory=True)
+
+    async def _drop_older_copies(self) -> None:
+        session = self._queue.ctx.session
+        while True:
+            copy = await session.get(self.name)
+            if copy is None:
+                return
+            if int(copy.headers.get(CYCLE_HEADER, -1)) < self._cycle:
+                await copy.ack()
+                continue
+            await copy.reject(requeue=True)  # the newest copies: keep them
+            return
+
+
+class TaskLease:
+    """What holds one task while its subscriber runs: first the delivery, maybe a lease."""
+
+    def __init__(self, ctx: Context, keeper: LeaseKeeper | None, delivery: Delivery) -> None:
+        self._ctx = ctx
+        self._keeper = keeper
+        self._delivery = delivery
+        self._lease_id: str | None = None
+        self._lock = trio.Lock()
+
+    async def take_after(self, seconds: float) -> None:
+        """Move the task onto a lease if it is still running after ``seconds``."""
+        await trio.sleep(seconds)
+        assert self._keeper is not None
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                if not self._delivery.settled and not self._delivery.stale:
+                    self._lease_id = await self._keeper.adopt(self._delivery)
+
+    async def finish(self, reply: Awaitable[None]) -> None:
+        """Send the reply, then acknowledge the delivery or end the lease."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if self._lease_id is None or self._keeper is None:
+                    await self._ctx.finish(self._delivery, reply)
+                    return
+                await reply
+                await self._keeper.release(self._lease_id)
+
+    async def give_back(self) -> None:
+        """Return the task to the queue (subscriber cancelled, or every subscriber declined)."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if self._lease_id is None or self._keeper is None:
+                    await self._ctx.give_back(self._delivery)
+                    return
+                with trio.move_on_after(SHUTDOWN_GRACE):
+                    await self._keeper.hand_back(self._lease_id)
