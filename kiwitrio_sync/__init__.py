@@ -11,15 +11,18 @@ from kiwitrio import (
     BroadcastFilter,
     CommunicatorClosed,
     ConnectionFailed,
+    ConnectionState,
     DecodeError,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
     KiwitrioError,
     QueueEmpty,
+    ReconnectPolicy,
     RemoteException,
     TaskRejected,
     UnroutableError,
     __version__,
+    current_delivery,
 )
 
 from ._communicator import Communicator, IncomingTask, TaskQueue, connect
@@ -37,6 +40,7 @@ __all__ = [
     "Communicator",
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionState",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -45,6 +49,7 @@ __all__ = [
     "KiwitrioError",
     "Portal",
     "QueueEmpty",
+    "ReconnectPolicy",
     "RemoteException",
     "RmqThreadCommunicator",
     "TaskQueue",
@@ -53,4 +58,5 @@ __all__ = [
     "UnroutableError",
     "__version__",
     "connect",
+    "current_delivery",
 ]

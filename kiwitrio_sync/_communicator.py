@@ -212,6 +212,14 @@ class Communicator:
     def server_properties(self) -> Mapping[str, Any]:
         return self._core.server_properties
 
+    @property
+    def connection_state(self) -> kiwitrio.ConnectionState:
+        """See :attr:`kiwitrio.Communicator.connection_state`."""
+        core = self._runtime.core
+        if self._runtime.closed or core is None:
+            return kiwitrio.ConnectionState.CLOSED
+        return core.connection_state
+
     # -- tasks --------------------------------------------------------------------------------
 
     def task_queue(self, queue_name: str, prefetch_count: int | None = None,

@@ -184,3 +184,19 @@ def test_shared_portal_and_memory_broker(names: Names) -> None:
         client.close()
         assert portal.thread.is_alive()  # the portal belongs to the caller
     assert not portal.thread.is_alive()
+
+
+def test_connection_state_and_redelivery_info(connect: Connect) -> None:
+    comm = connect()
+    assert comm.connection_state is kiwitrio_sync.ConnectionState.CONNECTED
+    seen: list[bool] = []
+
+    def subscriber(_c: Any, task: Any) -> Any:
+        seen.append(kiwitrio_sync.current_delivery().redelivered)
+        return task
+
+    comm.add_task_subscriber(subscriber)
+    assert comm.task_send(1).result(timeout=TIMEOUT) == 1
+    assert seen == [False]
+    comm.close()
+    assert comm.connection_state is kiwitrio_sync.ConnectionState.CLOSED
