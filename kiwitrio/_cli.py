@@ -7,12 +7,15 @@
     kiwitrio broadcast --subject jobs.done '{"pk": 1}' --json
     kiwitrio listen --subject 'jobs.*' --count 10      # print broadcasts as JSON lines
     kiwitrio status                                    # is the broker there? which queues?
-    kiwitrio demo | kiwitrio bench                     # the demo and benchmark of a checkout
+    kiwitrio demo                                      # the demo of a source checkout
+    kiwitrio bench                                     # its benchmark
 
 ``python -m kiwitrio`` is the same command. The options ``--url`` (default ``$KIWITRIO_URL``,
 else ``amqp://guest:guest@127.0.0.1:5672/``), ``--message-exchange``, ``--task-exchange``,
-``--task-queue`` (as for :func:`kiwitrio.open_communicator`) and ``-v`` (more logging, and
-tracebacks on errors) go before or after the command.
+``--task-queue`` (as for :func:`kiwitrio.open_communicator`), ``--connect-timeout`` (how long
+to keep trying to reach the broker at start: 3 s for send, rpc and broadcast, kiwitrio's
+default reconnection policy for worker and listen) and ``-v`` (more logging, and tracebacks on
+errors) go before or after the command.
 
 Errors print one line, ``kiwitrio: error: ...``, on stderr (a traceback only with ``-v``).
 Exit codes:
@@ -501,6 +504,7 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
     show_progress = len(tasks) > PROGRESS_MIN_TASKS and sys.stderr.isatty()
     progress = Progress(len(tasks), "results" if args.wait else "sent", show_progress)
     failures = arrived = 0
+    stdout_is_terminal = sys.stdout.isatty()
 
     async def wait_for(index: int, handle: kiwitrio.ResultHandle) -> None:
         nonlocal failures, arrived
@@ -513,7 +517,8 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
             if args.verbose and exc.remote_traceback:
                 eprint(exc.remote_traceback.rstrip())
         else:
-            progress.clear()
+            if stdout_is_terminal:  # the bar and the results share the screen
+                progress.clear()
             print(to_json(result), flush=True)
         arrived += 1
         progress.update(arrived)

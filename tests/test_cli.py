@@ -1,0 +1,280 @@
+"""The ``kiwitrio`` command line, run as subprocesses (``python -m kiwitrio``) on the real broker.
+
+Every process gets this test's unique names (``--message-exchange``... and the hidden
+``--testing`` flag), and a deadline. Background processes (workers, listeners) write to files
+that the tests poll, with a deadline, for the line they wait for.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import AMQP_URL, Names
+
+pytestmark = pytest.mark.timeout(120)
+
+CLI = [sys.executable, "-m", "kiwitrio"]
+#: Deadline for one command (start Python, connect, do it).
+RUN_TIMEOUT = 30.0
+#: Deadline for a background process to print what we wait for.
+WAIT_TIMEOUT = 20.0
+UNREACHABLE_URL = "amqp://guest:guest@127.0.0.1:1/"
+
+TASKS_MODULE = '''
+import os
+import pathlib
+
+import trio
+
+
+def square(comm, task):
+    """A plain function: runs in a thread."""
+    if not isinstance(task, int):
+        raise ValueError(f"not a number: {task!r}")
+    return task * task
+
+
+async def stuck_or_done(comm, task):
+    """With KT_ROLE=stuck: say so in KT_MARKER and never finish. Else: answer."""
+    if os.environ.get("KT_ROLE") == "stuck":
+        pathlib.Path(os.environ["KT_MARKER"]).write_text(str(task))
+        await trio.sleep_forever()
+    return f"{task} done by {os.environ.get('KT_ROLE')}"
+'''
+
+
+def flags(names: Names) -> list[str]:
+    """This test's names as command line options, in testing mode."""
+    return ["--url", AMQP_URL, "--message-exchange", names.message_exchange,
+            "--task-exchange", names.task_exchange, "--task-queue", names.task_queue,
+            "--testing"]
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    """The environment: tmp_path (with the tasks module) on PYTHONPATH."""
+    (tmp_path / "kt_cli_tasks.py").write_text(TASKS_MODULE)
+    path = os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    env.pop("KIWITRIO_URL", None)
+    return env
+
+
+def run(env: dict[str, str], *args: str, stdin: str | None = None,
+        timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, input=stdin, capture_output=True, text=True,
+                          timeout=timeout, stdin=None if stdin is not None else subprocess.DEVNULL)
+
+
+class Background:
+    """A CLI process running on its own; stdout and stderr go to files."""
+
+    def __init__(self, tmp_path: Path, name: str, env: dict[str, str], args: list[str]):
+        self.name = name
+        self.stdout_path = tmp_path / f"{name}.stdout"
+        self.stderr_path = tmp_path / f"{name}.stderr"
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.process = subprocess.Popen([*CLI, *args], env=env, stdout=out, stderr=err,
+                                            stdin=subprocess.DEVNULL)
+
+    def stdout(self) -> str:
+        return self.stdout_path.read_text()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    def describe(self) -> str:
+        return (f"{self.name} (returncode {self.process.poll()})\nstdout:\n{self.stdout()}\n"
+                f"stderr:\n{self.stderr()[-3000:]}")
+
+    def wait_for(self, text: str, *, stream: str = "stdout",
+                 timeout: float = WAIT_TIMEOUT) -> None:
+        """Return once ``text`` is in the output; fail at the deadline or if the process ends."""
+        read = self.stdout if stream == "stdout" else self.stderr
+        deadline = time.monotonic() + timeout
+        while text not in read():
+            if self.process.poll() is not None and text not in read():
+                pytest.fail(f"{self.name} ended before printing {text!r}: {self.describe()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{self.name} did not print {text!r} in {timeout}s: "
+                            f"{self.describe()}")
+            time.sleep(0.05)
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = WAIT_TIMEOUT) -> int:
+        self.process.send_signal(signum)
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = WAIT_TIMEOUT) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} did not exit in {timeout}s: {self.describe()}")
+
+
+@pytest.fixture
+def background(tmp_path: Path, cli_env: dict[str, str]) -> Iterator[Callable[..., Background]]:
+    """``background(name, *args)`` starts a CLI process; all are killed after the test."""
+    started: list[Background] = []
+
+    def start(name: str, *args: str, env: dict[str, str] | None = None) -> Background:
+        process = Background(tmp_path, name, env or cli_env, list(args))
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.process.poll() is None:
+            process.process.kill()
+            process.process.wait(10)
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    """Exit ``code``, one ``kiwitrio: error:`` line mentioning ``words``, no traceback."""
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("kiwitrio: error:")]
+    assert len(errors) == 1, result.stderr
+    for word in words:
+        assert word in errors[0], result.stderr
+
+
+def test_help_documents_the_exit_codes(cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "--help")
+    assert result.returncode == 0
+    for command in ("worker", "send", "rpc", "broadcast", "listen", "status", "demo", "bench"):
+        assert command in result.stdout
+    assert "exit codes:" in result.stdout
+    assert re.search(r"^\s+130\s+interrupted", result.stdout, re.MULTILINE), result.stdout
+
+
+def test_worker_and_send_round_trip_then_sigterm(
+    names: Names, cli_env: dict[str, str], background: Callable[..., Background],
+) -> None:
+    worker = background("worker", "worker", "kt_cli_tasks:square", "--concurrency", "2",
+                        *flags(names))
+    worker.wait_for("kiwitrio worker ready")
+
+    result = run(cli_env, "send", "--json", "--wait", "1", "2", "3", *flags(names))
+    assert result.returncode == 0, result
+    assert sorted(result.stdout.split()) == ["1", "4", "9"]
+
+    # From stdin, as strings (no --json): the worker raises, the exit code is 1.
+    result = run(cli_env, "send", "--wait", *flags(names), stdin="oops\n\n")
+    assert result.returncode == 1, result
+    assert "ValueError: not a number: 'oops'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+    assert worker.stop(signal.SIGTERM) == 0, worker.describe()
+    assert "kiwitrio worker stopped (SIGTERM): 3 tasks done, 1 failed" in worker.stdout()
+    assert "Traceback" not in worker.stderr()
+
+
+def test_worker_stopped_mid_task_gives_it_back(
+    names: Names, tmp_path: Path, cli_env: dict[str, str],
+    background: Callable[..., Background],
+) -> None:
+    marker = tmp_path / "started"
+    stuck = background("stuck", "worker", "kt_cli_tasks:stuck_or_done", *flags(names),
+                       env={**cli_env, "KT_ROLE": "stuck", "KT_MARKER": str(marker)})
+    stuck.wait_for("kiwitrio worker ready")
+    sender = background("send", "send", "--wait", "--timeout", "30", "job-1", *flags(names))
+
+    deadline = time.monotonic() + WAIT_TIMEOUT
+    while not marker.exists():
+        assert time.monotonic() < deadline, stuck.describe() + sender.describe()
+        time.sleep(0.05)
+    assert stuck.stop(signal.SIGINT) == 0, stuck.describe()
+    assert "stopped (SIGINT): 0 tasks done, 0 failed" in stuck.stdout()
+
+    # The unfinished task went back to the queue: another worker does it.
+    fine = background("fine", "worker", "kt_cli_tasks:stuck_or_done", *flags(names),
+                      env={**cli_env, "KT_ROLE": "fine"})
+    assert sender.wait() == 0, sender.describe()
+    assert sender.stdout().strip() == '"job-1 done by fine"'
+    assert fine.stop(signal.SIGTERM) == 0, fine.describe()
+    assert "1 task done, 0 failed" in fine.stdout()
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("kt_no_such_module:fn", ["kt_no_such_module"]),
+    ("kt_cli_tasks:nope", ["no attribute", "nope"]),
+    ("kt_cli_tasks", ["MODULE:FUNCTION"]),
+])
+def test_worker_with_a_bad_function_is_a_usage_error(
+    cli_env: dict[str, str], spec: str, words: list[str],
+) -> None:
+    # Checked before connecting: no broker needed.
+    result = run(cli_env, "worker", spec, "--url", UNREACHABLE_URL)
+    assert_clean_error(result, 2, *words)
+
+
+def test_bad_json_is_a_usage_error(cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "send", "--json", "1", "{oops", "--url", UNREACHABLE_URL)
+    assert_clean_error(result, 2, "task 2", "JSON")
+
+
+def test_rpc_to_nobody_exits_3(names: Names, cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "rpc", f"{names.prefix}.nobody", "hello?", *flags(names))
+    assert_clean_error(result, 3, f"{names.prefix}.nobody")
+
+
+def test_unreachable_broker_exits_4_without_traceback(cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "send", "hello", "--url", UNREACHABLE_URL, "--connect-timeout", "0")
+    assert_clean_error(result, 4, "127.0.0.1:1")
+    assert "guest:guest" not in result.stderr  # the password is not shown
+
+    # -v: the traceback as well.
+    result = run(cli_env, "-v", "send", "hello", "--url", UNREACHABLE_URL,
+                 "--connect-timeout", "0")
+    assert result.returncode == 4
+    assert "Traceback" in result.stderr
+    assert "ConnectionFailed" in result.stderr
+
+
+def test_send_wait_times_out_with_exit_5(names: Names, cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "send", "--wait", "--timeout", "1", "nobody works", *flags(names))
+    assert_clean_error(result, 5, "timed out", "0 of 1")
+
+
+def test_listen_and_broadcast(
+    names: Names, cli_env: dict[str, str], background: Callable[..., Background],
+) -> None:
+    listener = background("listen", "listen", "--subject", "jobs.*", "--count", "2",
+                          "--timeout", "30", *flags(names))
+    listener.wait_for("kiwitrio: listening", stream="stderr")
+
+    for body, subject in [('"filtered out"', "other.topic"), ('{"pk": 1}', "jobs.done"),
+                          ("[2]", "jobs.failed")]:
+        result = run(cli_env, "broadcast", body, "--json", "--subject", subject,
+                     "--sender", "cli-test", *flags(names))
+        assert result.returncode == 0, result
+
+    assert listener.wait() == 0, listener.describe()
+    assert listener.stdout().splitlines() == [
+        '{"body": {"pk": 1}, "sender": "cli-test", "subject": "jobs.done", '
+        '"correlation_id": null}',
+        '{"body": [2], "sender": "cli-test", "subject": "jobs.failed", "correlation_id": null}',
+    ]
+
+
+def test_status_prints_the_broker_version(names: Names, cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "status", *flags(names))
+    assert result.returncode == 0, result
+    assert re.search(r"^server: RabbitMQ \d+\.\d+", result.stdout, re.MULTILINE), result.stdout
+    assert f"task queue: {names.task_queue}" in result.stdout
+    assert f"dead-letter queue: {names.task_queue}.dead-letter" in result.stdout
+
+
+def test_status_of_an_unreachable_broker_exits_4(cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "status", "--url", UNREACHABLE_URL)
+    assert_clean_error(result, 4)
