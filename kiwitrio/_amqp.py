@@ -34,6 +34,7 @@ from ._backend import (
     OutgoingMessage,
     QueueInUse,
     QueueSpec,
+    QueueStats,
     Session,
 )
 from ._bridge import AsyncioBridge, open_asyncio_bridge
@@ -316,6 +317,14 @@ class _AmqpSession(Session):
 
     async def delete_queue(self, name: str) -> None:
         await self._admin_op(lambda ch: ch.queue_delete(name))
+
+    async def inspect_queue(self, name: str) -> QueueStats | None:
+        try:
+            result = await self._admin_op(lambda ch: ch.queue_declare(name, passive=True))
+        except DeliveryFailed:
+            return None  # NOT_FOUND (which also closed the admin channel; it reopens)
+        return QueueStats(messages=result.message_count or 0,
+                          consumers=result.consumer_count or 0)
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         await self._admin_op(lambda ch: ch.exchange_delete(name, if_unused=if_unused))

@@ -26,6 +26,7 @@ __all__ = [
     "OutgoingMessage",
     "QueueInUse",
     "QueueSpec",
+    "QueueStats",
     "Session",
 ]
 
@@ -63,6 +64,14 @@ class QueueSpec:
     exclusive: bool = False
     auto_delete: bool = False
     arguments: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What the broker says about a queue right now."""
+
+    messages: int
+    consumers: int
 
 
 class Delivery(abc.ABC):
@@ -156,6 +165,10 @@ class Session(abc.ABC):
 
     @abc.abstractmethod
     async def delete_queue(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def inspect_queue(self, name: str) -> QueueStats | None:
+        """Ready messages and consumers of a queue (a passive declare); ``None`` if missing."""
 
     @abc.abstractmethod
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:

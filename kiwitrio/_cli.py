@@ -630,16 +630,22 @@ async def cmd_listen(args: argparse.Namespace) -> int:
 async def cmd_status(args: argparse.Namespace) -> int:
     async with _open_session(args.url, heartbeat=0) as session:
         props: Mapping[str, Any] = session.server_properties
+        queues = [
+            (label, name, await session.inspect_queue(name))
+            for label, name in [("task queue", args.task_queue),
+                                ("dead-letter queue", f"{args.task_queue}.dead-letter")]
+        ]
     print(f"kiwitrio {kiwitrio.__version__}")
     print(f"broker: {redact(args.url)} (connected)")
     print(f"server: {props.get('product', '?')} {props.get('version', '?')}"
           + (f" on {props['platform']}" if props.get("platform") else ""))
     print(f"message exchange: {args.message_exchange}")
     print(f"task exchange: {args.task_exchange}")
-    # kiwitrio's Session interface does not report queue depths (declare_queue returns the
-    # name only), so the queues are named but their counts are not shown.
-    print(f"task queue: {args.task_queue} (message and consumer counts: not available)")
-    print(f"dead-letter queue: {args.task_queue}.dead-letter")
+    for label, name, stats in queues:
+        if stats is None:
+            print(f"{label}: {name} (does not exist)")
+        else:
+            print(f"{label}: {name} ({stats.messages} waiting, {stats.consumers} consumers)")
     return EXIT_OK
 
 

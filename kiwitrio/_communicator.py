@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -82,30 +83,22 @@ async def open_communicator(
     """
     if content_type is None:
         content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
+    settings = _Settings(
+        message_exchange=message_exchange, task_exchange=task_exchange, task_queue=task_queue,
+        task_prefetch_count=task_prefetch_count, encoder=encoder, decoder=decoder,
+        content_type=content_type, testing_mode=testing_mode,
+        max_message_size=max_message_size, task_lease=task_lease,
+    )
     body_error: BaseException | None = None
     try:
         async with _open_session(url, heartbeat=heartbeat, reconnect=reconnect,
-                                 on_state=on_connection_state) as session:
-            async with trio.open_nursery() as nursery:
-                ctx = Context(session=session, nursery=nursery, encoder=encoder,
-                              decoder=decoder, content_type=content_type, communicator=None,
-                              testing_mode=testing_mode, max_message_size=max_message_size,
-                              task_lease=task_lease)
-                comm = Communicator(ctx, message_exchange=message_exchange,
-                                    task_exchange=task_exchange, task_queue=task_queue,
-                                    task_prefetch_count=task_prefetch_count)
-                try:
-                    await comm._declare()
-                    yield comm
-                except BaseException as exc:
-                    body_error = exc
-                    raise
-                finally:
-                    comm._begin_shut_down()
-            # The nursery has exited: every subscriber has either finished its message or
-            # given it back. Leaving _open_session closes the connection, and the broker
-            # requeues whatever was still unacknowledged.
-            await comm._clean_up(testing_mode)
+                                 on_state=on_connection_state) as session, \
+                _serve(session, settings) as comm:
+            try:
+                yield comm
+            except BaseException as exc:
+                body_error = exc
+                raise
     except BaseExceptionGroup as group:
         # The nursery wrapped the block's own exception (or the connection's failure):
         # hand it back unwrapped.
@@ -113,6 +106,48 @@ async def open_communicator(
         if leaf is not None and (leaf is body_error or isinstance(leaf, KiwitrioError)):
             raise leaf from None
         raise
+
+
+@dataclass(frozen=True)
+class _Settings:
+    message_exchange: str
+    task_exchange: str
+    task_queue: str
+    task_prefetch_count: int
+    encoder: Encoder
+    decoder: Decoder
+    content_type: str
+    testing_mode: bool
+    max_message_size: int
+    task_lease: float | None
+
+
+@asynccontextmanager
+async def _serve(session: Session, settings: _Settings) -> AsyncIterator[Communicator]:
+    """Run a communicator on ``session``: its nursery, and clean-up at the end."""
+    comm: Communicator | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            ctx = Context(session=session, nursery=nursery, encoder=settings.encoder,
+                          decoder=settings.decoder, content_type=settings.content_type,
+                          communicator=None, testing_mode=settings.testing_mode,
+                          max_message_size=settings.max_message_size,
+                          task_lease=settings.task_lease)
+            comm = Communicator(ctx, message_exchange=settings.message_exchange,
+                                task_exchange=settings.task_exchange,
+                                task_queue=settings.task_queue,
+                                task_prefetch_count=settings.task_prefetch_count)
+            try:
+                await comm._declare()
+                yield comm
+            finally:
+                comm._begin_shut_down()
+        # The nursery has exited: every subscriber has finished its message or given it back.
+    finally:
+        # Also when the block raised. The connection closes after this, and the broker
+        # requeues whatever is still unacknowledged.
+        if comm is not None:
+            await comm._clean_up(settings.testing_mode)
 
 
 @asynccontextmanager

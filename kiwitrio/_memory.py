@@ -44,6 +44,7 @@ from ._backend import (
     OutgoingMessage,
     QueueInUse,
     QueueSpec,
+    QueueStats,
     Session,
 )
 from ._errors import CommunicatorClosed, DeliveryFailed, UnroutableError
@@ -581,6 +582,13 @@ class _MemorySession(Session):
         if queue is not None:
             queue.check_access(self)
             self._broker.delete_queue(queue)
+
+    async def inspect_queue(self, name: str) -> QueueStats | None:
+        await self._enter()
+        queue = self._broker.queues.get(name)
+        if queue is None:
+            return None
+        return QueueStats(messages=len(queue.messages), consumers=len(queue.consumers))
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         await self._enter()

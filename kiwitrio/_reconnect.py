@@ -33,6 +33,7 @@ from ._backend import (
     OutgoingMessage,
     QueueInUse,
     QueueSpec,
+    QueueStats,
     Session,
 )
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed
@@ -81,7 +82,7 @@ class ReconnectPolicy:
         give_up_after = self.startup_give_up_after if startup else self.give_up_after
         stops: list[tenacity.stop.stop_base] = []
         if give_up_after is not None:
-            stops.append(tenacity.stop_after_delay(give_up_after))
+            stops.append(tenacity.stop_before_delay(give_up_after))
         if self.max_attempts is not None:
             stops.append(tenacity.stop_after_attempt(self.max_attempts))
         stop = tenacity.stop_any(*stops) if stops else tenacity.stop_never
@@ -220,7 +221,9 @@ class ResilientSession(Session):
 
     def _give_up(self, exc: Exception, startup: bool) -> ConnectionFailed:
         when = "could not connect to" if startup else "gave up reconnecting to"
-        error = ConnectionFailed(f"{when} {', '.join(_redacted(self._urls))}: {exc}")
+        # The last attempt's own error, without a second "cannot connect to URL".
+        reason = exc.__cause__ if isinstance(exc, ConnectionFailed) and exc.__cause__ else exc
+        error = ConnectionFailed(f"{when} {', '.join(_redacted(self._urls))}: {reason}")
         self._given_up = error
         self._set_state(ConnectionState.GIVEN_UP)
         self._connected.set()  # wake the waiters: they raise
@@ -296,6 +299,9 @@ class ResilientSession(Session):
     async def delete_queue(self, name: str) -> None:
         self._forget_queue(name)
         await self._run(lambda s: s.delete_queue(name))
+
+    async def inspect_queue(self, name: str) -> QueueStats | None:
+        return await self._run(lambda s: s.inspect_queue(name))
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         await self._run(lambda s: s.delete_exchange(name, if_unused=if_unused))
