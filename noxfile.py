@@ -88,3 +88,11 @@ def demo(session: nox.Session) -> None:
     _ensure_broker(session)
     session.install("-e", ".[test]")
     session.run("python", "examples/demo.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def lower_bounds(session: nox.Session) -> None:
+    """The tests against the oldest dependency versions pyproject.toml allows."""
+    _ensure_broker(session)
+    session.install("-c", "constraints/lower-bounds.txt", "-e", ".[test]")
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q", "--ignore=tests/faults"]))

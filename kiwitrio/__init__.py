@@ -4,6 +4,8 @@ Open a communicator with :func:`open_communicator` (``amqp://`` for RabbitMQ, ``
 the in-process broker) and use it inside the ``async with`` block.
 """
 
+import logging as _logging
+
 from ._broadcast import BroadcastFilter
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
 from ._communicator import DEFAULT_URL, Communicator, open_communicator
@@ -24,6 +26,10 @@ from ._reconnect import ConnectionState, ReconnectPolicy
 from ._replies import ResultHandle
 from ._tasks import IncomingTask, TaskOutcome, TaskQueue
 from ._version import __version__
+
+# A library logs through the standard logging module and prints nothing unless the
+# application configures logging (no "last resort" output to stderr).
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())
 
 __all__ = [
     "CBOR_CONTENT_TYPE",

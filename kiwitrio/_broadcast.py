@@ -27,7 +27,7 @@ from ._invoke import call_subscriber
 
 __all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
 
-logger = logging.getLogger("kiwitrio.broadcast")
+logger = logging.getLogger(__name__)
 
 BroadcastSubscriber = Callable[[Any, Any, Any, Any, Any], Any]
 

@@ -91,7 +91,7 @@ ONE_SHOT_COMMANDS = ("send", "rpc", "broadcast")
 #: ``send`` shows a progress bar (on a terminal) for more tasks than this.
 PROGRESS_MIN_TASKS = 20
 
-logger = logging.getLogger("kiwitrio.cli")
+logger = logging.getLogger(__name__)
 
 EPILOG = """\
 exit codes:

@@ -23,7 +23,7 @@ from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
 
 __all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
 
-logger = logging.getLogger("kiwitrio")
+logger = logging.getLogger(__name__)
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_MESSAGE_EXCHANGE = "kiwitrio.messages"

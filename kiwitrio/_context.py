@@ -17,7 +17,7 @@ from ._errors import CommunicatorClosed, ConnectionFailed, DecodeError
 
 __all__ = ["Context", "DeliveryInfo", "current_delivery"]
 
-logger = logging.getLogger("kiwitrio")
+logger = logging.getLogger(__name__)
 
 #: How long shutdown work (giving deliveries back) may take before it is abandoned; the
 #: broker requeues whatever is left when the connection closes anyway.

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LeaseKeeper", "TaskLease"]
 
-logger = logging.getLogger("kiwitrio.leases")
+logger = logging.getLogger(__name__)
 
 CYCLE_HEADER = "kiwitrio-lease-cycle"
 LEASE_HEADER = "kiwitrio-lease"

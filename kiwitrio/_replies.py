@@ -23,7 +23,7 @@ from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteExce
 
 __all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "result_envelope"]
 
-logger = logging.getLogger("kiwitrio.replies")
+logger = logging.getLogger(__name__)
 
 _REPLY_PREFETCH = 256
 #: A reply queue unused (no consumer) this long is deleted by the broker.

@@ -24,7 +24,7 @@ from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_enve
 
 __all__ = ["RpcHub", "RpcSubscriber"]
 
-logger = logging.getLogger("kiwitrio.rpc")
+logger = logging.getLogger(__name__)
 
 RpcSubscriber = Callable[[Any, Any], Any]
 

@@ -34,7 +34,7 @@ from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_enve
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
 
-logger = logging.getLogger("kiwitrio.tasks")
+logger = logging.getLogger(__name__)
 
 TaskSubscriber = Callable[[Any, Any], Any]
 
