@@ -96,3 +96,16 @@ def lower_bounds(session: nox.Session) -> None:
     _ensure_broker(session)
     session.install("-c", "constraints/lower-bounds.txt", "-e", ".[test]")
     session.run("python", "-m", "pytest", *(session.posargs or ["-q", "--ignore=tests/faults"]))
+
+
+@nox.session(python="3.12")
+def package(session: nox.Session) -> None:
+    """Build the wheel, install it alone in a clean environment, import it, run the CLI."""
+    tmp = session.create_tmp()
+    session.install("build")
+    session.run("python", "-m", "build", "--wheel", "--outdir", tmp)
+    wheels = glob.glob(os.path.join(tmp, "kiwitrio-*.whl"))
+    session.install(*wheels)
+    with session.chdir(tmp):  # away from the source tree, so the installed copy is used
+        session.run("python", "-c", "import kiwitrio, kiwitrio_sync; print(kiwitrio.__file__)")
+        session.run("kiwitrio", "--version")
