@@ -8,58 +8,28 @@ Tests never reconfigure it; every test uses its own exchange and queue names, in
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-import trio
 
 import kiwitrio
 from kiwitrio._communicator import _open_session
+from kiwitrio.testing import KiwitrioNames
 
 AMQP_URL = os.environ.get("KIWITRIO_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
-@dataclass
-class Names:
-    """Unique exchange and queue names for one test."""
-
-    prefix: str
-
-    @property
-    def message_exchange(self) -> str:
-        return f"{self.prefix}.messages"
-
-    @property
-    def task_exchange(self) -> str:
-        return f"{self.prefix}.tasks"
-
-    @property
-    def task_queue(self) -> str:
-        return f"{self.prefix}.tasks"
-
-    def exchanges(self) -> list[str]:
-        return [self.message_exchange, self.task_exchange, f"{self.task_exchange}.dead-letter"]
-
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "message_exchange": self.message_exchange,
-            "task_exchange": self.task_exchange,
-            "task_queue": self.task_queue,
-            "testing_mode": True,
-        }
+#: The project's tests use the kiwitrio.testing plugin's names (unique, cleaned up).
+Names = KiwitrioNames
 
 
 @pytest.fixture
-def names() -> Iterator[Names]:
-    """Unique names; afterwards, the default task queue and the exchanges are deleted."""
-    names = Names(f"kt-test-{uuid.uuid4().hex[:12]}")
-    yield names
-    # A sync fixture: its teardown runs after the test's own Trio run has finished.
-    trio.run(delete_queues, AMQP_URL, {names.task_queue}, names)
+def names(kiwitrio_names: KiwitrioNames) -> KiwitrioNames:
+    """Unique names (the plugin's); the broker's queues and exchanges are deleted afterwards."""
+    kiwitrio_names.used_on(AMQP_URL)
+    return kiwitrio_names
 
 
 @pytest.fixture(params=["amqp", "memory"])
