@@ -53,7 +53,10 @@ def current_delivery() -> DeliveryInfo:
 def handling(delivery: Delivery) -> Iterator[None]:
     """Make ``delivery`` the :func:`current_delivery` for the code in the block."""
     info = DeliveryInfo(
-        redelivered=delivery.redelivered or "x-death" in delivery.headers,
+        # Also a task that came back from an expired lease (x-death) or was handed back
+        # from one ("kiwitrio-redelivered", see _leases).
+        redelivered=(delivery.redelivered or "x-death" in delivery.headers
+                     or bool(delivery.headers.get("kiwitrio-redelivered"))),
         correlation_id=delivery.correlation_id,
         routing_key=delivery.routing_key,
         headers=delivery.headers,

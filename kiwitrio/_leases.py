@@ -50,20 +50,56 @@ logger = logging.getLogger(__name__)
 
 CYCLE_HEADER = "kiwitrio-lease-cycle"
 LEASE_HEADER = "kiwitrio-lease"
+#: On a task a worker handed back from its lease: it ran before, as a redelivery would have.
+REDELIVERED_HEADER = "kiwitrio-redelivered"
 
 
 class LeaseKeeper:
-    """The lease queue of one worker for one task queue, and its renewal loop."""
+    """The lease queue of one worker for one task queue, and the loop that keeps it.
+
+    One loop per task queue (started with the first task) does all the lease work every
+    third of the lease time: it moves the tasks that have been running for a lease time onto
+    leases, and renews the leases of those still running. A task therefore moves onto a lease
+    between 1 and 4/3 lease times after it started.
+    """
 
     def __init__(self, queue: TaskQueue, lease_seconds: float) -> None:
         self._queue = queue
+        self.lease_seconds = lease_seconds
         self._lease_ms = max(1, int(lease_seconds * 1000))
         self.name = f"{queue.name}.lease.{uuid.uuid4().hex[:12]}"
+        self._tracked: dict[TaskLease, None] = {}
         self._running: dict[str, OutgoingMessage] = {}
         self._cycle = 0
         self._declared = False
+        self._copies_outstanding = False
+        self._watching = False
         self._renew_now = trio.Event()
         self._lock = trio.Lock()
+
+    def track(self, lease: TaskLease) -> None:
+        """Watch a task that a subscriber started working on."""
+        self._tracked[lease] = None
+        if not self._watching:
+            self._watching = True
+            self._queue.ctx.nursery.start_soon(self._watch,
+                                               name=f"kiwitrio leases {self._queue.name}")
+
+    def untrack(self, lease: TaskLease) -> None:
+        self._tracked.pop(lease, None)
+
+    async def _watch(self) -> None:
+        period = self.lease_seconds / 3
+        while True:
+            with trio.move_on_after(period):
+                await self._renew_now.wait()
+            self._renew_now = trio.Event()
+            due = trio.current_time() - self.lease_seconds
+            for lease in [lease for lease in self._tracked if lease.started <= due]:
+                await lease.move_to_lease()
+            if self._running or self._copies_outstanding:
+                async with self._lock:
+                    await self._renew()
 
     async def _declare(self) -> None:
         if self._declared:
@@ -78,8 +114,6 @@ class LeaseKeeper:
             },
         ))
         self._declared = True
-        self._queue.ctx.nursery.start_soon(self._renew_forever,
-                                           name=f"kiwitrio leases {self._queue.name}")
 
     async def adopt(self, delivery: Delivery) -> str:
         """Move ``delivery`` onto a lease: publish its copy, then acknowledge it."""
@@ -108,18 +142,14 @@ class LeaseKeeper:
         """Put a leased task back in the task queue for another worker (we are closing)."""
         copy = self._running.get(lease_id)
         if copy is not None:
+            returned = OutgoingMessage(
+                copy.body, copy.content_type, correlation_id=copy.correlation_id,
+                reply_to=copy.reply_to, headers={**copy.headers, REDELIVERED_HEADER: True},
+                persistent=True,
+            )
             await self._queue.ctx.session.publish(
-                self._queue.exchange, self._queue.name, copy, mandatory=True)
+                self._queue.exchange, self._queue.name, returned, mandatory=True)
         await self.release(lease_id)
-
-    async def _renew_forever(self) -> None:
-        period = self._lease_ms / 1000 / 3
-        while True:
-            with trio.move_on_after(period):
-                await self._renew_now.wait()
-            self._renew_now = trio.Event()
-            async with self._lock:
-                await self._renew()
 
     async def _renew(self) -> None:
         # Shielded: stopping half-way could leave two copies of a task, or none.
@@ -128,6 +158,7 @@ class LeaseKeeper:
             for copy in list(self._running.values()):
                 await self._publish(copy)
             await self._drop_older_copies()
+            self._copies_outstanding = bool(self._running)
 
     async def _publish(self, copy: OutgoingMessage) -> None:
         stamped = OutgoingMessage(
@@ -135,6 +166,7 @@ class LeaseKeeper:
             reply_to=copy.reply_to, headers={**copy.headers, CYCLE_HEADER: self._cycle},
             persistent=True,
         )
+        self._copies_outstanding = True
         await self._queue.ctx.session.publish("", self.name, stamped, mandatory=True)
 
     async def _drop_older_copies(self) -> None:
@@ -159,14 +191,16 @@ class TaskLease:
         self._delivery = delivery
         self._lease_id: str | None = None
         self._lock = trio.Lock()
+        self.started = trio.current_time()
 
-    async def take_after(self, seconds: float) -> None:
-        """Move the task onto a lease if it is still running after ``seconds``."""
-        await trio.sleep(seconds)
-        assert self._keeper is not None
-        async with self._lock:
-            with trio.CancelScope(shield=True):
-                if not self._delivery.settled and not self._delivery.stale:
+    async def move_to_lease(self) -> None:
+        """Move the task onto a lease (the keeper found it running for a lease time)."""
+        if self._keeper is None:
+            return
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                if (self._lease_id is None and not self._delivery.settled
+                        and not self._delivery.stale):
                     self._lease_id = await self._keeper.adopt(self._delivery)
 
     async def finish(self, reply: Awaitable[None]) -> None:

@@ -25,6 +25,7 @@ made room for it) returns.
 from __future__ import annotations
 
 import copy
+import math
 import secrets
 import urllib.parse
 from collections import deque
@@ -79,7 +80,14 @@ async def open_memory_session(url: str) -> AsyncIterator[Session]:
     await trio.lowlevel.checkpoint()
     session = _MemorySession(broker)
     try:
-        yield session
+        async with trio.open_nursery() as nursery:
+            # Messages expire even in queues nobody touches (a lease queue whose owner is
+            # gone): each open session runs the broker's expiry clock.
+            nursery.start_soon(broker.expire_forever)
+            try:
+                yield session
+            finally:
+                nursery.cancel_scope.cancel()
     finally:
         # Synchronous so that a cancelled scope can neither skip the close nor, by raising
         # Cancelled from here, hide the exception that is leaving the block.
@@ -314,6 +322,20 @@ class _Broker:
             for name, kind in _PREDECLARED_EXCHANGES.items()
         }
         self.queues: dict[str, _Queue] = {}
+        self._expiry_changed = trio.Event()
+
+    async def expire_forever(self) -> None:
+        """Dead-letter messages as they expire at the heads of their queues."""
+        while True:
+            heads = [q.messages[0].expires_at for q in self.queues.values()
+                     if q.messages and q.messages[0].expires_at is not None]
+            # Just past the deadline: a message expires strictly after it (see expired()).
+            with trio.move_on_at(min(heads) + 1e-6 if heads else math.inf):
+                await self._expiry_changed.wait()
+            self._expiry_changed = trio.Event()
+            now = trio.current_time()
+            for queue in list(self.queues.values()):
+                self.dispatch(queue, now)
 
     # Exchanges
 
@@ -460,7 +482,15 @@ class _Broker:
         return [self.queues[name] for name in names]
 
     def enqueue(self, queue: _Queue, message: _Message, now: float) -> None:
+        queue_ttl = queue.arguments.get("x-message-ttl")
+        if queue_ttl is not None:
+            # The queue's TTL and the message's own: whichever ends first.
+            expires_at = now + int(queue_ttl) / 1000
+            if message.expires_at is None or expires_at < message.expires_at:
+                message = replace(message, expires_at=expires_at)
         queue.messages.append(message)
+        if message.expires_at is not None:
+            self._expiry_changed.set()
         self.dispatch(queue, now)
 
     def dispatch(self, queue: _Queue, now: float) -> None:

@@ -266,17 +266,19 @@ class TaskQueue:
         except DecodeError as exc:
             await self._reject_undecodable(delivery, exc)
             return
-        lease = TaskLease(self.ctx, self._lease_keeper, delivery)
+        keeper = self._lease_keeper
+        lease = TaskLease(self.ctx, keeper, delivery)
+        if keeper is not None:
+            keeper.track(lease)
         try:
-            async with trio.open_nursery() as nursery:
-                if self._lease_keeper is not None and self.ctx.task_lease is not None:
-                    nursery.start_soon(lease.take_after, self.ctx.task_lease)
-                with handling(delivery):
-                    envelope = await self._run_subscribers(task)
-                nursery.cancel_scope.cancel()
+            with handling(delivery):
+                envelope = await self._run_subscribers(task)
         except trio.Cancelled:
             await lease.give_back()
             raise
+        finally:
+            if keeper is not None:
+                keeper.untrack(lease)
         if envelope is None:
             await lease.give_back()  # every subscriber declined
             return

@@ -622,3 +622,19 @@ async def test_publish_is_a_checkpoint_and_cancelled_publish_does_nothing(
         await session.publish("", "q", message(), mandatory=True)
     assert scope.cancelled_caught
     assert await session.get("q") is None
+
+
+async def test_queue_ttl_dead_letters_even_when_nobody_touches_the_queue() -> None:
+    async with open_memory_session("memory://ttl-untouched") as session:
+        await session.declare_exchange("dlx", "fanout", durable=True, auto_delete=False)
+        dead = await session.declare_queue(QueueSpec("dead"))
+        await session.bind_queue(dead, "dlx", "")
+        await session.declare_queue(QueueSpec("short", arguments={
+            "x-message-ttl": 100, "x-dead-letter-exchange": "dlx"}))
+        consumer = await session.consume(dead, prefetch_count=1)
+        await session.publish("", "short", OutgoingMessage(b"bye", "text/plain"),
+                              mandatory=True)
+        with trio.fail_after(5):
+            delivery = await consumer.deliveries.receive()
+        assert delivery.body == b"bye"
+        assert delivery.headers["x-death"][0]["reason"] == "expired"

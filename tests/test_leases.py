@@ -1,0 +1,115 @@
+"""Task leases: long tasks leave the broker's delivery clock, and are never lost.
+
+These run on both backends with a short lease; tests/faults/test_long_tasks.py shows on a
+private RabbitMQ node with a short consumer timeout that a long task then runs only once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import trio
+
+import kiwitrio
+
+from .conftest import OpenComm
+
+DEADLINE = 15
+LEASE = 0.3
+
+
+async def test_long_task_runs_once_on_a_lease_and_its_result_arrives(open_comm: OpenComm) -> None:
+    runs: list[bool] = []
+
+    async def long_task(_comm: Any, task: str) -> str:
+        runs.append(kiwitrio.current_delivery().redelivered)
+        await trio.sleep(LEASE * 5)  # several lease renewals
+        return task.upper()
+
+    async with open_comm(task_lease=LEASE) as worker, open_comm() as sender:
+        await worker.add_task_subscriber(long_task)
+        handle = await sender.task_send("long")
+        with trio.fail_after(DEADLINE):
+            assert await handle == "LONG"
+        # The lease went with the task: nothing comes back to be run again.
+        async with open_comm(task_lease=LEASE) as other:
+            await other.add_task_subscriber(long_task)
+            await trio.sleep(LEASE * 4)  # longer than a lease: an orphaned copy would show
+    assert runs == [False]
+
+
+async def test_leased_task_of_a_closed_worker_is_finished_by_another(open_comm: OpenComm) -> None:
+    started = trio.Event()
+    first_runs = 0
+
+    async def never_finishes(_comm: Any, _task: Any) -> None:
+        nonlocal first_runs
+        first_runs += 1
+        started.set()
+        await trio.sleep_forever()
+
+    async with open_comm() as sender:
+        handle = await sender.task_send("handed back")
+        with trio.fail_after(DEADLINE):
+            async with open_comm(task_lease=LEASE) as worker:
+                await worker.add_task_subscriber(never_finishes)
+                await started.wait()
+                await trio.sleep(LEASE * 2)  # now it is on a lease
+                keeper = worker._default_queue._lease_keeper
+                assert keeper is not None and keeper._running, "the task is not on a lease"
+            async with open_comm() as second:
+                seen: list[bool] = []
+
+                def finish(_c: Any, task: str) -> str:
+                    seen.append(kiwitrio.current_delivery().redelivered)
+                    return f"finished {task}"
+
+                await second.add_task_subscriber(finish)
+                assert await handle == "finished handed back"
+    assert first_runs == 1
+    assert seen == [True]
+
+
+async def test_orphaned_lease_comes_back_when_its_worker_vanishes(
+    open_comm: OpenComm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stops renewing (as if killed): its last copy expires into the queue."""
+    started = trio.Event()
+
+    async def stuck(_comm: Any, _task: Any) -> None:
+        started.set()
+        await trio.sleep_forever()
+
+    async with open_comm() as sender, open_comm() as rescuer:
+        handle = await sender.task_send("orphan")
+        with trio.fail_after(DEADLINE):
+            async with open_comm(task_lease=LEASE) as worker:
+                ident = await worker.add_task_subscriber(stuck)
+                await started.wait()
+                await worker.remove_task_subscriber(ident)  # take no more tasks
+                keeper = worker._default_queue._lease_keeper
+                assert keeper is not None
+                adopted = trio.Event()
+                adopt = keeper.adopt
+
+                async def adopt_then_die(delivery: Any) -> str:
+                    lease_id = await adopt(delivery)
+                    adopted.set()
+                    return lease_id
+
+                async def no_renewal() -> None:
+                    await trio.lowlevel.checkpoint()
+
+                monkeypatch.setattr(keeper, "adopt", adopt_then_die)
+                monkeypatch.setattr(keeper, "_renew", no_renewal)  # the worker "died"
+                await adopted.wait()
+                seen: list[bool] = []
+
+                def rescue(_c: Any, task: str) -> str:
+                    seen.append(kiwitrio.current_delivery().redelivered)
+                    return f"rescued {task}"
+
+                await rescuer.add_task_subscriber(rescue)
+                assert await handle == "rescued orphan"
+                assert seen == [True]
