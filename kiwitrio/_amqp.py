@@ -30,6 +30,7 @@ from pamqp import commands as spec
 from ._backend import (
     Consumer,
     Delivery,
+    EntityNotFound,
     ExchangeType,
     OutgoingMessage,
     QueueInUse,
@@ -295,6 +296,8 @@ class _AmqpSession(Session):
             return await self.bridge.run(fn, channel)
         except aiormq.exceptions.ChannelLockedResource as exc:
             raise QueueInUse(str(exc)) from exc
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise EntityNotFound(f"the broker refused: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
             raise DeliveryFailed(f"the broker refused: {exc}") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
@@ -349,6 +352,8 @@ class _AmqpSession(Session):
         try:
             await self.bridge.run(_publish, self._publish_channel, exchange, routing_key,
                                   message.body, properties, mandatory)
+        except aiormq.exceptions.ChannelNotFoundEntity as exc:
+            raise EntityNotFound(f"publishing to {exchange!r}: {exc}") from exc
         except aiormq.exceptions.PublishError as exc:
             raise UnroutableError(
                 f"no queue is bound to {routing_key!r} on exchange {exchange!r}") from exc

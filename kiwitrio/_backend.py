@@ -18,10 +18,13 @@ from typing import Any, Literal, Protocol
 
 import trio
 
+from ._errors import DeliveryFailed
+
 __all__ = [
     "Consumer",
     "Delivery",
     "DeliveryReceiver",
+    "EntityNotFound",
     "ExchangeType",
     "OutgoingMessage",
     "QueueInUse",
@@ -39,6 +42,10 @@ DEAD_LETTER_ROUTING_KEY = "x-dead-letter-routing-key"
 
 class QueueInUse(Exception):
     """Internal: an exclusive queue of that name belongs to another connection."""
+
+
+class EntityNotFound(DeliveryFailed):
+    """The exchange (or queue) a message was published to does not exist (NOT_FOUND)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 
 import trio
 
-from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec
+from ._backend import Consumer, Delivery, EntityNotFound, OutgoingMessage, QueueSpec
 from ._context import Context
 from ._errors import DecodeError, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
@@ -78,6 +78,7 @@ class BroadcastFilter:
     def __init__(self, subscriber: BroadcastSubscriber, subject: Any = None,
                  sender: Any = None) -> None:
         self._subscriber = subscriber
+        self._subscribed = False
         self._subject_patterns: list[Any] = []
         self._subject_filters: list[_Matcher] = []
         self._sender_filters: list[_Matcher] = []
@@ -99,11 +100,23 @@ class BroadcastFilter:
         return copy
 
     def add_subject_filter(self, subject_filter: Any) -> None:
+        """Also accept subjects matching ``subject_filter``. Only before subscribing: the
+        broker's bindings are made from the filters at that moment."""
+        self._check_not_subscribed()
         self._subject_patterns.append(subject_filter)
         self._subject_filters.append(_matcher(subject_filter))
 
     def add_sender_filter(self, sender_filter: Any) -> None:
+        """Also accept senders matching ``sender_filter`` (only before subscribing)."""
+        self._check_not_subscribed()
         self._sender_filters.append(_matcher(sender_filter))
+
+    def _check_not_subscribed(self) -> None:
+        if self._subscribed:
+            raise RuntimeError(
+                "add filters before add_broadcast_subscriber(): the broker routes by the "
+                "filters the subscriber had then; subscribe a new BroadcastFilter instead"
+            )
 
     def is_filtered(self, sender: Any, subject: Any) -> bool:
         """True if this filter keeps the broadcast away from the subscriber."""
@@ -138,6 +151,8 @@ class BroadcastHub:
         self._ctx = ctx
         self._exchange = exchange
         self._subscribers: dict[Any, BroadcastSubscriber] = {}
+        # The binding keys each subscriber was bound with, to unbind exactly those.
+        self._keys: dict[Any, set[str]] = {}
         self._bindings: Counter[str] = Counter()
         self._queue: str | None = None
         self._lock = trio.Lock()
@@ -153,7 +168,17 @@ class BroadcastHub:
                     "correlation_id": correlation_id}
         message = OutgoingMessage(self._ctx.encode(envelope), self._ctx.content_type,
                                   expiration_ms=BROADCAST_TTL_MS)
-        await self._ctx.session.publish(self._exchange, routing_key, message, mandatory=False)
+        try:
+            await self._ctx.session.publish(self._exchange, routing_key, message,
+                                            mandatory=False)
+        except EntityNotFound:
+            # The exchange went (auto-delete in testing mode, or deleted by hand): declare it
+            # again, once, and retry.
+            if self._ctx.redeclare_exchanges is None:
+                raise
+            await self._ctx.redeclare_exchanges()
+            await self._ctx.session.publish(self._exchange, routing_key, message,
+                                            mandatory=False)
 
     async def add(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
         self._ctx.check_open()
@@ -163,8 +188,12 @@ class BroadcastHub:
             if identifier in self._subscribers:
                 raise DuplicateSubscriberIdentifier(f"broadcast subscriber {identifier!r} exists")
             queue = self._queue or await self._open()
-            await self._bind(queue, binding_keys(subscriber))
+            keys = binding_keys(subscriber)
+            await self._bind(queue, keys)
+            if isinstance(subscriber, BroadcastFilter):
+                subscriber._subscribed = True
             self._subscribers[identifier] = subscriber
+            self._keys[identifier] = keys
         return identifier
 
     async def remove(self, identifier: Any) -> None:
@@ -173,8 +202,9 @@ class BroadcastHub:
             subscriber = self._subscribers.pop(identifier, None)
             if subscriber is None:
                 raise ValueError(f"no broadcast subscriber {identifier!r}")
+            keys = self._keys.pop(identifier)
             if self._queue is not None:
-                await self._unbind(self._queue, binding_keys(subscriber))
+                await self._unbind(self._queue, keys)
 
     async def _open(self) -> str:
         session = self._ctx.session
@@ -189,7 +219,13 @@ class BroadcastHub:
     async def _bind(self, queue: str, keys: Iterable[str]) -> None:
         for key in keys:
             if self._bindings[key] == 0:
-                await self._ctx.session.bind_queue(queue, self._exchange, key)
+                try:
+                    await self._ctx.session.bind_queue(queue, self._exchange, key)
+                except EntityNotFound:
+                    if self._ctx.redeclare_exchanges is None:
+                        raise
+                    await self._ctx.redeclare_exchanges()  # it went; see send()
+                    await self._ctx.session.bind_queue(queue, self._exchange, key)
             self._bindings[key] += 1
 
     async def _unbind(self, queue: str, keys: Iterable[str]) -> None:

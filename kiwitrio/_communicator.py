@@ -196,6 +196,7 @@ class Communicator:
     def __init__(self, ctx: Context, *, message_exchange: str, task_exchange: str,
                  task_queue: str, task_prefetch_count: int) -> None:
         ctx.communicator = self
+        ctx.redeclare_exchanges = self._declare_exchanges
         self._ctx = ctx
         self._message_exchange = message_exchange
         self._task_exchange = task_exchange
@@ -208,6 +209,10 @@ class Communicator:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def _declare(self) -> None:
+        await self._declare_exchanges()
+        await self._default_queue.declare()
+
+    async def _declare_exchanges(self) -> None:
         session, auto_delete = self._ctx.session, self._ctx.testing_mode
         await session.declare_exchange(self._message_exchange, "topic", durable=True,
                                        auto_delete=auto_delete)
@@ -215,7 +220,6 @@ class Communicator:
                                        auto_delete=auto_delete)
         await session.declare_exchange(dead_letter_exchange_name(self._task_exchange), "direct",
                                        durable=True, auto_delete=auto_delete)
-        await self._default_queue.declare()
 
     def _begin_shut_down(self) -> None:
         """Refuse new calls, fail pending results, and cancel all background work.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections.abc import Awaitable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,6 +83,8 @@ class Context:
     max_message_size: int = 64 * 1024 * 1024
     #: A task still running after this many seconds moves onto a lease (see _leases).
     task_lease: float | None = None
+    #: Declares the communicator's exchanges again (after someone deleted one).
+    redeclare_exchanges: Callable[[], Awaitable[None]] | None = None
     closed: bool = False
     #: Extra queue arguments for durable queues in testing mode (expire when unused).
     testing_queue_arguments: Mapping[str, Any] = field(

@@ -41,6 +41,7 @@ from ._backend import (
     DEAD_LETTER_ROUTING_KEY,
     Consumer,
     Delivery,
+    EntityNotFound,
     ExchangeType,
     OutgoingMessage,
     QueueInUse,
@@ -380,7 +381,7 @@ class _Broker:
         """A non-default exchange, or NOT_FOUND."""
         exchange = self.exchanges.get(name)
         if exchange is None:
-            raise DeliveryFailed(f"NOT_FOUND: no exchange {name!r}")
+            raise EntityNotFound(f"NOT_FOUND: no exchange {name!r}")
         return exchange
 
     # Queues

@@ -178,15 +178,17 @@ class ReplyRouter:
             await delivery.ack()
 
     def _resolve(self, delivery: Delivery) -> None:
+        # Decode first: a bad reply is reported whether or not anyone waits for it.
+        try:
+            value, error = _parse_envelope(self._ctx.decode(delivery))
+        except DecodeError as exc:
+            logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
+                         self.queue_name, exc)
+            value, error = None, exc
         handle = self._pending.pop(delivery.correlation_id or "", None)
         if handle is None:
             logger.debug("reply %r has no waiter (dropped or duplicate)", delivery.correlation_id)
             return
-        try:
-            value, error = _parse_envelope(self._ctx.decode(delivery))
-        except DecodeError as exc:
-            logger.error("undecodable reply %r: %s", delivery.correlation_id, exc)
-            value, error = None, exc
         handle._set(value, error)
 
     async def delete_queue(self) -> None:
@@ -203,21 +205,37 @@ class ReplyRouter:
         for handle in pending:
             handle._set(None, CommunicatorClosed("the communicator closed before the reply came"))
 
-    async def send(self, request: Delivery, envelope: dict[str, Any]) -> None:
+    async def send(self, request: Delivery, envelope: dict[str, Any], *,
+                   persistent: bool = False) -> None:
         """Publish ``envelope`` as the reply to ``request``, if it asked for one.
 
-        A requester that is gone (its reply queue no longer exists) is logged, not an error.
+        Task results are ``persistent``: the task is acknowledged once the broker confirms
+        its result, so the result must survive a broker restart while it waits in the reply
+        queue. A result that cannot be encoded (or is too large) is replaced by an error the
+        requester sees as a RemoteException. A requester that is gone (its reply queue no
+        longer exists) is logged, not an error.
         """
         if not request.reply_to:
             return
-        try:
-            body = self._ctx.encode(envelope)
-        except TypeError as exc:
-            body = self._ctx.encode(exception_envelope(TypeError(f"cannot encode result: {exc}")))
-        message = OutgoingMessage(
-            body, self._ctx.content_type, correlation_id=request.correlation_id
-        )
+        body = self._encode_reply(envelope, request.correlation_id)
+        if body is None:
+            return
+        message = OutgoingMessage(body, self._ctx.content_type,
+                                  correlation_id=request.correlation_id, persistent=persistent)
         try:
             await self._ctx.session.publish("", request.reply_to, message, mandatory=True)
         except DeliveryFailed as exc:
             logger.info("could not reply to %r: %s", request.correlation_id, exc)
+
+    def _encode_reply(self, envelope: dict[str, Any], correlation_id: str | None) -> bytes | None:
+        try:
+            return self._ctx.encode(envelope)
+        except (TypeError, ValueError) as exc:
+            logger.error("cannot send the reply to %r: %s", correlation_id, exc)
+            problem = type(exc)(f"the reply could not be sent: {exc}")
+            short = {"exception": {"type": type(problem).__qualname__,
+                                   "message": str(problem)[:200], "traceback": ""}}
+        try:
+            return self._ctx.encode(short)
+        except (TypeError, ValueError):
+            return None  # not even a short error fits: the requester's timeout must do

@@ -19,7 +19,14 @@ from typing import Any
 
 import trio
 
-from ._backend import DEAD_LETTER_EXCHANGE, Consumer, Delivery, OutgoingMessage, QueueSpec
+from ._backend import (
+    DEAD_LETTER_EXCHANGE,
+    Consumer,
+    Delivery,
+    EntityNotFound,
+    OutgoingMessage,
+    QueueSpec,
+)
 from ._context import Context, handling
 from ._errors import (
     CommunicatorClosed,
@@ -132,7 +139,8 @@ class IncomingTask:
         if self._delivery.settled:
             return
         if self._outcome is not None and self._outcome.done():
-            reply = self._queue.replies.send(self._delivery, self._outcome.envelope())
+            reply = self._queue.replies.send(self._delivery, self._outcome.envelope(),
+                                             persistent=True)
             await self._queue.ctx.finish(self._delivery, reply)
         else:
             await self.requeue()
@@ -202,7 +210,16 @@ class TaskQueue:
         return handle
 
     async def _publish(self, message: OutgoingMessage) -> None:
-        await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
+        try:
+            await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
+        except EntityNotFound:
+            # The exchange was deleted under us (an auto-delete one in testing mode, or by
+            # hand): declare what we need again, once, and retry.
+            if self.ctx.redeclare_exchanges is None:
+                raise
+            await self.ctx.redeclare_exchanges()
+            await self.declare()
+            await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
 
     # -- push mode --------------------------------------------------------------------------
 
@@ -282,7 +299,7 @@ class TaskQueue:
         if envelope is None:
             await lease.give_back()  # every subscriber declined
             return
-        await lease.finish(self.replies.send(delivery, envelope))
+        await lease.finish(self.replies.send(delivery, envelope, persistent=True))
 
     async def _run_subscribers(self, task: Any) -> dict[str, Any] | None:
         for subscriber in list(self._subscribers.values()):
@@ -297,7 +314,7 @@ class TaskQueue:
         return None
 
     async def _reject_undecodable(self, delivery: Delivery, reason: DecodeError) -> None:
-        await self.replies.send(delivery, exception_envelope(reason))
+        await self.replies.send(delivery, exception_envelope(reason), persistent=True)
         await self.ctx.reject_visibly(delivery, f"task on {self.name!r}", reason)
 
     # -- pull mode --------------------------------------------------------------------------

@@ -144,3 +144,31 @@ async def test_overlong_subject_is_refused(open_comm: OpenComm) -> None:
     async with open_comm() as comm:
         with pytest.raises(ValueError, match="at most 255 bytes"):
             await comm.broadcast_send(None, subject="x" * 256)
+
+
+async def test_filters_are_fixed_once_subscribed(open_comm: OpenComm) -> None:
+    inbox = Inbox()
+    async with open_comm() as comm:
+        filt = kiwitrio.BroadcastFilter(inbox, subject="a.*")
+        ident = await comm.add_broadcast_subscriber(filt)
+        with pytest.raises(RuntimeError, match="before add_broadcast_subscriber"):
+            filt.add_subject_filter("c.d")
+        await comm.remove_broadcast_subscriber(ident)
+        # Unsubscribing removed exactly its own bindings: a new subscriber still gets "a.x".
+        again = Inbox()
+        await comm.add_broadcast_subscriber(kiwitrio.BroadcastFilter(again, subject="a.*"))
+        await comm.broadcast_send(1, subject="a.x")
+        await again.wait_for(1)
+
+
+async def test_testing_mode_exchange_that_vanished_is_declared_again(open_comm: OpenComm,
+                                                                     names: Any) -> None:
+    inbox = Inbox()
+    async with open_comm() as first, open_comm() as second:
+        ident = await first.add_broadcast_subscriber(inbox)
+        await first.remove_broadcast_subscriber(ident)  # last binding gone: auto-deleted
+        await second.broadcast_send("still works")  # declared again on the way
+        await first.add_broadcast_subscriber(inbox)
+        await second.broadcast_send("and arrives")
+        await inbox.wait_for(1)
+    assert inbox.bodies() == ["and arrives"]
