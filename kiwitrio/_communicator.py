@@ -81,6 +81,11 @@ async def open_communicator(
     fails pending results with :class:`~kiwitrio.CommunicatorClosed` and closes the
     connection. Raises :class:`~kiwitrio.ConnectionFailed` if the broker cannot be reached.
     """
+    # Refuse bad options before connecting, with the exception the caller expects.
+    if task_prefetch_count < 1:
+        raise ValueError(f"task_prefetch_count must be at least 1, not {task_prefetch_count}")
+    if task_lease is not None and task_lease <= 0:
+        raise ValueError(f"task_lease must be positive (or None), not {task_lease}")
     if content_type is None:
         content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
     settings = _Settings(
@@ -235,6 +240,8 @@ class Communicator:
         """Delete what only this communicator used, before the connection closes."""
         with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
             try:
+                for queue in self._task_queues.values():
+                    await queue.settle_pulled()
                 await self._replies.delete_queue()
                 if testing_mode:
                     await self._delete_unused_exchanges()

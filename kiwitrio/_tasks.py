@@ -136,6 +136,7 @@ class IncomingTask:
             await self._queue.ctx.give_back(self._delivery)
 
     async def _settle(self) -> None:
+        self._queue._pulled.pop(self, None)
         if self._delivery.settled:
             return
         if self._outcome is not None and self._outcome.done():
@@ -164,6 +165,8 @@ class TaskQueue:
         self.prefetch_count = prefetch_count
         self._subscribers: dict[Any, TaskSubscriber] = {}
         self._consumer: Consumer | None = None
+        #: Tasks taken in pull mode and not settled yet (settled at the latest on close).
+        self._pulled: dict[IncomingTask, None] = {}
         self._lease_keeper = (
             None if ctx.task_lease is None else LeaseKeeper(self, ctx.task_lease))
         self._lock = trio.Lock()
@@ -346,9 +349,12 @@ class TaskQueue:
             if delivery is None:
                 raise QueueEmpty(f"no task in {self.name!r}")
             try:
-                return IncomingTask(self, delivery, self.ctx.decode(delivery))
+                task = IncomingTask(self, delivery, self.ctx.decode(delivery))
             except DecodeError as exc:
                 await self._reject_undecodable(delivery, exc)
+                continue
+            self._pulled[task] = None
+            return task
 
     async def _wait_for_delivery(self, deadline: float) -> Delivery | None:
         consumer = await self.ctx.session.consume(self.name, prefetch_count=1)
@@ -360,11 +366,19 @@ class TaskQueue:
             with trio.CancelScope(shield=True):
                 await consumer.cancel()
 
+    async def settle_pulled(self) -> None:
+        """Settle every task taken in pull mode and not settled yet: finish those whose
+        outcome is set, requeue the others. The communicator does this when it closes."""
+        for task in list(self._pulled):
+            await task._settle()
+
     def __aiter__(self) -> AsyncIterator[IncomingTask]:
         """Iterate over the tasks in the queue now (pull mode), ending when it is empty.
 
-        Handle each with ``async with task.processing() as outcome:``. A task left
-        unfinished when the loop moves on (or ends) is requeued.
+        Handle each with ``async with task.processing() as outcome:``, which settles it. A
+        task not settled is settled when the loop moves on to the next one; after a
+        ``break``, it stays reserved until :meth:`settle_pulled` or until the communicator
+        closes, and is then finished (if its outcome was set) or requeued.
         """
         return _TaskIterator(self)
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import math
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -111,13 +113,16 @@ class _Runtime:
                 return
         if self.portal.in_portal_thread():
             return  # cannot wait for ourselves; the shutdown goes on in the background
-        if self.finished is not None:
-            try:
-                self.finished.result(CLOSE_TIMEOUT)
-            except BaseException:
-                pass
-        if self.owns_portal:
-            self.portal.stop()
+        try:
+            if self.finished is not None:
+                try:
+                    self.finished.result(CLOSE_TIMEOUT)
+                except Exception:
+                    pass
+        finally:
+            # Also when interrupted (a KeyboardInterrupt goes on up): stop our thread.
+            if self.owns_portal:
+                self.portal.stop()
 
 
 async def _set_event(event: trio.Event) -> None:
@@ -169,7 +174,9 @@ class Communicator:
     def _wrap(self, subscriber: Callable[..., Any]) -> Callable[..., Any]:
         """Make ``subscriber(self, ...)`` callable by the core (as ``fn(core, ...)``)."""
         if isinstance(subscriber, BroadcastFilter):
-            return subscriber.with_subscriber(self._wrap(subscriber.subscriber))
+            wrapped = subscriber.with_subscriber(self._wrap(subscriber.subscriber))
+            subscriber._subscribed = True  # its filters are now fixed, as in the core
+            return wrapped
         if is_async_callable(subscriber):
             raise TypeError(
                 "kiwitrio_sync subscribers must be plain functions (they run in worker "
@@ -222,9 +229,13 @@ class Communicator:
 
     # -- tasks --------------------------------------------------------------------------------
 
-    def task_queue(self, queue_name: str, prefetch_count: int | None = None,
-                   prefetch_size: int = 0) -> TaskQueue:
-        """The named durable task queue (``prefetch_size`` is accepted for kiwiPy's sake)."""
+    def task_queue(self, queue_name: str, prefetch_size: int = 0,
+                   prefetch_count: int = 0) -> TaskQueue:
+        """The named durable task queue; kiwiPy's signature.
+
+        ``prefetch_count`` 0 means the communicator's ``task_prefetch_count``;
+        ``prefetch_size`` is accepted and ignored (RabbitMQ does not implement it).
+        """
         del prefetch_size
         core_queue = self._call(self._core.task_queue, queue_name, prefetch_count or None)
         return self._queues.setdefault(queue_name, TaskQueue(self, core_queue))
@@ -245,7 +256,7 @@ class Communicator:
                            identifier: str | None = None) -> str:
         """Answer RPCs to ``identifier`` (a new unique one if ``None``, as in kiwiPy)."""
         if identifier is None:
-            identifier = f"rpc-{threading.get_ident():x}-{id(subscriber):x}"
+            identifier = f"rpc-{uuid.uuid4().hex}"
         result: str = self._call(self._core.add_rpc_subscriber, self._wrap(subscriber),
                                  identifier)
         return result
@@ -283,13 +294,18 @@ async def _send_as_future(send: Callable[..., Any], *args: Any) -> concurrent.fu
     return _future_from(handle)
 
 
+#: Handles of futures not resolved yet. The reply router holds handles weakly (an async
+#: caller that drops a handle drops its result); a blocking caller may drop the future and
+#: still expect its done-callbacks to run, as in kiwiPy, so they are kept until resolved.
+_unresolved: set[ResultHandle] = set()
+
+
 def _future_from(handle: ResultHandle) -> concurrent.futures.Future[Any]:
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    # The reply router holds handles weakly; the future keeps this one alive for as long as
-    # the caller keeps the future.
-    future._kiwitrio_handle = handle  # type: ignore[attr-defined]
+    _unresolved.add(handle)
 
     def transfer(done: ResultHandle) -> None:
+        _unresolved.discard(done)
         if future.cancelled():
             return
         error = done.exception()
@@ -332,14 +348,16 @@ class TaskQueue:
     @contextmanager
     def next_task(self, timeout: float | None = NEXT_TASK_TIMEOUT,
                   fail: bool = True) -> Iterator[IncomingTask | None]:
-        """Take the next task, waiting up to ``timeout`` seconds.
+        """Take the task at the head of the queue, as kiwiPy does.
 
-        On leaving the block the task is finished if ``task.process()``'s future was given
-        a result or exception, else requeued. With no task: raises
-        :class:`~kiwitrio.QueueEmpty`, or yields ``None`` if ``fail`` is false.
+        An empty queue answers at once: :class:`~kiwitrio.QueueEmpty`, or ``None`` if
+        ``fail`` is false. ``timeout`` bounds the exchange with the broker (TimeoutError).
+        (The async :meth:`kiwitrio.TaskQueue.next_task` instead *waits* up to its timeout for
+        a task to arrive.) On leaving the block the task is finished if
+        ``task.process()``'s future was given a result or exception, else requeued.
         """
         try:
-            core_task = self._communicator._call(self._queue._fetch, timeout)
+            core_task = self._communicator._call(_fetch_within, self._queue, timeout)
         except QueueEmpty:
             if fail:
                 raise
@@ -363,6 +381,11 @@ class TaskQueue:
                 yield task
             finally:
                 task._settle()
+
+
+async def _fetch_within(queue: CoreTaskQueue, seconds: float | None) -> CoreIncomingTask:
+    with trio.fail_after(seconds if seconds is not None else math.inf):
+        return await queue._fetch(None)
 
 
 class IncomingTask:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import quote
 
 import kiwitrio
 
@@ -33,10 +34,31 @@ class RmqThreadCommunicator(Communicator):
     ) -> RmqThreadCommunicator:
         """Connect like kiwiPy: ``connection_params`` is a URL or ``{"url": ...}``."""
         if isinstance(connection_params, Mapping):
-            url = str(connection_params.get("url", kiwitrio.DEFAULT_URL))
+            url = _url_from_params(connection_params)
         else:
             url = connection_params or kiwitrio.DEFAULT_URL
         for name in _IGNORED_OPTIONS:
             if options.pop(name, None) is not None:
                 logger.info("kiwitrio_sync ignores kiwiPy's %s option", name)
         return cls(url, portal=portal, **options)
+
+
+def _url_from_params(params: Mapping[str, Any]) -> str:
+    """An AMQP URL from kiwiPy/aio-pika style connection parameters.
+
+    ``url`` wins; otherwise ``host``, ``port``, ``login`` (or ``username``), ``password`` and
+    ``virtualhost`` (aio-pika's names) build one. Unknown keys are refused rather than
+    ignored, so that a typo cannot connect somewhere unexpected.
+    """
+    if "url" in params:
+        return str(params["url"])
+    known = {"host", "port", "login", "username", "password", "virtualhost", "vhost"}
+    unknown = set(params) - known
+    if unknown:
+        raise ValueError(f"unsupported connection parameters: {sorted(unknown)}")
+    user = quote(str(params.get("login", params.get("username", "guest"))), safe="")
+    password = quote(str(params.get("password", "guest")), safe="")
+    host = params.get("host", "127.0.0.1")
+    port = int(params.get("port", 5672))
+    vhost = quote(str(params.get("virtualhost", params.get("vhost", "/"))), safe="")
+    return f"amqp://{user}:{password}@{host}:{port}/{'' if vhost == '%2F' else vhost}"

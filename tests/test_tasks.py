@@ -355,3 +355,18 @@ async def test_oversized_messages_are_refused_and_dead_lettered(open_comm: OpenC
                     await trio.sleep(0.05)
         assert len(dead.body) > 4096
         await dead.ack()
+
+
+async def test_breaking_out_of_iteration_settles_the_task_on_close(open_comm: OpenComm) -> None:
+    async with open_comm() as sender:
+        done, undone = await sender.task_send("done"), await sender.task_send("undone")
+        with trio.fail_after(DEADLINE):
+            async with open_comm() as worker:
+                async for task in worker._default_queue:
+                    task.process().set_result("finished after break")
+                    break
+            # On close, the task with an outcome was finished, not redelivered.
+            assert await done == "finished after break"
+            async with open_comm() as other:
+                await other.add_task_subscriber(lambda _c, task: f"later {task}")
+                assert await undone == "later undone"

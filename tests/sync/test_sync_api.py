@@ -199,4 +199,53 @@ def test_connection_state_and_redelivery_info(connect: Connect) -> None:
     assert comm.task_send(1).result(timeout=TIMEOUT) == 1
     assert seen == [False]
     comm.close()
-    assert comm.connection_state is kiwitrio_sync.ConnectionState.CLOSED
+    assert _state(comm) is kiwitrio_sync.ConnectionState.CLOSED
+
+
+def _state(comm: kiwitrio_sync.Communicator) -> kiwitrio_sync.ConnectionState:
+    return comm.connection_state  # (read anew: mypy would keep the value narrowed above)
+
+
+def test_kiwipy_connection_params_and_generated_identifiers(names: Names) -> None:
+    from kiwitrio_sync._kiwipy import _url_from_params
+
+    from ..conftest import AMQP_URL
+
+    assert _url_from_params({"host": "h", "port": 1, "login": "u", "password": "p/w",
+                             "virtualhost": "v"}) == "amqp://u:p%2Fw@h:1/v"
+    assert _url_from_params({}) == "amqp://guest:guest@127.0.0.1:5672/"
+    with pytest.raises(ValueError, match="unsupported connection parameters"):
+        _url_from_params({"hostname": "typo"})
+    comm = kiwitrio_sync.RmqThreadCommunicator.connect(
+        connection_params={"host": "127.0.0.1",
+                           "port": int(AMQP_URL.rsplit(":", 1)[1].strip("/"))},
+        **names.kwargs())
+    with comm:
+        first = comm.add_rpc_subscriber(lambda _c, m: m)
+        second = comm.add_rpc_subscriber(lambda _c, m: m)
+        assert first != second
+        queue = comm.task_queue(names.queue("custom"), 0, 3)  # kiwiPy's (name, size, count)
+        assert queue._queue.prefetch_count == 3
+
+
+def test_dropped_future_still_runs_its_callback(connect: Connect) -> None:
+    import gc
+
+    comm = connect()
+    comm.add_rpc_subscriber(lambda _c, m: m * 2, "doubler")
+    done = threading.Event()
+    results: list[Any] = []
+
+    def callback(future: concurrent.futures.Future[Any]) -> None:
+        results.append(future.result())
+        done.set()
+
+    comm.rpc_send("doubler", 21).add_done_callback(callback)  # the future is not kept
+    gc.collect()
+    assert done.wait(TIMEOUT)
+    assert results == [42]
+
+
+def test_prefetch_zero_is_refused_plainly(names: Names) -> None:
+    with pytest.raises(ValueError, match="task_prefetch_count"):
+        kiwitrio_sync.connect(**names.kwargs(), task_prefetch_count=0)

@@ -13,6 +13,7 @@ import warnings
 from typing import Any
 
 import pytest
+import trio
 
 import kiwitrio_sync
 
@@ -111,22 +112,26 @@ def test_keyboard_interrupt_during_result_leaves_communicator_usable(connect: Co
     assert not portal_thread.is_alive()
 
 
-def test_keyboard_interrupt_during_blocking_call_cancels_it(connect: Connect, names: Names) -> None:
+def test_keyboard_interrupt_during_blocking_call_cancels_it(connect: Connect) -> None:
     comm = connect()
-    queue = comm.task_queue(f"{names.prefix}.interrupted")
+    cancelled = threading.Event()
+
+    async def long_call() -> None:
+        try:
+            await trio.sleep(60)
+        except trio.Cancelled:
+            cancelled.set()
+            raise
+
     timer = threading.Timer(0.3, _press_ctrl_c)
     timer.start()
     with pytest.raises(KeyboardInterrupt):
-        with queue.next_task(timeout=60):
-            pass
+        comm._call(long_call)  # any blocking call: the portal runs it as a Trio task
     timer.join()
-    # The interrupted wait was cancelled in the portal: it does not grab the next task.
-    future = queue.task_send("for the next puller")
-    with queue.next_task(timeout=TIMEOUT) as task:
-        assert task is not None
-        assert task.body == "for the next puller"
-        task.process().set_result("ok")
-    assert future.result(timeout=TIMEOUT) == "ok"
+    # The interrupted call's task in the portal was cancelled, not left running.
+    assert cancelled.wait(TIMEOUT)
+    comm.add_rpc_subscriber(lambda _c, m: m, "still-alive")
+    assert comm.rpc_send("still-alive", 1).result(timeout=TIMEOUT) == 1
 
 
 def test_garbage_collected_communicator_closes(names: Names) -> None:
