@@ -239,6 +239,10 @@ class ResilientSession(Session):
             except Exception:
                 logger.exception("connection state callback failed")
 
+    def is_current(self, inner: Session) -> bool:
+        """Whether ``inner`` is the live connection (not a lost one, and not closing)."""
+        return not self._closed and self._current is inner
+
     def closing(self) -> None:
         self._closed = True
         self._set_state(ConnectionState.CLOSED)
@@ -397,15 +401,35 @@ class _ResilientConsumer(Consumer):
     async def attach(self, inner_session: Session) -> None:
         inner = await inner_session.consume(self.queue, prefetch_count=self._prefetch_count)
         self._inner = inner
-        self._session.nursery.start_soon(self._pump, inner)
+        self._session.nursery.start_soon(self._pump, inner_session, inner)
 
-    async def _pump(self, inner: Consumer) -> None:
-        # Ends when the inner consumer's stream ends: cancelled, or its connection lost.
+    async def _pump(self, inner_session: Session, inner: Consumer) -> None:
+        # Ends when the inner consumer's stream ends: cancelled by us, its connection lost
+        # (the supervisor attaches a new one), or its channel closed by the broker.
         async for delivery in inner.deliveries:
             try:
                 await self._send.send(delivery)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 await delivery.reject(requeue=True)
+        if not self._cancelled and self._session.is_current(inner_session):
+            await self._consume_again(inner_session)
+
+    async def _consume_again(self, inner_session: Session) -> None:
+        """The broker closed our channel (a delivery unacknowledged past its consumer
+        timeout, the queue deleted...) while the connection lives on: consume again."""
+        logger.warning("the broker stopped the consumer of %r; consuming again", self.queue)
+        delay = 0.1
+        while not self._cancelled and self._session.is_current(inner_session):
+            try:
+                await self.attach(inner_session)
+                return
+            except (DeliveryFailed, QueueInUse) as exc:
+                logger.warning("cannot consume %r yet (%s); retrying in %.1f s",
+                               self.queue, exc, delay)
+            except (ConnectionFailed, CommunicatorClosed):
+                return  # the connection is going: the supervisor reattaches us
+            await trio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def cancel(self) -> None:
         if self._cancelled:

@@ -192,3 +192,27 @@ async def test_outage_longer_than_the_policy_raises_from_the_block(names: Names)
                 proxy.block()
                 await trio.sleep_forever()
         assert comm.is_closed()
+
+
+async def test_consumer_whose_channel_the_broker_closed_consumes_again(names: Names) -> None:
+    """The broker closes a consumer's channel (as on its consumer timeout): the
+    subscriber must not go silent while the connection lives on."""
+
+    async def double(_comm: Any, task: int) -> int:
+        return task * 2
+
+    async with kiwitrio.open_communicator(AMQP_URL, **names.kwargs(), reconnect=FAST) as comm:
+        await comm.add_task_subscriber(double)
+        with trio.fail_after(DEADLINE):
+            assert await (await comm.task_send(1)) == 2
+        consumer = comm._default_queue._consumer
+        assert consumer is not None
+        inner = consumer._inner  # type: ignore[attr-defined]
+        session = comm._ctx.session.__dict__["_current"]
+        # Acknowledging an unknown delivery tag is a channel error: the broker closes it.
+        underlay = await session.bridge.run(inner._channel.get_underlay_channel)
+        await session.bridge.run(underlay.basic_ack, 999_999)
+        with trio.fail_after(DEADLINE):
+            assert await (await comm.task_send(2)) == 4
+        assert consumer._inner is not inner  # type: ignore[attr-defined]
+        assert comm.connection_state is kiwitrio.ConnectionState.CONNECTED
