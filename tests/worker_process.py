@@ -13,6 +13,18 @@ the log is a durable record of what the worker did. On SIGTERM or SIGINT (or, wi
 ``--exit-on-stdin-eof``, when its stdin closes because the parent died) it appends
 ``stopped <reason>``, leaves the communicator block (giving unfinished tasks back to the
 queue) and exits with status 0.
+
+Optional extras (used by the fault-injection suite, tests/faults/; off by default):
+
+- a task may carry ``"sleep": seconds`` of simulated work (``trio.sleep``, or ``time.sleep``
+  in a thread with ``--sync``, which subscribes a plain function instead of an async one);
+- ``--log-starts`` appends ``started <n>`` before every task, not only slow ones;
+- ``--log-states`` appends ``state <value>`` for every connection state change;
+- ``--rpc-id ID`` answers RPCs to ``ID`` with ``{"echo": msg, "pid": <its pid>}``;
+- ``--broadcasts`` appends ``broadcast <seq>`` for broadcasts ``{"seq": n}`` on subject
+  ``faults.*``;
+- ``--heartbeat`` and ``--reconnect-delay``/``--reconnect-max-delay``/
+  ``--startup-give-up-after`` set the communicator's heartbeat and reconnection policy.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -45,19 +58,45 @@ class TaskLog:
 
 
 class Worker:
-    def __init__(self, log: TaskLog, *, block_slow: bool) -> None:
+    def __init__(self, log: TaskLog, *, block_slow: bool, log_starts: bool = False) -> None:
         self._log = log
         self._block_slow = block_slow
+        self._log_starts = log_starts
 
     async def on_task(self, _comm: kiwitrio.Communicator, task: Any) -> dict[str, int]:
         task_id = int(task["id"])
-        if task.get("slow"):
+        if task.get("slow") or self._log_starts:
             self._log.append(f"started {task_id}")
-            if self._block_slow:
-                await trio.sleep_forever()
+        if task.get("slow") and self._block_slow:
+            await trio.sleep_forever()
+        if task.get("sleep"):
+            await trio.sleep(float(task["sleep"]))
+        return self._done(task_id)
+
+    def on_task_sync(self, _comm: kiwitrio.Communicator, task: Any) -> dict[str, int]:
+        """The same as :meth:`on_task`, as a plain function (kiwitrio runs it in a thread)."""
+        task_id = int(task["id"])
+        if task.get("slow") or self._log_starts:
+            self._log.append(f"started {task_id}")
+        if task.get("sleep"):
+            time.sleep(float(task["sleep"]))
+        return self._done(task_id)
+
+    def _done(self, task_id: int) -> dict[str, int]:
         result = {"id": task_id, "square": task_id * task_id, "pid": os.getpid()}
         self._log.append(f"done {task_id}")
         return result
+
+    async def on_rpc(self, _comm: kiwitrio.Communicator, msg: Any) -> dict[str, Any]:
+        return {"echo": msg, "pid": os.getpid()}
+
+    async def on_broadcast(self, _comm: kiwitrio.Communicator, body: Any, _sender: Any,
+                           _subject: Any, _correlation_id: Any) -> None:
+        seq = body.get("seq") if isinstance(body, dict) else None
+        self._log.append(f"broadcast {seq}")
+
+    def on_state(self, state: kiwitrio.ConnectionState) -> None:
+        self._log.append(f"state {state.value}")
 
 
 async def _stop_on_signal(
@@ -78,8 +117,32 @@ async def _stop_on_stdin_eof(log: TaskLog, scope: trio.CancelScope) -> None:
     scope.cancel()
 
 
+def _connection_options(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
+    """Heartbeat, reconnection policy and state logging, only where asked for."""
+    options: dict[str, Any] = {}
+    if args.heartbeat is not None:
+        options["heartbeat"] = args.heartbeat
+    if (args.reconnect_delay, args.reconnect_max_delay, args.startup_give_up_after) != (
+            None, None, None):
+        defaults = kiwitrio.ReconnectPolicy()
+        initial_delay = (args.reconnect_delay if args.reconnect_delay is not None
+                         else defaults.initial_delay)
+        options["reconnect"] = kiwitrio.ReconnectPolicy(
+            initial_delay=initial_delay,
+            max_delay=(args.reconnect_max_delay if args.reconnect_max_delay is not None
+                       else defaults.max_delay),
+            jitter=min(defaults.jitter, initial_delay),
+            startup_give_up_after=(args.startup_give_up_after
+                                   if args.startup_give_up_after is not None
+                                   else defaults.startup_give_up_after),
+        )
+    if args.log_states:
+        options["on_connection_state"] = worker.on_state
+    return options
+
+
 async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
-    worker = Worker(log, block_slow=args.block_slow)
+    worker = Worker(log, block_slow=args.block_slow, log_starts=args.log_starts)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with kiwitrio.open_communicator(
             args.url,
@@ -88,8 +151,14 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
             task_queue=args.task_queue,
             task_prefetch_count=args.prefetch,
             testing_mode=True,
+            **_connection_options(args, worker),
         ) as comm:
-            await comm.add_task_subscriber(worker.on_task)
+            await comm.add_task_subscriber(worker.on_task_sync if args.sync else worker.on_task)
+            if args.rpc_id:
+                await comm.add_rpc_subscriber(worker.on_rpc, args.rpc_id)
+            if args.broadcasts:
+                await comm.add_broadcast_subscriber(
+                    kiwitrio.BroadcastFilter(worker.on_broadcast, subject="faults.*"))
             print("ready", flush=True)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, log, nursery.cancel_scope)
@@ -110,7 +179,26 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help='block forever on tasks marked "slow" (after logging "started")')
     parser.add_argument("--exit-on-stdin-eof", action="store_true",
                         help="exit cleanly when stdin closes (the parent went away)")
-    return parser.parse_args(argv)
+    parser.add_argument("--sync", action="store_true",
+                        help="subscribe a plain function (run in a thread) instead of an async one")
+    parser.add_argument("--log-starts", action="store_true",
+                        help='log "started <n>" before every task, not only slow ones')
+    parser.add_argument("--log-states", action="store_true",
+                        help='log "state <value>" on every connection state change')
+    parser.add_argument("--rpc-id", help="also answer RPCs sent to this identifier")
+    parser.add_argument("--broadcasts", action="store_true",
+                        help='log "broadcast <seq>" for broadcasts on subject faults.*')
+    parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds")
+    parser.add_argument("--reconnect-delay", type=float,
+                        help="first reconnection delay (seconds)")
+    parser.add_argument("--reconnect-max-delay", type=float,
+                        help="longest reconnection delay (seconds)")
+    parser.add_argument("--startup-give-up-after", type=float,
+                        help="how long to keep trying to connect at start-up (seconds)")
+    args = parser.parse_args(argv)
+    if args.sync and args.block_slow:
+        parser.error("--block-slow needs the async subscriber (not --sync)")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
