@@ -85,6 +85,7 @@ async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
     body_error: BaseException | None = None
     try:
         async with trio_asyncio.open_loop() as loop:
+            loop.set_exception_handler(_log_asyncio_error)
             batched = _install_batched_main_loop(loop)
             transports = _track_socket_transports(loop)
             try:
@@ -100,6 +101,18 @@ async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
         if body_error is not None and single_leaf(group) is body_error:
             raise body_error from None
         raise
+
+
+def _log_asyncio_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Report errors that asyncio code left unhandled, without crashing the communicator.
+
+    trio-asyncio's default handler re-raises them into the loop's nursery, which would tear
+    the whole communicator down for, say, a future aiormq never retrieved after a lost
+    connection; kiwitrio notices and repairs lost connections itself.
+    """
+    exception = context.get("exception")
+    logger.warning("asyncio: %s%s", context.get("message", "unhandled error"),
+                   f": {exception!r}" if exception is not None else "")
 
 
 def _track_socket_transports(loop: Any) -> weakref.WeakSet[asyncio.BaseTransport]:

@@ -104,3 +104,17 @@ async def test_cancelling_trio_caller_cancels_the_asyncio_task() -> None:
             await bridge.run(forever)
         with trio.fail_after(5):
             await cancelled.wait()
+
+
+async def test_unhandled_asyncio_errors_are_logged_not_raised(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def leave_an_error_behind() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_exception_handler({"message": "left behind", "exception": OSError("boom")})
+
+    async with open_asyncio_bridge() as bridge:
+        await bridge.run(leave_an_error_behind)
+        await trio.testing.wait_all_tasks_blocked()
+    assert any("left behind" in r.getMessage() and "boom" in r.getMessage()
+               for r in caplog.records)
