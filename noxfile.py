@@ -90,6 +90,14 @@ def demo(session: nox.Session) -> None:
     session.run("python", "examples/demo.py", *session.posargs)
 
 
+@nox.session(python="3.12")
+def docs(session: nox.Session) -> None:
+    """The documentation site: mkdocs build --strict into site/ (-- serve: preview it)."""
+    session.install(".[docs]")
+    session.run("mkdocs", *(session.posargs or ["build", "--strict"]),
+                env={"NO_MKDOCS_2_WARNING": "1"})
+
+
 @nox.session(python="3.11")
 def lower_bounds(session: nox.Session) -> None:
     """The tests against the oldest dependency versions pyproject.toml allows."""
@@ -109,3 +117,22 @@ def package(session: nox.Session) -> None:
     with session.chdir(tmp):  # away from the source tree, so the installed copy is used
         session.run("python", "-c", "import kiwitrio, kiwitrio_sync; print(kiwitrio.__file__)")
         session.run("kiwitrio", "--version")
+
+
+@nox.session(python="3.12")
+def bench(session: nox.Session) -> None:
+    """The benchmark suite against aio-pika and kiwiPy (-- --quick: about a minute).
+
+    Arguments after -- go to benchmarks/run.py. kiwiPy 0.9 needs aio-pika 9.5, so it gets a
+    second environment, .nox/bench-kiwipy-<python>.
+    """
+    _ensure_broker(session)
+    session.install(".", "matplotlib")
+    kiwipy_env = os.path.join(".nox", f"bench-kiwipy-{session.python}")
+    kiwipy_python = os.path.join(kiwipy_env, "bin", "python")
+    if not os.path.exists(kiwipy_python):
+        session.run("python", "-m", "venv", kiwipy_env)
+    session.run(kiwipy_python, "-m", "pip", "install", "--quiet", "kiwipy[rmq]==0.9.*",
+                external=True)
+    session.run("python", "benchmarks/run.py", "--kiwipy-python", kiwipy_python,
+                *session.posargs)
