@@ -203,7 +203,8 @@ class _AmqpConsumer(Consumer):
             try:
                 underlay = await self._session.bridge.run(self._channel.get_underlay_channel)
                 await self._session.bridge.run(underlay.basic_cancel, self._tag)
-            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
+            except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+                    ConnectionError):
                 pass
         while True:
             try:

@@ -53,6 +53,17 @@ _BATCHED_LOOP_VERSIONS = frozenset({"0.16.0"})
 STOCK_LOOP_ENV = "KIWITRIO_STOCK_ASYNCIO_LOOP"
 
 
+class AsyncioOperationAborted(ConnectionError):
+    """The asyncio side cancelled an operation that its Trio caller had not cancelled.
+
+    aiormq 6 (the one aio-pika 9.5 brings on Python 3.10) cancels the futures of pending
+    operations when their connection or channel closes; aiormq 7 raises ``ConnectionError``
+    for the same. Both reach callers as a ``ConnectionError``, which the AMQP session turns
+    into :class:`~kiwitrio.ConnectionFailed`. An ``asyncio.CancelledError`` must never reach
+    Trio code: it is not ``trio.Cancelled``, and nursery code would take it for a crash.
+    """
+
+
 class AsyncioBridge:
     """Runs asyncio-flavoured code from Trio on one trio-asyncio loop."""
 
@@ -64,10 +75,17 @@ class AsyncioBridge:
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` as an asyncio task and return its result.
 
-        Cancelling the Trio caller cancels the asyncio task and raises ``trio.Cancelled``.
+        Cancelling the Trio caller cancels the asyncio task and raises ``trio.Cancelled``. If
+        the asyncio side cancels the task instead, :class:`AsyncioOperationAborted` is raised.
         """
         coroutine = _call_in_asyncio(fn, args)
-        result: T = await self.loop.run_aio_coroutine(coroutine)  # type: ignore[attr-defined]
+        try:
+            result: T = await self.loop.run_aio_coroutine(coroutine)  # type: ignore[attr-defined]
+        except asyncio.CancelledError as exc:
+            # Trio's own cancellation arrives as trio.Cancelled, never as this.
+            raise AsyncioOperationAborted(
+                f"{getattr(fn, '__qualname__', fn)} was cancelled by asyncio "
+                "(its connection or channel closed)") from exc
         return result
 
 

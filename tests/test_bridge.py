@@ -10,7 +10,12 @@ import trio
 import trio.lowlevel
 import trio_asyncio
 
-from kiwitrio._bridge import BATCH_LIMIT, STOCK_LOOP_ENV, open_asyncio_bridge
+from kiwitrio._bridge import (
+    BATCH_LIMIT,
+    STOCK_LOOP_ENV,
+    AsyncioOperationAborted,
+    open_asyncio_bridge,
+)
 
 
 async def test_batched_loop_is_installed_on_the_tested_version() -> None:
@@ -118,3 +123,20 @@ async def test_unhandled_asyncio_errors_are_logged_not_raised(
         await trio.testing.wait_all_tasks_blocked()
     assert any("left behind" in r.getMessage() and "boom" in r.getMessage()
                for r in caplog.records)
+
+
+async def test_asyncio_side_cancelling_an_operation_raises_a_connection_error() -> None:
+    # aiormq 6 cancels the futures of pending operations when their connection closes; that
+    # must reach Trio callers as a ConnectionError (hence a reconnect), not as asyncio's
+    # CancelledError, which Trio code cannot tell from a crash.
+    async def cancelled_under_us() -> None:
+        pending = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(pending.cancel)
+        await pending
+
+    async with open_asyncio_bridge() as bridge:
+        with trio.fail_after(5), pytest.raises(AsyncioOperationAborted) as caught:
+            await bridge.run(cancelled_under_us)
+        assert isinstance(caught.value, ConnectionError)
+        assert "cancelled_under_us" in str(caught.value)
+        assert await bridge.run(asyncio.sleep, 0, "still works") == "still works"

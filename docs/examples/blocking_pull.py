@@ -5,12 +5,12 @@ import kiwitrio_sync
 with kiwitrio_sync.connect("memory://blocking-pull") as comm:
     queue = comm.task_queue("jobs")
 
-    with queue.next_task(timeout=0.1, fail=False) as task:  # None if nothing came
+    with queue.next_task(fail=False) as task:  # an empty queue answers at once: None
         print("nothing yet:", task)
 
     futures = [queue.task_send(n) for n in range(3)]
 
-    with queue.next_task() as task:  # waits up to 5 s, raises QueueEmpty if none came
+    with queue.next_task() as task:  # the task at the head; QueueEmpty if there is none
         task.process().set_result(task.body * 10)  # replied and acked on leaving
 
     for task in queue:  # the tasks waiting now

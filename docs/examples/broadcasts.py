@@ -9,10 +9,13 @@ import kiwitrio
 
 async def main():
     received = {"jobs": [], "not_state": [], "from_proc_1": [], "all": []}
+    all_arrived = trio.Event()  # 3 + 4 + 2 + 5 deliveries are expected
 
     def inbox(name):
         async def subscriber(comm, body, sender, subject, correlation_id):
             received[name].append(body)
+            if sum(len(bodies) for bodies in received.values()) == 14:
+                all_arrived.set()
         return subscriber
 
     async with kiwitrio.open_communicator("memory://broadcasts") as comm:
@@ -31,9 +34,8 @@ async def main():
         await comm.broadcast_send("d", sender="proc-2", subject="jobs")     # no dot: no match
         await comm.broadcast_send("e")  # no subject, no sender: no filter applies
 
-        with trio.fail_after(5):  # 3 + 4 + 2 + 5 deliveries are expected
-            while sum(len(bodies) for bodies in received.values()) < 14:
-                await trio.sleep(0.01)
+        with trio.fail_after(5):
+            await all_arrived.wait()
         for name, bodies in received.items():
             print(f"{name:12} {sorted(bodies)}")
 
