@@ -113,10 +113,11 @@ class _AmqpDelivery(Delivery):
         return self._message.channel.is_closed
 
     async def ack(self) -> None:
-        await self._settle(lambda channel, tag: channel.basic_ack(tag))
+        await self._settle(lambda channel, tag: channel.basic_ack(tag, wait=False))
 
     async def reject(self, *, requeue: bool) -> None:
-        await self._settle(lambda channel, tag: channel.basic_reject(tag, requeue=requeue))
+        await self._settle(
+            lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False))
 
     async def _settle(self, op: Callable[[aiormq.Channel, int], Awaitable[None]]) -> None:
         if self._settled:
@@ -128,15 +129,18 @@ class _AmqpDelivery(Delivery):
         assert tag is not None
         try:
             if channel.is_closed:
-                raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
-            await self._session.bridge.run(op, channel, tag)
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
-                ConnectionError) as exc:
-            # The channel is gone, and with it the delivery: the broker requeued it.
-            logger.warning("could not settle a delivery, the broker requeued it: %s", exc)
+                logger.warning("could not settle a delivery, the broker requeued it: "
+                               "its channel is closed")
+            else:
+                # Nobody waits for the frame: AMQP does not answer acks and rejects, and once
+                # the frame is on the channel's write queue it goes out ahead of anything
+                # queued later (a channel close included). Sparing the Trio side a round trip
+                # through asyncio per settle is worth a tenth of the consume rate.
+                self._session.bridge.loop.create_task(_settle_quietly(op, channel, tag))
         finally:
             if self._consumer is not None:
                 self._consumer.settled_one()
+        await trio.lowlevel.checkpoint()
 
 
 class _AmqpConsumer(Consumer):
@@ -419,6 +423,16 @@ async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str, routing
     underlay = await channel.get_underlay_channel()
     await underlay.basic_publish(body, exchange=exchange, routing_key=routing_key,
                                  properties=properties, mandatory=mandatory)
+
+
+async def _settle_quietly(op: Callable[[aiormq.Channel, int], Awaitable[None]],
+                          channel: aiormq.Channel, tag: int) -> None:
+    try:
+        await op(channel, tag)
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError) as exc:
+        # The channel is gone, and with it the delivery: the broker requeued it.
+        logger.warning("could not settle a delivery, the broker requeued it: %s", exc)
 
 
 async def _close_quietly(channel: aio_pika.abc.AbstractChannel) -> None:

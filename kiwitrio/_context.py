@@ -141,7 +141,8 @@ class Context:
         Shielded, so that closing the communicator between the two cannot leave a task
         answered but unacknowledged (and so redelivered and done twice).
         """
-        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+        # One scope for both: shielded from outside, and its own deadline still applies.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_GRACE):
             try:
                 await reply
                 await delivery.ack()
@@ -151,7 +152,7 @@ class Context:
 
     async def give_back(self, delivery: Delivery) -> None:
         """Requeue ``delivery``; safe to call while being cancelled."""
-        with trio.CancelScope(shield=True), trio.move_on_after(SHUTDOWN_GRACE):
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_GRACE):
             try:
                 await delivery.reject(requeue=True)
             except (CommunicatorClosed, ConnectionFailed):

@@ -140,3 +140,24 @@ async def test_asyncio_side_cancelling_an_operation_raises_a_connection_error() 
         assert isinstance(caught.value, ConnectionError)
         assert "cancelled_under_us" in str(caught.value)
         assert await bridge.run(asyncio.sleep, 0, "still works") == "still works"
+
+
+async def test_call_soon_checks_callbacks_in_debug_mode_only() -> None:
+    # The batched loop's call_soon skips asyncio's callback check unless the loop is in
+    # debug mode, as asyncio's own loops do; in debug mode a coroutine function is refused.
+    async def not_a_callback() -> None:
+        pass
+
+    async with open_asyncio_bridge() as bridge:
+        loop = bridge.loop
+        ran = trio.Event()
+        handle = loop.call_soon(ran.set)
+        with trio.fail_after(5):
+            await ran.wait()
+        assert isinstance(handle, asyncio.Handle)
+        loop.set_debug(True)
+        try:
+            with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+                loop.call_soon(not_a_callback)
+        finally:
+            loop.set_debug(False)

@@ -4,7 +4,7 @@ literal blocks (``::``); mkdocstrings renders Markdown. This rewrites each role 
 optional mkdocs-autorefs cross-reference: a link when the target is documented on the site,
 plain code otherwise (private modules, the standard library), and never a warning.
 
-Loaded from mkdocs.yml (``extensions: [docs/_griffe_sphinx_roles.py:SphinxRoles]``); the
+Loaded from mkdocs.yml (``extensions: [docs/_ext/sphinx_roles.py:SphinxRoles]``); the
 docstrings in the code stay as they are.
 """
 
