@@ -68,6 +68,10 @@ async def open_amqp_session(url: str, *, heartbeat: float = 30.0) -> AsyncIterat
                 await session.aclose()
 
 
+#: basic_ack or basic_reject of a channel, for one delivery tag.
+_SettleOp = Callable[[aiormq.abc.AbstractChannel, int], Awaitable[None]]
+
+
 class _AmqpDelivery(Delivery):
     __slots__ = (
         "_consumer",
@@ -119,7 +123,7 @@ class _AmqpDelivery(Delivery):
         await self._settle(
             lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False))
 
-    async def _settle(self, op: Callable[[aiormq.Channel, int], Awaitable[None]]) -> None:
+    async def _settle(self, op: _SettleOp) -> None:
         if self._settled:
             await trio.lowlevel.checkpoint()
             return
@@ -425,8 +429,8 @@ async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str, routing
                                  properties=properties, mandatory=mandatory)
 
 
-async def _settle_quietly(op: Callable[[aiormq.Channel, int], Awaitable[None]],
-                          channel: aiormq.Channel, tag: int) -> None:
+async def _settle_quietly(op: _SettleOp,
+                          channel: aiormq.abc.AbstractChannel, tag: int) -> None:
     try:
         await op(channel, tag)
     except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
