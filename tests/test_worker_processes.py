@@ -22,6 +22,7 @@ import trio
 import kiwitrio
 
 from .conftest import AMQP_URL, Names, delete_queues
+from .processes import StoppableProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -37,16 +38,15 @@ def _open_for_writing(path: Path) -> int:
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
 
-class WorkerProcess:
+class WorkerProcess(StoppableProcess):
     """One running ``tests/worker_process.py``."""
 
     def __init__(self, name: str, process: trio.Process, log_path: Path,
                  stderr_path: Path) -> None:
+        super().__init__(process)
         self.name = name
-        self.process = process
         self.log_path = log_path
         self.stderr_path = stderr_path
-        self._terminated = False
 
     @property
     def pid(self) -> int:
@@ -99,31 +99,8 @@ class WorkerProcess:
             raise AssertionError(f"{line!r} not logged after {seconds}s: "
                                  f"{self.describe()}") from None
 
-    def terminate(self) -> None:
-        """Send SIGTERM, once: a second one could arrive after the worker stopped handling
-        signals and kill it."""
-        if not self._terminated and self.process.poll() is None:
-            self._terminated = True
-            self.process.terminate()
-
     async def stop(self, grace: float = STOP_TIMEOUT) -> int:
-        """SIGTERM the worker, SIGKILL it if it is not gone after ``grace`` seconds.
-
-        Returns its exit status. Safe to call repeatedly and while being cancelled.
-        """
-        with trio.CancelScope(shield=True):
-            if self.process.poll() is None:
-                self.terminate()
-                with trio.move_on_after(grace):
-                    await self.process.wait()
-                if self.process.poll() is None:
-                    self.process.kill()
-                await self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
-                if stream is not None:
-                    await stream.aclose()
-        assert self.process.returncode is not None
-        return self.process.returncode
+        return await super().stop(grace)
 
 
 class WorkerPool:

@@ -30,6 +30,7 @@ import trio
 import kiwitrio
 
 from ..conftest import Names
+from ..processes import StoppableProcess
 
 WORKER_SCRIPT = Path(__file__).resolve().parents[1] / "worker_process.py"
 
@@ -46,20 +47,19 @@ FAST_RECONNECT = kiwitrio.ReconnectPolicy(initial_delay=0.05, max_delay=0.5, jit
 # -- worker processes ---------------------------------------------------------------------------
 
 
-class WorkerProc:
+class WorkerProc(StoppableProcess):
     """One running ``tests/worker_process.py`` and its log."""
 
     def __init__(self, name: str, process: trio.Process, log_path: Path, stderr_path: Path,
                  rpc_id: str | None, prefetch: int) -> None:
+        super().__init__(process)
         self.name = name
-        self.process = process
         self.log_path = log_path
         self.stderr_path = stderr_path
         self.rpc_id = rpc_id
         self.prefetch = prefetch
         self.killed = False
         self.ready = False
-        self._terminated = False
 
     @property
     def pid(self) -> int:
@@ -148,23 +148,7 @@ class WorkerProc:
         assert returncode == -signal.SIGKILL, self.describe()
 
     async def stop(self, grace: float = STOP_GRACE) -> int:
-        """SIGTERM, then SIGKILL after ``grace`` seconds; reap. Safe to repeat and to call
-        while being cancelled. Returns the exit status."""
-        with trio.CancelScope(shield=True):
-            if self.process.poll() is None:
-                if not self._terminated:
-                    self._terminated = True
-                    self.process.terminate()
-                with trio.move_on_after(grace):
-                    await self.process.wait()
-                if self.process.poll() is None:
-                    self.process.kill()
-                await self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
-                if stream is not None:
-                    await stream.aclose()
-        assert self.process.returncode is not None
-        return self.process.returncode
+        return await super().stop(grace)
 
 
 class WorkerFleet:
@@ -252,9 +236,7 @@ class WorkerFleet:
     async def stop_all(self) -> dict[str, int]:
         """SIGTERM every worker at once, then reap them all (killing stragglers)."""
         for worker in self.workers:
-            if worker.process.poll() is None and not worker._terminated:
-                worker._terminated = True
-                worker.process.terminate()
+            worker.terminate()
         return {worker.name: await worker.stop() for worker in self.workers}
 
     def completions(self) -> Counter[int]:
