@@ -132,6 +132,35 @@ class DeliveryReceiver(Protocol):
     def __aiter__(self) -> AsyncIterator[Delivery]: ...
 
 
+def drain(receiver: DeliveryReceiver) -> AsyncIterator[Delivery]:
+    """Iterate over ``receiver``, taking what is already buffered without a Trio checkpoint
+    per delivery; only an empty buffer is awaited (and checkpoints).
+
+    The buffer is bounded by the consumer's prefetch count, so a loop over it still yields to
+    other tasks at least that often. Under load this saves a task switch per delivery.
+    """
+    return _Drain(receiver)
+
+
+class _Drain:
+    __slots__ = ("_receiver",)
+
+    def __init__(self, receiver: DeliveryReceiver) -> None:
+        self._receiver = receiver
+
+    def __aiter__(self) -> _Drain:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        try:
+            try:
+                return self._receiver.receive_nowait()
+            except trio.WouldBlock:
+                return await self._receiver.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
 class Consumer(abc.ABC):
     """An active subscription to one queue.
 

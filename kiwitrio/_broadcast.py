@@ -20,7 +20,14 @@ from typing import Any
 
 import trio
 
-from ._backend import Consumer, Delivery, EntityNotFound, OutgoingMessage, QueueSpec
+from ._backend import (
+    Consumer,
+    Delivery,
+    EntityNotFound,
+    OutgoingMessage,
+    QueueSpec,
+    drain,
+)
 from ._context import Context
 from ._errors import DecodeError, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
@@ -237,7 +244,7 @@ class BroadcastHub:
 
     async def _dispatch(self, consumer: Consumer) -> None:
         async with trio.open_nursery() as handlers:
-            async for delivery in consumer.deliveries:
+            async for delivery in drain(consumer.deliveries):
                 handlers.start_soon(self._handle, delivery)
 
     async def _handle(self, delivery: Delivery) -> None:

@@ -35,6 +35,7 @@ from ._backend import (
     QueueSpec,
     QueueStats,
     Session,
+    drain,
 )
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed
 from ._urls import redact_url
@@ -406,9 +407,12 @@ class _ResilientConsumer(Consumer):
     async def _pump(self, inner_session: Session, inner: Consumer) -> None:
         # Ends when the inner consumer's stream ends: cancelled by us, its connection lost
         # (the supervisor attaches a new one), or its channel closed by the broker.
-        async for delivery in inner.deliveries:
+        async for delivery in drain(inner.deliveries):
             try:
-                await self._send.send(delivery)
+                try:
+                    self._send.send_nowait(delivery)
+                except trio.WouldBlock:
+                    await self._send.send(delivery)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 await delivery.reject(requeue=True)
         if not self._cancelled and self._session.is_current(inner_session):

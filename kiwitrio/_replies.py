@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec
+from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
 from ._context import Context
 from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
 
@@ -173,7 +173,7 @@ class ReplyRouter:
             return self._queue
 
     async def _route(self, consumer: Consumer) -> None:
-        async for delivery in consumer.deliveries:
+        async for delivery in drain(consumer.deliveries):
             self._resolve(delivery)
             await delivery.ack()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import trio
 
-from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
+from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
 from ._context import Context, handling
 from ._errors import DecodeError, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
@@ -99,7 +99,7 @@ class RpcHub:
 
     async def _serve(self, identifier: str, consumer: Consumer) -> None:
         async with trio.open_nursery() as calls:
-            async for delivery in consumer.deliveries:
+            async for delivery in drain(consumer.deliveries):
                 calls.start_soon(self._handle, identifier, delivery)
 
     async def _handle(self, identifier: str, delivery: Delivery) -> None:

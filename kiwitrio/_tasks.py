@@ -26,6 +26,7 @@ from ._backend import (
     EntityNotFound,
     OutgoingMessage,
     QueueSpec,
+    drain,
 )
 from ._context import Context, handling
 from ._errors import (
@@ -277,7 +278,7 @@ class TaskQueue:
         # The broker sends at most prefetch_count unacknowledged tasks, so at most that many
         # handlers run at once.
         async with trio.open_nursery() as handlers:
-            async for delivery in consumer.deliveries:
+            async for delivery in drain(consumer.deliveries):
                 handlers.start_soon(self._handle, delivery)
 
     async def _handle(self, delivery: Delivery) -> None:
