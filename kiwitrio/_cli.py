@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("status", "check the connection; show the broker and the queues")
     command("demo", "run the end-to-end demo (examples/demo.py; extra options go to it)")
-    command("bench", "run the benchmark (benchmarks/sync_overhead.py; extra options go to it)")
+    command("bench", "run the benchmark suite (benchmarks/run.py; extra options go to it)")
     return parser
 
 
@@ -741,8 +741,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "demo":
         return run_repository_script(args, "examples/demo.py", "bash scripts/demo.sh")
     if args.command == "bench":
-        return run_repository_script(args, "benchmarks/sync_overhead.py",
-                                     "python benchmarks/sync_overhead.py")
+        return run_repository_script(args, "benchmarks/run.py", "nox -s bench")
     _unreachable(args.command)
 
 

@@ -295,3 +295,22 @@ def test_status_shows_queue_depth_and_consumers(names: Names,
 def test_status_of_an_unreachable_broker_exits_4(cli_env: dict[str, str]) -> None:
     result = run(cli_env, "status", "--url", UNREACHABLE_URL)
     assert_clean_error(result, 4)
+
+
+def test_demo_runs_end_to_end(cli_env: dict[str, str]) -> None:
+    # examples/demo.py with names of its own (kiwitrio-demo-<random>), cleaned up after.
+    result = run(cli_env, "demo", "--url", AMQP_URL, "--workers", "2", "--tasks", "6",
+                 timeout=120)
+    assert result.returncode == 0, result
+    assert "demo passed" in result.stdout, result.stdout
+    assert "[ok] tasks: 6/6 correct results from 2 workers" in result.stdout, result.stdout
+
+
+def test_bench_quick_run_writes_its_report(cli_env: dict[str, str], tmp_path: Path) -> None:
+    # One implementation and one workload: the machinery, not the figures.
+    result = run(cli_env, "bench", "--url", AMQP_URL, "--quick", "--impl", "kiwitrio",
+                 "--workload", "rpc", "--no-plot", "--results", str(tmp_path), timeout=180)
+    assert result.returncode == 0, result
+    report = (tmp_path / "latest.md").read_text()
+    assert "(d) RPC latency, median" in report
+    assert (tmp_path / "latest.json").is_file()
