@@ -18,6 +18,7 @@ tests/test_docs.py runs the same checks under pytest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import re
 import subprocess
@@ -66,24 +67,29 @@ def missing_requirement(path: Path) -> str | None:
     return None
 
 
-def command(path: Path) -> list[str]:
+def command(path: Path, *pytest_options: str) -> list[str]:
     """How to run an example: a script with Python, a test file with pytest."""
     if path.name.startswith("test_"):
-        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(path)]
+        return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_options,
+                str(path)]
     return [sys.executable, str(path)]
+
+
+def _run(command: list[str], cwd: Path | str, label: str, timeout: float) -> str | None:
+    """Run ``command``; a description of what went wrong (named ``label``), or None."""
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired:
+        return f"{label}: still running after {timeout} s"
+    if done.returncode != 0:
+        output = (done.stdout + done.stderr)[-3000:]
+        return f"{label}: exit status {done.returncode}\n{output}"
+    return None
 
 
 def run_example(path: Path, timeout: float = TIMEOUT) -> str | None:
     """Run one example; a description of what went wrong, or None."""
-    try:
-        done = subprocess.run(command(path), capture_output=True, text=True, timeout=timeout,
-                              cwd=HERE)
-    except subprocess.TimeoutExpired:
-        return f"{path.name}: still running after {timeout} s"
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr)[-3000:]
-        return f"{path.name}: exit status {done.returncode}\n{output}"
-    return None
+    return _run(command(path), HERE, path.name, timeout)
 
 
 #: The broker URL fragments show; they run on the in-memory broker instead, so that they
@@ -94,6 +100,8 @@ SETUP_COMMENT = re.compile(r"<!-- fragment setup: (.*?) -->")
 #: Before a block: the fragment runs until it is cancelled (a worker); it gets this long.
 FOREVER_COMMENT = "<!-- fragment runs until cancelled -->"
 FOREVER_SECONDS = 1.0
+#: A fragment that should end gets this long.
+FRAGMENT_SECONDS = 30
 
 #: Names that fragments use without defining them, as the surrounding text describes them.
 PRELUDE = """\
@@ -126,7 +134,7 @@ class Fragment:
     setup: str = ""
     forever: bool = False
 
-    @property
+    @functools.cached_property
     def kind(self) -> str:
         """``pytest`` (defines tests), ``async`` (awaits at top level) or ``script``."""
         if re.search(r"^(async )?def test_", self.code, re.MULTILINE):
@@ -143,17 +151,15 @@ class Fragment:
             return PRELUDE + "\n" + self.code
         if self.kind == "script":
             return PRELUDE + self.setup + "\n" + code
-        body = textwrap.indent(self.setup + "\n" + code, " " * 16)
-        deadline = FOREVER_SECONDS if self.forever else 30
+        body = textwrap.indent(self.setup + "\n" + code, " " * 12)
+        deadline = FOREVER_SECONDS if self.forever else FRAGMENT_SECONDS
         check = ("    assert scope.cancelled_caught, 'expected to run until cancelled'\n"
                  if self.forever else
-                 "    assert not scope.cancelled_caught, 'still running after 30 s'\n")
+                 f"    assert not scope.cancelled_caught, 'still running after {deadline} s'\n")
         return (PRELUDE + "\n\nasync def fragment():\n"
                 f"    with trio.move_on_after({deadline}) as scope:\n"
                 "        async with kiwitrio.open_communicator(url) as comm:\n"
-                "            if True:  # the fragment's own indentation level\n"
                 f"{body}\n"
-                "                pass\n"
                 f"{check}\n\ntrio.run(fragment)\n")
 
 
@@ -185,23 +191,12 @@ def fragments() -> list[Fragment]:
 def run_fragment(fragment: Fragment, timeout: float = TIMEOUT) -> str | None:
     """Run one fragment in a subprocess; a description of what went wrong, or None."""
     with tempfile.TemporaryDirectory(prefix="kiwitrio-docs-") as directory:
-        path = Path(directory) / "test_fragment.py"
+        # Named test_*: a "pytest" fragment runs under pytest, the others as scripts.
+        name = "test_fragment.py" if fragment.kind == "pytest" else "fragment.py"
+        path = Path(directory) / name
         path.write_text(fragment.program())
-        if fragment.kind == "pytest":
-            command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                       "-o", "trio_mode=true", str(path)]
-        else:
-            command = [sys.executable, str(path)]
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                                  cwd=directory)
-        except subprocess.TimeoutExpired:
-            return f"{fragment.where}: still running after {timeout} s"
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr)[-3000:]
-        what = f"{fragment.where} ({fragment.kind} fragment)"
-        return f"{what}: exit status {done.returncode}\n{output}"
-    return None
+        return _run(command(path, "-o", "trio_mode=true"), directory,
+                    f"{fragment.where} ({fragment.kind} fragment)", timeout)
 
 
 def run_fragments() -> list[str]:
