@@ -1,10 +1,13 @@
 """The RabbitMQ backend: :class:`~kiwitrio._backend.Session` over aio-pika.
 
-Everything here that touches aio-pika or aiormq either runs inside an asyncio coroutine passed
-to :meth:`AsyncioBridge.run`, or is an asyncio callback that hands data to Trio with a
-synchronous ``send_nowait``. aio-pika sets up the connection and channels; the per-message
-hot paths (publish, deliver, ack) use the aiormq channel underneath to save a wrapper task
-per message.
+Everything here that touches aio-pika or aiormq runs in asyncio context, reached through the
+bridge's three crossings (:mod:`kiwitrio._bridge`): Trio code awaits an asyncio coroutine with
+``bridge.run``, starts one without waiting with ``bridge.start_in_asyncio``, and asyncio
+callbacks hand data back with ``bridge.call_in_trio``. Which thread each side runs in is the
+bridge's business, so no method here touches an asyncio object from Trio code or a Trio object
+from asyncio code; each says in a comment which side it runs on. aio-pika sets up the
+connection and channels; the per-message hot paths (publish, deliver, ack) use the aiormq
+channel underneath to save a wrapper task per message.
 
 Channels: one with publisher confirms for publishing, one for declarations (a failed
 declaration closes its channel, so it is reopened on demand), one for ``basic.get``, and one
@@ -38,7 +41,7 @@ from ._backend import (
     QueueStats,
     Session,
 )
-from ._bridge import AsyncioBridge, open_asyncio_bridge
+from ._bridge import AsyncioBridge, open_bridge
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, UnroutableError
 from ._urls import redact_url
 
@@ -53,14 +56,16 @@ _TRANSIENT = 1
 
 
 @asynccontextmanager
-async def open_amqp_session(url: str, *, heartbeat: float = 30.0) -> AsyncIterator[Session]:
+async def open_amqp_session(url: str, *, heartbeat: float = 30.0,
+                            bridge: str = "auto") -> AsyncIterator[Session]:
     """Connect to the broker at ``url`` for the duration of the block.
 
-    Raises :class:`~kiwitrio.ConnectionFailed` (naming the URL without its password) if the
-    broker cannot be reached.
+    ``bridge`` names the asyncio bridge (see :func:`kiwitrio._bridge.resolve_bridge`). Raises
+    :class:`~kiwitrio.ConnectionFailed` (naming the URL without its password) if the broker
+    cannot be reached.
     """
-    async with open_asyncio_bridge() as bridge:
-        session = await _AmqpSession.connect(bridge, url, heartbeat=heartbeat)
+    async with open_bridge(bridge) as asyncio_bridge:
+        session = await _AmqpSession.connect(asyncio_bridge, url, heartbeat=heartbeat)
         try:
             yield session
         finally:
@@ -68,7 +73,7 @@ async def open_amqp_session(url: str, *, heartbeat: float = 30.0) -> AsyncIterat
                 await session.aclose()
 
 
-#: basic_ack or basic_reject of a channel, for one delivery tag.
+#: basic_ack or basic_reject of a channel, for one delivery tag (called in asyncio context).
 _SettleOp = Callable[[aiormq.abc.AbstractChannel, int], Awaitable[None]]
 
 
@@ -140,7 +145,7 @@ class _AmqpDelivery(Delivery):
                 # the frame is on the channel's write queue it goes out ahead of anything
                 # queued later (a channel close included). Sparing the Trio side a round trip
                 # through asyncio per settle is worth a tenth of the consume rate.
-                self._session.bridge.loop.create_task(_settle_quietly(op, channel, tag))
+                self._session.bridge.start_in_asyncio(_settle_quietly, op, channel, tag)
         finally:
             if self._consumer is not None:
                 self._consumer.settled_one()
@@ -148,6 +153,8 @@ class _AmqpDelivery(Delivery):
 
 
 class _AmqpConsumer(Consumer):
+    """One ``basic.consume`` on a channel of its own; its state lives on the Trio side."""
+
     def __init__(self, session: _AmqpSession, queue: str, channel: aio_pika.abc.AbstractChannel,
                  prefetch_count: int) -> None:
         self._session = session
@@ -161,40 +168,49 @@ class _AmqpConsumer(Consumer):
         self._cancelled = False
         self._unsettled = 0
 
-    def end(self, *_args: Any) -> None:
-        """End the delivery stream (channel or connection closed); callable from asyncio."""
+    def end(self) -> None:
+        """End the delivery stream (channel or connection closed). Trio side."""
         self._send.close()
 
+    def _on_channel_closed(self, *_args: Any) -> None:
+        # asyncio side: a channel closed by the broker (queue deleted, consumer timeout...)
+        # ends the stream.
+        self._session.bridge.call_in_trio(self.end)
+
     async def start(self) -> None:
-        # A channel closed by the broker (queue deleted, consumer timeout...) ends the stream.
-        self._channel.close_callbacks.add(self.end)
-        underlay = await self._session.bridge.run(self._channel.get_underlay_channel)
-        result = await self._session.bridge.run(
-            underlay.basic_consume, self.queue, self._on_message
-        )
-        self._tag = result.consumer_tag
+        self._tag = await self._session.bridge.run(self._start_consuming)
+
+    async def _start_consuming(self) -> str:
+        # asyncio side.
+        self._channel.close_callbacks.add(self._on_channel_closed)
+        underlay = await self._channel.get_underlay_channel()
+        result = await underlay.basic_consume(self.queue, self._on_message)
+        assert result.consumer_tag is not None
+        return result.consumer_tag
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        # asyncio context: only synchronous Trio calls from here.
-        delivery = _AmqpDelivery(self._session, message, self)
+        # asyncio side (aiormq runs this as a task per delivery).
+        self._session.bridge.call_in_trio(self._deliver, message)
+
+    def _deliver(self, message: DeliveredMessage) -> None:
+        # Trio side, synchronous.
         self._unsettled += 1
         if self._cancelled:
             # Arrived after basic.cancel was sent: not ours any more.
-            await self._give_back(message)
+            self._give_back(message)
             return
         try:
-            self._send.send_nowait(delivery)
+            self._send.send_nowait(_AmqpDelivery(self._session, message, self))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             # Cannot happen while the broker honours prefetch; requeue rather than drop.
             logger.error("consumer of %r got a delivery beyond its prefetch window", self.queue)
-            await self._give_back(message)
+            self._give_back(message)
 
-    async def _give_back(self, message: DeliveredMessage) -> None:
+    def _give_back(self, message: DeliveredMessage) -> None:
+        # Trio side.
         assert message.delivery_tag is not None
-        try:
-            await message.channel.basic_reject(message.delivery_tag, requeue=True)
-        except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError):
-            pass  # channel gone: the broker requeues it anyway
+        self._session.bridge.start_in_asyncio(_reject_quietly, message.channel,
+                                              message.delivery_tag)
         self.settled_one()
 
     def settled_one(self) -> None:
@@ -209,8 +225,7 @@ class _AmqpConsumer(Consumer):
         self._cancelled = True
         if self._tag is not None and not self._channel.is_closed:
             try:
-                underlay = await self._session.bridge.run(self._channel.get_underlay_channel)
-                await self._session.bridge.run(underlay.basic_cancel, self._tag)
+                await self._session.bridge.run(_basic_cancel, self._channel, self._tag)
             except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
                     ConnectionError):
                 pass
@@ -227,11 +242,10 @@ class _AmqpConsumer(Consumer):
 
 
 class _AmqpSession(Session):
-    def __init__(self, bridge: AsyncioBridge, url: str,
-                 connection: aio_pika.abc.AbstractConnection) -> None:
+    def __init__(self, bridge: AsyncioBridge, url: str) -> None:
         self.bridge = bridge
         self.url = url
-        self._connection = connection
+        self._connection: aio_pika.abc.AbstractConnection
         self._publish_channel: aio_pika.abc.AbstractChannel | None = None
         self._admin_channel: aio_pika.abc.AbstractChannel | None = None
         self._get_channel: aio_pika.abc.AbstractChannel | None = None
@@ -239,20 +253,33 @@ class _AmqpSession(Session):
         self.closed = False
         self._lost = trio.Event()
         self._loss_reason: BaseException = ConnectionFailed("connection lost")
-        connection.close_callbacks.add(self._on_connection_closed)
-        props = connection.transport.connection.server_properties if connection.transport else {}
-        self.server_properties: Mapping[str, Any] = _decode_server_properties(props)
+        self.server_properties: Mapping[str, Any] = {}
 
     @classmethod
     async def connect(cls, bridge: AsyncioBridge, url: str, *, heartbeat: float) -> _AmqpSession:
+        session = cls(bridge, url)
         try:
-            connection = await bridge.run(_connect, url, heartbeat)
+            session._connection, props = await bridge.run(session._connect, heartbeat)
         except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
             raise ConnectionFailed(f"cannot connect to {redact_url(url)}: {exc}") from exc
-        return cls(bridge, url, connection)
+        session.server_properties = _decode_server_properties(props)
+        return session
+
+    async def _connect(self, heartbeat: float,
+                       ) -> tuple[aio_pika.abc.AbstractConnection, Mapping[str, Any]]:
+        # asyncio side. Heartbeats are negotiated in whole seconds; 0 turns them off.
+        connection = await aio_pika.connect(
+            self.url, heartbeat=math.ceil(heartbeat) if heartbeat else 0)
+        connection.close_callbacks.add(self._on_connection_closed)
+        transport = connection.transport
+        return connection, (transport.connection.server_properties if transport else {})
 
     def _on_connection_closed(self, _sender: Any, reason: BaseException | None = None) -> None:
-        # asyncio context: synchronous Trio calls only.
+        # asyncio side.
+        self.bridge.call_in_trio(self._connection_lost, reason)
+
+    def _connection_lost(self, reason: BaseException | None) -> None:
+        # Trio side.
         if not self.closed:
             logger.warning("connection to %s lost: %s", redact_url(self.url), reason)
             self._loss_reason = ConnectionFailed(
@@ -280,15 +307,9 @@ class _AmqpSession(Session):
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise self._connection_error(exc) from exc
 
-    async def _admin(self) -> aiormq.abc.AbstractChannel:
-        self._admin_channel = await self._channel(self._admin_channel, confirms=False)
-        channel = self._admin_channel
-        return await self.bridge.run(channel.get_underlay_channel)
-
     def spawn_close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
         """Close ``channel`` in the background (callable from asyncio or Trio context)."""
-        if not channel.is_closed:
-            self.bridge.loop.create_task(_close_quietly(channel))
+        self.bridge.start_in_asyncio(_close_quietly, channel)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -300,9 +321,10 @@ class _AmqpSession(Session):
         return ConnectionFailed(f"connection to {redact_url(self.url)} failed: {exc}")
 
     async def _admin_op(self, fn: Callable[[aiormq.abc.AbstractChannel], Awaitable[T]]) -> T:
-        channel = await self._admin()
+        """``fn(channel)`` on the declarations channel; ``fn`` runs on the asyncio side."""
+        self._admin_channel = await self._channel(self._admin_channel, confirms=False)
         try:
-            return await self.bridge.run(fn, channel)
+            return await self.bridge.run(_on_underlay, self._admin_channel, fn)
         except aiormq.exceptions.ChannelLockedResource as exc:
             raise QueueInUse(str(exc)) from exc
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
@@ -376,9 +398,9 @@ class _AmqpSession(Session):
 
     async def get(self, queue: str) -> Delivery | None:
         self._get_channel = await self._channel(self._get_channel, confirms=False)
-        underlay = await self.bridge.run(self._get_channel.get_underlay_channel)
         try:
-            message = await self.bridge.run(underlay.basic_get, queue)
+            message = await self.bridge.run(
+                _on_underlay, self._get_channel, lambda ch: ch.basic_get(queue))
         except aiormq.exceptions.AMQPChannelError as exc:
             raise DeliveryFailed(f"cannot get from {queue!r}: {exc}") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
@@ -417,9 +439,24 @@ class _AmqpSession(Session):
             logger.debug("error while closing the connection: %r", exc)
 
 
-async def _connect(url: str, heartbeat: float) -> aio_pika.abc.AbstractConnection:
-    # Heartbeats are negotiated in whole seconds; 0 turns them off.
-    return await aio_pika.connect(url, heartbeat=math.ceil(heartbeat) if heartbeat else 0)
+# -- asyncio side --------------------------------------------------------------------------------
+
+async def _on_underlay(channel: aio_pika.abc.AbstractChannel,
+                       fn: Callable[[aiormq.abc.AbstractChannel], Awaitable[T]]) -> T:
+    return await fn(await channel.get_underlay_channel())
+
+
+async def _basic_cancel(channel: aio_pika.abc.AbstractChannel, consumer_tag: str) -> None:
+    underlay = await channel.get_underlay_channel()
+    await underlay.basic_cancel(consumer_tag)
+
+
+async def _reject_quietly(channel: aiormq.abc.AbstractChannel, delivery_tag: int) -> None:
+    try:
+        await channel.basic_reject(delivery_tag, requeue=True)
+    except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
+            ConnectionError):
+        pass  # channel gone: the broker requeues it anyway
 
 
 async def _publish(channel: aio_pika.abc.AbstractChannel, exchange: str, routing_key: str,
@@ -440,6 +477,8 @@ async def _settle_quietly(op: _SettleOp,
 
 
 async def _close_quietly(channel: aio_pika.abc.AbstractChannel) -> None:
+    if channel.is_closed:
+        return
     try:
         await channel.close()
     except Exception as exc:

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 
 from ._backend import Session
+from ._bridge import BridgeChoice, resolve_bridge
 from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
 from ._context import SHUTDOWN_GRACE, Context
@@ -52,6 +53,7 @@ async def open_communicator(
     heartbeat: float = 10.0,
     reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
     on_connection_state: Callable[[ConnectionState], None] | None = None,
+    bridge: BridgeChoice = "auto",
 ) -> AsyncIterator[Communicator]:
     """Connect to a broker and yield a :class:`Communicator` for the block.
 
@@ -71,6 +73,13 @@ async def open_communicator(
     :class:`ConnectionState`. If an outage outlasts the policy, the block is cancelled and
     ``ConnectionFailed`` raised from it.
 
+    ``bridge`` chooses how aio-pika's asyncio code runs: ``"thread"``, a private asyncio
+    loop in a thread of kiwitrio's own that leaves the process's asyncio untouched;
+    ``"trio-asyncio"``, trio-asyncio's loop in the Trio thread (Python < 3.14, and it
+    patches asyncio for the whole process); ``"auto"`` (default) takes ``"trio-asyncio"``
+    only when the program has imported trio_asyncio already, else ``"thread"``. See
+    docs/design.md.
+
     ``encoder``/``decoder`` default to CBOR; ``content_type`` labels what the encoder makes
     (default ``application/cbor`` for CBOR, ``application/octet-stream`` otherwise) and
     messages with another content type are rejected, as are bodies larger than
@@ -86,6 +95,7 @@ async def open_communicator(
         raise ValueError(f"task_prefetch_count must be at least 1, not {task_prefetch_count}")
     if task_lease is not None and task_lease <= 0:
         raise ValueError(f"task_lease must be positive (or None), not {task_lease}")
+    resolve_bridge(bridge)  # a bad or unavailable choice fails here, before connecting
     if content_type is None:
         content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
     settings = _Settings(
@@ -97,7 +107,7 @@ async def open_communicator(
     body_error: BaseException | None = None
     try:
         async with _open_session(url, heartbeat=heartbeat, reconnect=reconnect,
-                                 on_state=on_connection_state) as session, \
+                                 on_state=on_connection_state, bridge=bridge) as session, \
                 _serve(session, settings) as comm:
             try:
                 yield comm
@@ -162,6 +172,7 @@ async def _open_session(
     heartbeat: float,
     reconnect: ReconnectPolicy | None = None,
     on_state: Callable[[ConnectionState], None] | None = None,
+    bridge: str = "auto",
 ) -> AsyncIterator[Session]:
     urls = [url] if isinstance(url, str) else list(url)
     if not urls:
@@ -179,11 +190,12 @@ async def _open_session(
     if reconnect is None:
         if len(urls) > 1:
             raise ValueError("several broker URLs need a reconnect policy")
-        async with open_amqp_session(urls[0], heartbeat=heartbeat) as session:
+        async with open_amqp_session(urls[0], heartbeat=heartbeat, bridge=bridge) as session:
             yield session
         return
+
     def opener(one_url: str) -> AbstractAsyncContextManager[Session]:
-        return open_amqp_session(one_url, heartbeat=heartbeat)
+        return open_amqp_session(one_url, heartbeat=heartbeat, bridge=bridge)
 
     async with open_resilient_session(urls, opener, reconnect, on_state) as session:
         yield session

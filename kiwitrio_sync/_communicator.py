@@ -49,7 +49,7 @@ def connect(
 
     Takes :func:`kiwitrio.open_communicator`'s options (``message_exchange``,
     ``task_exchange``, ``task_queue``, ``task_prefetch_count``, ``encoder``, ``decoder``,
-    ``testing_mode``...). Each communicator starts its own portal thread unless a
+    ``testing_mode``...); ``bridge`` defaults to ``"thread"`` here. Each communicator starts its own portal thread unless a
     :class:`Portal` is given, to share one thread between several communicators (the caller
     then stops the portal after closing them).
     """
@@ -145,6 +145,9 @@ class Communicator:
 
     def __init__(self, url: str = kiwitrio.DEFAULT_URL, *, portal: Portal | None = None,
                  **options: Any) -> None:
+        # Blocking code often lives in a process that runs asyncio of its own (AiiDA, plumpy):
+        # the thread bridge leaves that untouched, whatever else the process imported.
+        options.setdefault("bridge", "thread")
         owns_portal = portal is None
         self._runtime = _Runtime(portal or Portal(), owns_portal)
         try:

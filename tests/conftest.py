@@ -15,10 +15,20 @@ from typing import Any
 import pytest
 
 import kiwitrio
+from kiwitrio._bridge import BRIDGE_ENV
 from kiwitrio._communicator import _open_session
 from kiwitrio.testing import KiwitrioNames
 
 AMQP_URL = os.environ.get("KIWITRIO_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+# The whole suite runs on one asyncio bridge, whatever its tests import (importing
+# trio_asyncio would otherwise change what "auto" means half-way): KIWITRIO_BRIDGE, else the
+# thread bridge. Child processes (workers, CLI runs) inherit it.
+os.environ.setdefault(BRIDGE_ENV, "thread")
+
+
+def pytest_report_header() -> list[str]:
+    return [f"kiwitrio: broker {AMQP_URL}, bridge {os.environ[BRIDGE_ENV]}"]
 
 
 #: The project's tests use the kiwitrio.testing plugin's names (unique, cleaned up).

@@ -1,52 +1,87 @@
-"""The trio-asyncio bridge keeps asyncio's semantics with the batched main loop."""
+"""Both asyncio bridges keep the interface's promises; each keeps its own."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import trio
 import trio.lowlevel
-import trio_asyncio
+import trio.testing
 
 from kiwitrio._bridge import (
-    BATCH_LIMIT,
-    STOCK_LOOP_ENV,
+    BRIDGE_ENV,
+    AsyncioBridge,
     AsyncioOperationAborted,
-    open_asyncio_bridge,
+    ThreadBridge,
+    default_bridge,
+    open_bridge,
+    resolve_bridge,
+    trio_asyncio_unavailable,
 )
 
-
-async def test_batched_loop_is_installed_on_the_tested_version() -> None:
-    async with open_asyncio_bridge() as bridge:
-        assert bridge.batched == (trio_asyncio.__version__ == "0.16.0")
-
-
-async def test_stock_loop_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(STOCK_LOOP_ENV, "1")
-    async with open_asyncio_bridge() as bridge:
-        assert not bridge.batched
+BRIDGES = [
+    "thread",
+    pytest.param("trio-asyncio", marks=pytest.mark.skipif(
+        trio_asyncio_unavailable() is not None, reason=str(trio_asyncio_unavailable()))),
+]
 
 
-@pytest.mark.parametrize("stock", [False, True])
-async def test_callbacks_timers_and_tasks_keep_asyncio_order(
-    stock: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if stock:
-        monkeypatch.setenv(STOCK_LOOP_ENV, "1")
-    order: list[Any] = []
+@pytest.fixture(params=BRIDGES)
+async def bridge(request: pytest.FixtureRequest) -> AsyncIterator[AsyncioBridge]:
+    async with open_bridge(request.param) as opened:
+        assert opened.name == request.param
+        yield opened
 
-    async def scenario() -> list[Any]:
+
+# -- the interface, on both -------------------------------------------------------------------
+
+async def test_run_returns_the_result_and_raises_the_error(bridge: AsyncioBridge) -> None:
+    async def double(n: int) -> int:
+        await asyncio.sleep(0)
+        return n * 2
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise KeyError("asyncio side")
+
+    with trio.fail_after(10):
+        assert await bridge.run(double, 21) == 42
+        with pytest.raises(KeyError, match="asyncio side"):
+            await bridge.run(fail)
+
+
+async def test_run_calls_fn_inside_the_asyncio_task(bridge: AsyncioBridge) -> None:
+    # aio-pika asks for the running loop in plain methods: fn itself must run in asyncio.
+    def plain() -> asyncio.Future[str]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        loop.call_soon(future.set_result, "from the running loop")
+        return future
+
+    with trio.fail_after(10):
+        assert await bridge.run(plain) == "from the running loop"
+
+
+async def test_asyncio_keeps_its_order(bridge: AsyncioBridge) -> None:
+    # What asyncio promises: call_soon callbacks run first in, first out (cancelled ones
+    # not at all), timers in the order they are due, gather keeps the order of its awaitables.
+    # Whether a due timer runs before callbacks queued earlier is not promised (a loaded
+    # machine makes the 10 ms timer due while the callbacks are still being run).
+    soon: list[Any] = []
+    timers: list[str] = []
+
+    async def scenario() -> list[int]:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        # More callbacks than one batch, so that batching and its limit are exercised.
-        for i in range(BATCH_LIMIT * 3):
-            loop.call_soon(order.append, i)
-        cancelled = loop.call_soon(order.append, "cancelled")
-        cancelled.cancel()
-        loop.call_later(0.02, order.append, "late")
-        loop.call_later(0.01, order.append, "early")
+        for i in range(1000):
+            loop.call_soon(soon.append, i)
+        loop.call_soon(soon.append, "cancelled").cancel()
+        loop.call_later(0.02, timers.append, "late")
+        loop.call_later(0.01, timers.append, "early")
         loop.call_later(0.03, done.set_result, None)
         await done
 
@@ -56,18 +91,257 @@ async def test_callbacks_timers_and_tasks_keep_asyncio_order(
 
         return list(await asyncio.gather(*(child(n) for n in range(5))))
 
-    async with open_asyncio_bridge() as bridge:
+    with trio.fail_after(10):
+        assert await bridge.run(scenario) == [0, 2, 4, 6, 8]
+    assert soon == list(range(1000))
+    assert timers == ["early", "late"]
+
+
+async def test_cancelling_the_trio_caller_cancels_the_asyncio_task(
+        bridge: AsyncioBridge) -> None:
+    asyncio_side: list[str] = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            asyncio_side.append("cancelled")
+            raise
+
+    with trio.fail_after(10):
+        with trio.move_on_after(0.1) as scope:
+            await bridge.run(forever)
+        assert scope.cancelled_caught
+        # The caller returned only once the asyncio task had finished (the trio-asyncio
+        # bridge runs the task's cancellation a moment later, in its own task).
+        while not asyncio_side:
+            await trio.sleep(0.01)
+    assert asyncio_side == ["cancelled"]
+
+
+async def test_thread_bridge_caller_waits_for_the_asyncio_task_to_finish() -> None:
+    finished = threading.Event()
+
+    async def slow_to_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            # Clean-up that takes a while: the Trio caller must not return before it ends.
+            await asyncio.shield(asyncio.sleep(0.2))
+            finished.set()
+
+    async with open_bridge("thread") as bridge:
+        with trio.fail_after(10), trio.move_on_after(0.05):
+            await bridge.run(slow_to_cancel)
+        assert finished.is_set()
+
+
+async def test_asyncio_side_cancellation_raises_a_connection_error(
+        bridge: AsyncioBridge) -> None:
+    # aiormq 6 cancels the futures of pending operations when their connection closes; that
+    # must reach Trio callers as a ConnectionError (hence a reconnect), not as asyncio's
+    # CancelledError, which Trio code cannot tell from a crash.
+    async def cancelled_under_us() -> None:
+        pending = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(pending.cancel)
+        await pending
+
+    with trio.fail_after(10):
+        with pytest.raises(AsyncioOperationAborted) as caught:
+            await bridge.run(cancelled_under_us)
+        assert isinstance(caught.value, ConnectionError)
+        assert "cancelled_under_us" in str(caught.value)
+        assert await bridge.run(asyncio.sleep, 0, "still works") == "still works"
+
+
+async def test_start_in_asyncio_and_call_in_trio_keep_order(bridge: AsyncioBridge) -> None:
+    received: list[int] = []
+    done = trio.Event()
+
+    async def hand_back(n: int) -> None:
+        bridge.call_in_trio(received.append, n)
+        if n == 499:
+            bridge.call_in_trio(done.set)
+
+    for n in range(500):
+        bridge.start_in_asyncio(hand_back, n)
+    with trio.fail_after(10):
+        await done.wait()
+    assert received == list(range(500))
+
+
+async def test_an_error_in_a_crossing_call_is_logged(
+        bridge: AsyncioBridge, caplog: pytest.LogCaptureFixture) -> None:
+    done = trio.Event()
+
+    def broken() -> None:
+        raise ValueError("bad callback")
+
+    async def cross() -> None:
+        bridge.call_in_trio(broken)
+        bridge.call_in_trio(done.set)  # later calls still run
+
+    await bridge.run(cross)
+    with trio.fail_after(10):
+        await done.wait()
+    assert any("broken" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_unhandled_asyncio_errors_are_logged_not_raised(
+        bridge: AsyncioBridge, caplog: pytest.LogCaptureFixture) -> None:
+    async def leave_an_error_behind() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_exception_handler({"message": "left behind", "exception": OSError("boom")})
+
+    with trio.fail_after(10):
+        await bridge.run(leave_an_error_behind)
+    assert any("left behind" in r.getMessage() and "boom" in r.getMessage()
+               for r in caplog.records)
+
+
+# -- the thread bridge ------------------------------------------------------------------------
+
+async def test_thread_bridge_runs_asyncio_in_another_thread_with_its_own_loop() -> None:
+    policy = asyncio.get_event_loop_policy()
+
+    async def where() -> tuple[int, asyncio.AbstractEventLoop]:
+        return threading.get_ident(), asyncio.get_running_loop()
+
+    async with open_bridge("thread") as bridge:
+        assert isinstance(bridge, ThreadBridge)
+        thread_id, loop = await bridge.run(where)
+        assert thread_id != threading.get_ident()
+        assert loop is bridge.loop
+        assert type(loop) is asyncio.SelectorEventLoop  # made by kiwitrio, not the policy
+    assert loop.is_closed()
+    assert asyncio.get_event_loop_policy() is policy
+
+
+async def test_a_burst_of_crossings_costs_one_wake_up() -> None:
+    async with open_bridge("thread") as bridge:
+        assert isinstance(bridge, ThreadBridge)
+        wake_ups = 0
+        run_batch = bridge._run_trio_batch
+
+        def counting_batch() -> None:
+            nonlocal wake_ups
+            wake_ups += 1
+            run_batch()
+
+        bridge._run_trio_batch = counting_batch  # type: ignore[method-assign]
+        received: list[int] = []
+
+        async def burst() -> None:
+            # 1000 deliveries handed over in one asyncio callback, as a flood would.
+            for n in range(1000):
+                bridge.call_in_trio(received.append, n)
+
         with trio.fail_after(10):
-            results = await bridge.run(scenario)
-    assert results == [0, 2, 4, 6, 8]
-    assert order == [*range(BATCH_LIMIT * 3), "early", "late"]
+            await bridge.run(burst)
+        assert received == list(range(1000))
+        assert wake_ups <= 2  # the burst, and possibly the run's own result
 
 
-ROUNDS = 20
-FLOOD = 1024
+async def test_thread_bridge_refuses_calls_once_closed() -> None:
+    async with open_bridge("thread") as bridge:
+        pass
+    with pytest.raises(AsyncioOperationAborted, match="closing"):
+        await bridge.run(asyncio.sleep, 0)
+    bridge.start_in_asyncio(asyncio.sleep, 0)  # dropped quietly
 
 
+async def test_thread_bridge_cancels_leftover_tasks_and_stops_its_thread() -> None:
+    cancelled = threading.Event()
+
+    async def left_running() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    threads_before = set(threading.enumerate())
+    async with open_bridge("thread") as bridge:
+        bridge.start_in_asyncio(left_running)
+        await trio.sleep(0.05)
+    assert cancelled.is_set()
+    assert not [t for t in set(threading.enumerate()) - threads_before
+                if t.name == "kiwitrio-asyncio"]
+
+
+# -- choosing -----------------------------------------------------------------------------------
+
+def test_choices_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(BRIDGE_ENV, raising=False)
+    assert resolve_bridge("thread") == "thread"
+    assert resolve_bridge("auto") == default_bridge()
+    with pytest.raises(ValueError, match="bridge must be one of"):
+        resolve_bridge("uvloop")
+    monkeypatch.setenv(BRIDGE_ENV, "thread")
+    assert resolve_bridge("auto") == "thread"
+    monkeypatch.setenv(BRIDGE_ENV, "nonsense")
+    with pytest.raises(ValueError, match=BRIDGE_ENV):
+        resolve_bridge("auto")
+
+
+@pytest.mark.skipif(trio_asyncio_unavailable() is None, reason="trio-asyncio works here")
+def test_trio_asyncio_refused_with_the_reason_where_it_cannot_run() -> None:
+    with pytest.raises(ValueError, match="cannot be used"):
+        resolve_bridge("trio-asyncio")
+
+
+# -- the trio-asyncio bridge ------------------------------------------------------------------
+
+trio_asyncio_only = pytest.mark.skipif(trio_asyncio_unavailable() is not None,
+                                       reason=str(trio_asyncio_unavailable()))
+
+
+@trio_asyncio_only
+async def test_batched_loop_is_installed_on_the_tested_version() -> None:
+    import trio_asyncio
+
+    async with open_bridge("trio-asyncio") as bridge:
+        assert bridge.batched == (trio_asyncio.__version__ == "0.16.0")  # type: ignore[attr-defined]
+
+
+@trio_asyncio_only
+async def test_stock_loop_can_be_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiwitrio._bridge._trio_asyncio import STOCK_LOOP_ENV
+
+    monkeypatch.setenv(STOCK_LOOP_ENV, "1")
+    async with open_bridge("trio-asyncio") as bridge:
+        assert not bridge.batched  # type: ignore[attr-defined]
+
+
+@trio_asyncio_only
+@pytest.mark.parametrize("stock", [False, True])
+async def test_callbacks_beyond_one_batch_keep_their_order(
+        stock: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiwitrio._bridge._trio_asyncio import BATCH_LIMIT, STOCK_LOOP_ENV
+
+    if stock:
+        monkeypatch.setenv(STOCK_LOOP_ENV, "1")
+    order: list[int] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        for i in range(BATCH_LIMIT * 3):
+            loop.call_soon(order.append, i)
+        loop.call_soon(done.set_result, None)
+        await done
+
+    async with open_bridge("trio-asyncio") as bridge:
+        with trio.fail_after(10):
+            await bridge.run(scenario)
+    assert order == list(range(BATCH_LIMIT * 3))
+
+
+@trio_asyncio_only
 async def test_trio_tasks_keep_running_during_an_asyncio_flood() -> None:
+    from kiwitrio._bridge._trio_asyncio import BATCH_LIMIT
+
+    rounds, flood_size = 20, 1024
     ticks = 0
 
     async def ticker() -> None:
@@ -78,78 +352,31 @@ async def test_trio_tasks_keep_running_during_an_asyncio_flood() -> None:
 
     async def flood() -> None:
         loop = asyncio.get_running_loop()
-        for _ in range(ROUNDS):
-            futures = [loop.create_future() for _ in range(FLOOD)]
+        for _ in range(rounds):
+            futures = [loop.create_future() for _ in range(flood_size)]
             for future in futures:
                 loop.call_soon(future.set_result, None)
             await asyncio.gather(*futures)
 
-    async with open_asyncio_bridge() as bridge, trio.open_nursery() as nursery:
+    async with open_bridge("trio-asyncio") as bridge, trio.open_nursery() as nursery:
         nursery.start_soon(ticker)
         await bridge.run(flood)
         nursery.cancel_scope.cancel()
-    # The batch limit makes the main loop yield to Trio between batches.
-    # and so it yields several times per round of FLOOD callbacks.
-    assert BATCH_LIMIT * 3 <= FLOOD
-    assert ticks >= ROUNDS * 3
+    # The batch limit makes the main loop yield to Trio between batches, and so it yields
+    # several times per round of flood_size callbacks.
+    assert BATCH_LIMIT * 3 <= flood_size
+    assert ticks >= rounds * 3
 
 
-async def test_cancelling_trio_caller_cancels_the_asyncio_task() -> None:
-    cancelled = trio.Event()
-
-    async def forever() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cancelled.set()  # a synchronous Trio call, allowed from asyncio callbacks
-            raise
-
-    async with open_asyncio_bridge() as bridge:
-        with trio.move_on_after(0.1):
-            await bridge.run(forever)
-        with trio.fail_after(5):
-            await cancelled.wait()
-
-
-async def test_unhandled_asyncio_errors_are_logged_not_raised(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    async def leave_an_error_behind() -> None:
-        loop = asyncio.get_running_loop()
-        loop.call_exception_handler({"message": "left behind", "exception": OSError("boom")})
-
-    async with open_asyncio_bridge() as bridge:
-        await bridge.run(leave_an_error_behind)
-        await trio.testing.wait_all_tasks_blocked()
-    assert any("left behind" in r.getMessage() and "boom" in r.getMessage()
-               for r in caplog.records)
-
-
-async def test_asyncio_side_cancelling_an_operation_raises_a_connection_error() -> None:
-    # aiormq 6 cancels the futures of pending operations when their connection closes; that
-    # must reach Trio callers as a ConnectionError (hence a reconnect), not as asyncio's
-    # CancelledError, which Trio code cannot tell from a crash.
-    async def cancelled_under_us() -> None:
-        pending = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_soon(pending.cancel)
-        await pending
-
-    async with open_asyncio_bridge() as bridge:
-        with trio.fail_after(5), pytest.raises(AsyncioOperationAborted) as caught:
-            await bridge.run(cancelled_under_us)
-        assert isinstance(caught.value, ConnectionError)
-        assert "cancelled_under_us" in str(caught.value)
-        assert await bridge.run(asyncio.sleep, 0, "still works") == "still works"
-
-
+@trio_asyncio_only
 async def test_call_soon_checks_callbacks_in_debug_mode_only() -> None:
     # The batched loop's call_soon skips asyncio's callback check unless the loop is in
     # debug mode, as asyncio's own loops do; in debug mode a coroutine function is refused.
     async def not_a_callback() -> None:
         pass
 
-    async with open_asyncio_bridge() as bridge:
-        loop = bridge.loop
+    async with open_bridge("trio-asyncio") as bridge:
+        loop = bridge.loop  # type: ignore[attr-defined]
         ran = trio.Event()
         handle = loop.call_soon(ran.set)
         with trio.fail_after(5):

@@ -1,21 +1,22 @@
-"""The one place where Trio meets asyncio.
+"""The same-thread bridge: trio-asyncio runs an asyncio loop inside the Trio run.
 
-aio-pika is an asyncio library. trio-asyncio runs an asyncio event loop *inside* the Trio run,
-in the same thread: asyncio callbacks execute inside a Trio task. Two rules follow:
-
-* Trio code must not ``await`` asyncio objects (and vice versa). Trio code runs an asyncio
-  coroutine with :meth:`AsyncioBridge.run`.
-* asyncio callbacks may call *synchronous* Trio APIs (``MemorySendChannel.send_nowait``,
-  ``Event.set``...), which is how deliveries cross from aio-pika to Trio without a hop.
+asyncio callbacks execute inside a Trio task of the same thread, so crossings cost no thread
+switch: :meth:`TrioAsyncioBridge.call_in_trio` is a plain call. The price is process-wide:
+importing trio_asyncio replaces the event-loop policy and ``asyncio.get_event_loop``,
+``new_event_loop``, ``set_event_loop``, ``get_running_loop`` for every thread, which breaks
+asyncio programs that run a loop of their own beside kiwitrio, and trio-asyncio 0.16 does not
+import on Python 3.14 or later. This module is therefore imported only when this bridge is
+asked for (:func:`kiwitrio._bridge.open_bridge`), never by ``import kiwitrio``.
 
 Speed: trio-asyncio's stock main loop takes one asyncio handle per Trio checkpoint, entering a
 cancel scope and awaiting a memory channel for each. Under message load that is most of the
-CPU time. :func:`open_asyncio_bridge` swaps in a main loop step that, after the first handle,
-runs every handle that is already ready (up to :data:`BATCH_LIMIT`) before yielding to Trio.
-It keeps the stock loop's order and semantics (timers, Trio-task handles, cancelled handles,
-sniffio), and is only installed on the trio-asyncio version it was tested with. With it goes a
-``call_soon`` that, like asyncio's own loops, checks its callback only in debug mode: the
-stock one inspects every callback (``iscoroutinefunction``), about a tenth of the loop's time.
+CPU time. :func:`open_trio_asyncio_bridge` swaps in a main loop step that, after the first
+handle, runs every handle that is already ready (up to :data:`BATCH_LIMIT`) before yielding
+to Trio. It keeps the stock loop's order and semantics (timers, Trio-task handles, cancelled
+handles, sniffio), and is only installed on the trio-asyncio version it was tested with. With
+it goes a ``call_soon`` that, like asyncio's own loops, checks its callback only in debug
+mode: the stock one inspects every callback (``iscoroutinefunction``), about a tenth of the
+loop's time.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import heapq
 import logging
 import os
 import types
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -35,11 +35,19 @@ import trio_asyncio
 from sniffio import thread_local as sniffio_library
 from trio_asyncio._handles import AsyncHandle
 
-from ._groups import BaseExceptionGroup, single_leaf
+from .._groups import BaseExceptionGroup, single_leaf
+from ._base import (
+    AsyncioBridge,
+    AsyncioOperationAborted,
+    abort_open_transports,
+    call_in_asyncio,
+    log_asyncio_error,
+    track_socket_transports,
+)
 
-__all__ = ["BATCH_LIMIT", "AsyncioBridge", "open_asyncio_bridge"]
+__all__ = ["BATCH_LIMIT", "STOCK_LOOP_ENV", "TrioAsyncioBridge", "open_trio_asyncio_bridge"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.bridge")
 
 T = TypeVar("T")
 
@@ -55,19 +63,10 @@ _BATCHED_LOOP_VERSIONS = frozenset({"0.16.0"})
 STOCK_LOOP_ENV = "KIWITRIO_STOCK_ASYNCIO_LOOP"
 
 
-class AsyncioOperationAborted(ConnectionError):
-    """The asyncio side cancelled an operation that its Trio caller had not cancelled.
+class TrioAsyncioBridge(AsyncioBridge):
+    """Runs asyncio-flavoured code from Trio on one trio-asyncio loop, in the Trio thread."""
 
-    aiormq 6 (the one aio-pika 9.5 brings on Python 3.10) cancels the futures of pending
-    operations when their connection or channel closes; aiormq 7 raises ``ConnectionError``
-    for the same. Both reach callers as a ``ConnectionError``, which the AMQP session turns
-    into :class:`~kiwitrio.ConnectionFailed`. An ``asyncio.CancelledError`` must never reach
-    Trio code: it is not ``trio.Cancelled``, and nursery code would take it for a crash.
-    """
-
-
-class AsyncioBridge:
-    """Runs asyncio-flavoured code from Trio on one trio-asyncio loop."""
+    name = "trio-asyncio"
 
     def __init__(self, loop: asyncio.AbstractEventLoop, batched: bool) -> None:
         self.loop = loop
@@ -75,12 +74,7 @@ class AsyncioBridge:
         self.batched = batched
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        """Run ``await fn(*args)`` as an asyncio task and return its result.
-
-        Cancelling the Trio caller cancels the asyncio task and raises ``trio.Cancelled``. If
-        the asyncio side cancels the task instead, :class:`AsyncioOperationAborted` is raised.
-        """
-        coroutine = _call_in_asyncio(fn, args)
+        coroutine = call_in_asyncio(fn, args)
         try:
             result: T = await self.loop.run_aio_coroutine(coroutine)  # type: ignore[attr-defined]
         except asyncio.CancelledError as exc:
@@ -90,73 +84,43 @@ class AsyncioBridge:
                 "(its connection or channel closed)") from exc
         return result
 
+    def start_in_asyncio(self, fn: Callable[..., Coroutine[Any, Any, object]],
+                         *args: Any) -> None:
+        # Same thread: the task can be created right away, from Trio or asyncio code.
+        if not self.loop.is_closed():
+            self.loop.create_task(fn(*args))
 
-async def _call_in_asyncio(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-    # fn(*args) itself must run inside the asyncio task: aio-pika calls
-    # asyncio.get_running_loop() in plain methods, and trio-asyncio answers that from the
-    # calling Trio task's context, which lacks the loop when the caller was spawned outside
-    # open_loop() (a portal thread's task, for one).
-    return await fn(*args)
+    def call_in_trio(self, fn: Callable[..., object], *args: Any) -> None:
+        # Same thread: asyncio callbacks may call synchronous Trio APIs directly.
+        try:
+            fn(*args)
+        except Exception:
+            logger.exception("error in a call across the asyncio bridge: %s",
+                             getattr(fn, "__qualname__", fn))
 
 
 @asynccontextmanager
-async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
+async def open_trio_asyncio_bridge() -> AsyncIterator[TrioAsyncioBridge]:
     """Open a trio-asyncio loop (batched when supported) for the duration of the block."""
     body_error: BaseException | None = None
     try:
         async with trio_asyncio.open_loop() as loop:
-            loop.set_exception_handler(_log_asyncio_error)
+            loop.set_exception_handler(log_asyncio_error)
             batched = _install_batched_main_loop(loop)
-            transports = _track_socket_transports(loop)
+            transports = track_socket_transports(loop)
             try:
-                yield AsyncioBridge(loop, batched)
+                yield TrioAsyncioBridge(loop, batched)
             except BaseException as exc:
                 body_error = exc
                 raise
             finally:
-                _abort_open_transports(transports)
+                abort_open_transports(transports)
     except BaseExceptionGroup as group:
         # open_loop() runs the body inside nurseries of its own, which wrap whatever the
         # body raised in exception groups. Give the caller back the exception it raised.
         if body_error is not None and single_leaf(group) is body_error:
             raise body_error from None
         raise
-
-
-def _log_asyncio_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """Report errors that asyncio code left unhandled, without crashing the communicator.
-
-    trio-asyncio's default handler re-raises them into the loop's nursery, which would tear
-    the whole communicator down for, say, a future aiormq never retrieved after a lost
-    connection; kiwitrio notices and repairs lost connections itself.
-    """
-    exception = context.get("exception")
-    logger.warning("asyncio: %s%s", context.get("message", "unhandled error"),
-                   f": {exception!r}" if exception is not None else "")
-
-
-def _track_socket_transports(loop: Any) -> weakref.WeakSet[asyncio.BaseTransport]:
-    """Record every socket transport the loop makes, so that none outlives it."""
-    transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
-    make_transport = loop._make_socket_transport
-
-    def make_tracked_transport(*args: Any, **kwargs: Any) -> asyncio.BaseTransport:
-        transport: asyncio.BaseTransport = make_transport(*args, **kwargs)
-        transports.add(transport)
-        return transport
-
-    loop._make_socket_transport = make_tracked_transport
-    return transports
-
-
-def _abort_open_transports(transports: weakref.WeakSet[asyncio.BaseTransport]) -> None:
-    # aiormq 6 (Python 3.10) leaves a connection's socket half-open when the broker side
-    # goes away (EOF seen, transport never closed). The loop is about to stop: close what
-    # is left, so that no socket leaks past the bridge.
-    for transport in list(transports):
-        if not transport.is_closing() and isinstance(transport, asyncio.Transport):
-            logger.debug("aborting a transport left open: %r", transport)
-            transport.abort()
 
 
 def _install_batched_main_loop(loop: Any) -> bool:

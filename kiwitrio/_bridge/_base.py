@@ -1,0 +1,134 @@
+"""What every bridge offers the AMQP backend, and what the implementations share.
+
+A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs three crossings:
+
+* Trio awaits an asyncio coroutine: :meth:`AsyncioBridge.run`;
+* Trio starts an asyncio coroutine without waiting for it (acks, channel closes):
+  :meth:`AsyncioBridge.start_in_asyncio`;
+* asyncio callbacks hand data to Trio (deliveries, "connection lost"):
+  :meth:`AsyncioBridge.call_in_trio`.
+
+Which thread runs which side is the implementation's business; nothing above the bridge may
+touch an asyncio object from Trio code, or a Trio object from asyncio code, except through
+these three.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import logging
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "AsyncioBridge",
+    "AsyncioOperationAborted",
+    "abort_open_transports",
+    "call_in_asyncio",
+    "log_asyncio_error",
+    "track_socket_transports",
+]
+
+logger = logging.getLogger("kiwitrio.bridge")
+
+T = TypeVar("T")
+
+
+class AsyncioOperationAborted(ConnectionError):
+    """The asyncio side cancelled an operation that its Trio caller had not cancelled.
+
+    aiormq 6 (the one aio-pika 9.5 brings on Python 3.10) cancels the futures of pending
+    operations when their connection or channel closes; aiormq 7 raises ``ConnectionError``
+    for the same; a bridge that shuts down cancels whatever still runs in its loop. All of
+    them reach callers as a ``ConnectionError``, which the AMQP session turns into
+    :class:`~kiwitrio.ConnectionFailed`. An ``asyncio.CancelledError`` must never reach
+    Trio code: it is not ``trio.Cancelled``, and nursery code would take it for a crash.
+    """
+
+
+class AsyncioBridge(abc.ABC):
+    """Runs asyncio code for Trio code; see the module docstring for the three crossings."""
+
+    #: "thread" or "trio-asyncio": what ``open_communicator(bridge=...)`` calls it.
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` as an asyncio task and return its result.
+
+        ``fn(*args)`` itself is called inside the asyncio task (aio-pika asks for the running
+        loop in plain methods). Cancelling the Trio caller cancels the asyncio task, waits
+        until it has finished, and raises ``trio.Cancelled``. If the asyncio side cancels the
+        task instead (or the bridge is closing), :class:`AsyncioOperationAborted` is raised.
+        """
+
+    @abc.abstractmethod
+    def start_in_asyncio(self, fn: Callable[..., Coroutine[Any, Any, object]],
+                         *args: Any) -> None:
+        """Start ``fn(*args)`` as an asyncio task, soon, without waiting for it.
+
+        Callable from Trio and from asyncio code. Tasks started by one caller run in the
+        order they were started. ``fn`` handles its own errors: an exception it lets out is
+        only logged. Does nothing once the bridge is closed.
+        """
+
+    @abc.abstractmethod
+    def call_in_trio(self, fn: Callable[..., object], *args: Any) -> None:
+        """From asyncio code: call the plain function ``fn(*args)`` in Trio context.
+
+        ``fn`` may use synchronous Trio APIs only (``send_nowait``, ``Event.set``,
+        ``trio.lowlevel.reschedule``) and must not raise: an exception is logged. Calls run
+        in the order they were made.
+        """
+
+
+async def call_in_asyncio(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+    """The asyncio task body of :meth:`AsyncioBridge.run`: ``fn(*args)`` called inside it."""
+    return await fn(*args)
+
+
+def log_asyncio_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Report errors that asyncio code left unhandled, without crashing the communicator.
+
+    The default handlers either log them without kiwitrio's logger (asyncio's) or re-raise
+    them into the loop's nursery (trio-asyncio's), which would tear the whole communicator
+    down for, say, a future aiormq never retrieved after a lost connection; kiwitrio
+    notices and repairs lost connections itself.
+    """
+    exception = context.get("exception")
+    logger.warning("asyncio: %s%s", context.get("message", "unhandled error"),
+                   f": {exception!r}" if exception is not None else "")
+
+
+def track_socket_transports(loop: asyncio.AbstractEventLoop,
+                            ) -> weakref.WeakSet[asyncio.BaseTransport]:
+    """Record every socket transport the loop makes, so that none outlives it.
+
+    Selector loops make their socket transports in ``_make_socket_transport``; a loop
+    without it is left alone (nothing is tracked, nothing is aborted).
+    """
+    transports: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+    make_transport = getattr(loop, "_make_socket_transport", None)
+    if make_transport is None:
+        return transports
+
+    def make_tracked_transport(*args: Any, **kwargs: Any) -> asyncio.BaseTransport:
+        transport: asyncio.BaseTransport = make_transport(*args, **kwargs)
+        transports.add(transport)
+        return transport
+
+    loop._make_socket_transport = make_tracked_transport  # type: ignore[attr-defined]
+    return transports
+
+
+def abort_open_transports(transports: weakref.WeakSet[asyncio.BaseTransport]) -> None:
+    """Abort the transports still open; call from the loop's thread, before it stops."""
+    # aiormq 6 (Python 3.10) leaves a connection's socket half-open when the broker side
+    # goes away (EOF seen, transport never closed). The loop is about to stop: close what
+    # is left, so that no socket leaks past the bridge.
+    for transport in list(transports):
+        if not transport.is_closing() and isinstance(transport, asyncio.Transport):
+            logger.debug("aborting a transport left open: %r", transport)
+            transport.abort()
