@@ -49,9 +49,9 @@ def connect(
 
     Takes :func:`kiwitrio.open_communicator`'s options (``message_exchange``,
     ``task_exchange``, ``task_queue``, ``task_prefetch_count``, ``encoder``, ``decoder``,
-    ``testing_mode``...); ``bridge`` defaults to ``"thread"`` here. Each communicator starts its own portal thread unless a
-    :class:`Portal` is given, to share one thread between several communicators (the caller
-    then stops the portal after closing them).
+    ``testing_mode``...); ``bridge`` defaults to ``"thread"`` here. Each communicator
+    starts its own portal thread unless a :class:`Portal` is given, to share one thread
+    between several communicators (the caller then stops the portal after closing them).
     """
     return Communicator(url, portal=portal, **options)
 

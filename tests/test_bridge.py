@@ -99,24 +99,20 @@ async def test_asyncio_keeps_its_order(bridge: AsyncioBridge) -> None:
 
 async def test_cancelling_the_trio_caller_cancels_the_asyncio_task(
         bridge: AsyncioBridge) -> None:
-    asyncio_side: list[str] = []
+    cancelled = trio.Event()
 
     async def forever() -> None:
         try:
             await asyncio.sleep(3600)
         except asyncio.CancelledError:
-            asyncio_side.append("cancelled")
+            bridge.call_in_trio(cancelled.set)
             raise
 
     with trio.fail_after(10):
         with trio.move_on_after(0.1) as scope:
             await bridge.run(forever)
         assert scope.cancelled_caught
-        # The caller returned only once the asyncio task had finished (the trio-asyncio
-        # bridge runs the task's cancellation a moment later, in its own task).
-        while not asyncio_side:
-            await trio.sleep(0.01)
-    assert asyncio_side == ["cancelled"]
+        await cancelled.wait()
 
 
 async def test_thread_bridge_caller_waits_for_the_asyncio_task_to_finish() -> None:

@@ -8,7 +8,6 @@ a Trio program with asyncio code of its own under trio-asyncio, beside a communi
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
