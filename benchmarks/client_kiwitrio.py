@@ -81,7 +81,7 @@ def spawn_workers(group: Helpers, url: str, prefix: str, api: str, rpc: bool) ->
 
 class Client:
     def __init__(self, config: dict[str, Any]) -> None:
-        config["impl"] = IMPL
+        config.setdefault("impl", IMPL)
         self.config = config
         self.url: str = config["url"]
         self.prefix: str = config["prefix"]
@@ -252,7 +252,7 @@ def main() -> None:
         metrics, errors = run_workloads(config, groups)
     finally:
         clean_up(config["url"], client.leftovers)
-    emit_result(IMPL, metrics, errors, {
+    emit_result(config["impl"], metrics, errors, {
         "python": platform.python_version(), "kiwitrio": kiwitrio.__version__,
         "kiwitrio_from": os.path.dirname(os.path.dirname(kiwitrio.__file__)),
         "rabbitmq": client.server_version,

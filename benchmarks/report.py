@@ -15,6 +15,8 @@ from typing import Any
 
 REF = "aio-pika"
 ASYNC = "kiwitrio"
+#: kiwitrio on the same-thread trio-asyncio bridge (ASYNC is on the default, thread bridge).
+SAME_THREAD = "kiwitrio/trio-asyncio"
 SYNC = "kiwitrio_sync"
 KIWIPY = "kiwiPy"
 
@@ -126,11 +128,11 @@ def build(results: list[dict[str, Any]], meta: dict[str, Any], impls: list[str],
             row["pass"] = target.met(row["ratio"]["median"])
         comparisons.append(row)
 
-    for impl in (ASYNC, SYNC):
+    for impl in (ASYNC, SAME_THREAD, SYNC):
         for metric in METRICS:
             compare("vs aio-pika", impl, REF, metric.key,
                     VS_REF_TARGETS.get(metric.key) if impl == ASYNC else None)
-    for impl in (ASYNC, SYNC, KIWIPY):
+    for impl in (ASYNC, SAME_THREAD, SYNC, KIWIPY):
         for metric in CPU_METRICS:
             compare("CPU vs aio-pika", impl, REF, metric.key, None)
     for metric in METRICS:
@@ -331,15 +333,15 @@ def plot(data: dict[str, Any], path: str) -> None:
         return value if metric.higher_is_better else 1 / value
 
     panels = [
-        ("vs plain asyncio aio-pika", "vs aio-pika", [ASYNC, SYNC], False,
+        ("vs plain asyncio aio-pika", "vs aio-pika", [ASYNC, SAME_THREAD, SYNC], False,
          "speed relative to aio-pika (1 = as fast)"),
         ("vs kiwiPy 0.9", "vs kiwiPy", [ASYNC, SYNC], True,
          "times faster than kiwiPy (log scale)"),
         ("kiwitrio_sync vs kiwitrio (async)", "sync slowdown", [ASYNC], False,
          "kiwitrio_sync speed relative to async"),
     ]
-    colours = {ASYNC: "#2a7ab9", SYNC: "#f08c2e"}
-    labels = {ASYNC: "kiwitrio", SYNC: "kiwitrio_sync"}
+    colours = {ASYNC: "#2a7ab9", SAME_THREAD: "#8e5ac8", SYNC: "#f08c2e"}
+    labels = {ASYNC: "kiwitrio", SAME_THREAD: SAME_THREAD, SYNC: "kiwitrio_sync"}
     keys = [metric.key for metric in METRICS]
     fig = plt.figure(figsize=(16, 10))
     grid = fig.add_gridspec(2, 3, height_ratios=[1.6, 1])
@@ -403,12 +405,14 @@ def plot(data: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
-_COLOURS = {ASYNC: "#2a7ab9", SYNC: "#f08c2e", KIWIPY: "#7f7f7f", REF: "#4daf4a"}
+_COLOURS = {ASYNC: "#2a7ab9", SAME_THREAD: "#8e5ac8", SYNC: "#f08c2e", KIWIPY: "#7f7f7f",
+            REF: "#4daf4a"}
 
 
 def _plot_cpu(ax: Any, data: dict[str, Any], factor: Any) -> None:
     rows = [row for row in data["comparisons"] if row["kind"] == "CPU vs aio-pika"]
-    impls = [impl for impl in (ASYNC, SYNC, KIWIPY) if any(r["impl"] == impl for r in rows)]
+    impls = [impl for impl in (ASYNC, SAME_THREAD, SYNC, KIWIPY)
+             if any(r["impl"] == impl for r in rows)]
     if not impls:
         ax.set_axis_off()
         return

@@ -55,9 +55,14 @@ from benchmarks._common import (
     new_prefix,
 )
 
-IMPLS = ["aio-pika", "kiwitrio", "kiwitrio_sync", "kiwiPy"]
+IMPLS = ["aio-pika", "kiwitrio", "kiwitrio/trio-asyncio", "kiwitrio_sync", "kiwiPy"]
 CLIENTS = {"aio-pika": "client_aiopika.py", "kiwitrio": "client_kiwitrio.py",
+           "kiwitrio/trio-asyncio": "client_kiwitrio.py",
            "kiwitrio_sync": "client_kiwitrio_sync.py", "kiwiPy": "client_kiwipy.py"}
+#: The asyncio bridge each kiwitrio implementation runs on (KIWITRIO_BRIDGE, which their
+#: worker processes inherit): "kiwitrio" is the default, the thread bridge.
+BRIDGES = {"kiwitrio": "thread", "kiwitrio/trio-asyncio": "trio-asyncio",
+           "kiwitrio_sync": "thread"}
 SUITE_WORKLOADS = ["tasks", "rpc", "publish", "consume", "broadcast"]
 WORKLOADS = [*SUITE_WORKLOADS, "inflight"]
 KIWIPY_REQUIREMENT = "kiwipy[rmq]==0.9.*"
@@ -152,7 +157,7 @@ def client_config(profile: dict[str, Any], impl: str, url: str, prefix: str,
     config = {key: profile[key] for key in (
         "warmup", "task_sizes", "task_counts", "publish_count", "rpc_latency_count",
         "rpc_concurrent_count", "broadcast", "inflight_count")}
-    config.update(url=url, prefix=prefix, workloads=workloads)
+    config.update(url=url, prefix=prefix, workloads=workloads, impl=impl)
     if impl == "kiwiPy":
         scale = profile["kiwipy_scale"]
 
@@ -176,8 +181,11 @@ def run_client(impl: str, python: str, config: dict[str, Any], timeout: float,
     started = time.monotonic()
     load = [_load()]
     try:
+        env = dict(os.environ)
+        if impl in BRIDGES:
+            env["KIWITRIO_BRIDGE"] = BRIDGES[impl]
         done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT,
-                              timeout=timeout)
+                              timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"impl": impl, "metrics": {}, "errors": {"client": f"timed out after {timeout} s"},
                 "meta": {}}
@@ -240,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 phases.append(("inflight", ["inflight"]))
             for phase, selected in phases:
                 for impl in order:
-                    tag = impl.replace("-", "").replace("_", "").lower()
+                    tag = impl.replace("-", "").replace("_", "").replace("/", "").lower()
                     prefix = f"{run_prefix}-{tag}{rep}"
                     log(f"[{time.monotonic() - started:5.0f} s] repetition {rep + 1}: {impl} "
                         f"({phase})")
