@@ -31,6 +31,7 @@ from ._backend import (
 from ._context import Context
 from ._errors import DecodeError, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
+from ._saferepr import safe_repr
 
 __all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
 
@@ -245,12 +246,12 @@ class BroadcastHub:
     async def _dispatch(self, consumer: Consumer) -> None:
         async with trio.open_nursery() as handlers:
             async for delivery in drain(consumer.deliveries):
-                handlers.start_soon(self._handle, delivery)
+                handlers.start_soon(self._ctx.guard, delivery, "broadcast", self._handle)
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
             envelope = _parse_envelope(self._ctx.decode(delivery))
-        except DecodeError as exc:
+        except Exception as exc:  # whatever the message made fail, it is its own problem
             await self._ctx.reject_visibly(delivery, "broadcast", exc)
             return
         async with trio.open_nursery() as calls:
@@ -259,11 +260,12 @@ class BroadcastHub:
         await delivery.ack()
 
     async def _call(self, subscriber: BroadcastSubscriber, envelope: dict[str, Any]) -> None:
-        if isinstance(subscriber, BroadcastFilter):
-            if subscriber.is_filtered(envelope["sender"], envelope["subject"]):
-                return
-            subscriber = subscriber.subscriber
         try:
+            # The filter too: it sees the sender's values (a regex filter, an == filter).
+            if isinstance(subscriber, BroadcastFilter):
+                if subscriber.is_filtered(envelope["sender"], envelope["subject"]):
+                    return
+                subscriber = subscriber.subscriber
             await call_subscriber(subscriber, self._ctx.communicator, envelope["body"],
                                   envelope["sender"], envelope["subject"],
                                   envelope["correlation_id"])
@@ -273,5 +275,5 @@ class BroadcastHub:
 
 def _parse_envelope(envelope: Any) -> dict[str, Any]:
     if not isinstance(envelope, dict) or "body" not in envelope:
-        raise DecodeError(f"not a broadcast envelope: {envelope!r:.200}")
+        raise DecodeError(f"not a broadcast envelope: {safe_repr(envelope)}")
     return {key: envelope.get(key) for key in ("body", "sender", "subject", "correlation_id")}

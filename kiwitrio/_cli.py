@@ -62,6 +62,7 @@ from ._communicator import (
 )
 from ._groups import BaseExceptionGroup
 from ._invoke import call_subscriber
+from ._saferepr import safe_repr
 
 __all__ = [
     "EXIT_CONNECTION_FAILED",
@@ -327,8 +328,9 @@ def to_json(value: Any) -> str:
     """One line of JSON for anything CBOR can carry (bytes as text, other oddities as repr)."""
     try:
         return json.dumps(value, default=_json_default, ensure_ascii=False)
-    except (TypeError, ValueError):  # e.g. keys that are not str/int/float
-        return json.dumps(repr(value), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):  # keys that are not str/int/float...
+        # ...or a value whose repr() raises itself (an int too long to print): described.
+        return json.dumps(safe_repr(value, 10_000), ensure_ascii=False)
 
 
 class Progress:

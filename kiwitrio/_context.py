@@ -14,6 +14,7 @@ import trio
 from ._backend import Delivery, Session
 from ._codec import Decoder, Encoder
 from ._errors import CommunicatorClosed, ConnectionFailed, DecodeError
+from ._saferepr import describe_error, safe_str_of_exception
 
 __all__ = ["Context", "DeliveryInfo", "current_delivery"]
 
@@ -129,11 +130,42 @@ class Context:
 
     async def reject_visibly(self, delivery: Delivery, what: str, reason: Exception) -> None:
         """Log and dead-letter a message that cannot be handled (it is never redelivered)."""
+        # Our own DecodeErrors say what was wrong without quoting the message; anything else
+        # is named with its type, and its text is bounded (it may quote a hostile value).
+        text = (safe_str_of_exception(reason, 500) if isinstance(reason, DecodeError)
+                else describe_error(reason, 500))
         logger.error(
             "rejecting %s (routing key %r, %d bytes, correlation id %r): %s",
-            what, delivery.routing_key, len(delivery.body), delivery.correlation_id, reason,
+            what, delivery.routing_key, len(delivery.body), delivery.correlation_id, text,
         )
         await delivery.reject(requeue=False)
+
+    async def guard(self, delivery: Delivery, what: str,
+                    handle: Callable[[Delivery], Awaitable[None]]) -> None:
+        """Run ``handle(delivery)``; an exception from it is this message's problem.
+
+        The last line of defence for every handler task in the communicator's nursery: an
+        error nobody foresaw (a check that a hostile value made raise) is logged once and
+        the message dead-lettered, instead of tearing down the communicator. Cancellation
+        passes through untouched.
+        """
+        try:
+            await handle(delivery)
+        except (CommunicatorClosed, ConnectionFailed) as exc:
+            # Not the message's fault: the broker requeues what was not settled.
+            logger.warning("lost the connection while handling %s: %s", what, exc)
+        except Exception as exc:
+            logger.error("rejecting %s (routing key %r, %d bytes, correlation id %r): "
+                         "handling it failed: %s", what, delivery.routing_key,
+                         len(delivery.body), delivery.correlation_id,
+                         describe_error(exc, 500))
+            if not delivery.settled:
+                with trio.CancelScope(shield=True,
+                                      deadline=trio.current_time() + SHUTDOWN_GRACE):
+                    try:
+                        await delivery.reject(requeue=False)
+                    except (CommunicatorClosed, ConnectionFailed):
+                        pass  # the broker requeued it already
 
     async def finish(self, delivery: Delivery, reply: Awaitable[None]) -> None:
         """Send the reply, then acknowledge: the work is done.

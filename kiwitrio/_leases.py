@@ -175,11 +175,32 @@ class LeaseKeeper:
             copy = await session.get(self.name)
             if copy is None:
                 return
-            if int(copy.headers.get(CYCLE_HEADER, -1)) < self._cycle:
-                await copy.ack()
+            cycle = _cycle_of(copy)
+            if cycle is not None and cycle < self._cycle:
+                await copy.ack()  # an older copy of ours
                 continue
-            await copy.reject(requeue=True)  # the newest copies: keep them
-            return
+            if cycle is not None and copy.headers.get(LEASE_HEADER) in self._running:
+                await copy.reject(requeue=True)  # the newest copies: keep them
+                return
+            # Not a copy this worker made (anyone with access to the broker can publish to
+            # the queue): dropped, visibly. Kept, it could stop the renewal from removing
+            # older copies; dead-lettered, it would go on into the task queue.
+            logger.error("dropping a message on lease queue %s that is no lease copy "
+                         "(correlation id %r, %d bytes)", self.name, copy.correlation_id,
+                         len(copy.body))
+            await copy.ack()
+
+
+def _cycle_of(copy: Delivery) -> int | None:
+    """The renewal cycle a lease copy was stamped with; ``None`` if it carries none."""
+    value = copy.headers.get(CYCLE_HEADER)
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str) and value.isdigit() and len(value) <= 20:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
 
 
 class TaskLease:

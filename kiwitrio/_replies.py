@@ -20,6 +20,7 @@ import trio
 from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
 from ._context import Context
 from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
+from ._saferepr import describe_error, safe_repr, safe_str_of_exception
 
 __all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "result_envelope"]
 
@@ -29,6 +30,8 @@ _REPLY_PREFETCH = 256
 #: A reply queue unused (no consumer) this long is deleted by the broker.
 REPLY_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 _MISSING: Any = object()
+#: The message of an exception sent back is cut to this many characters.
+_MAX_REMOTE_MESSAGE = 10_000
 
 
 def result_envelope(value: Any) -> dict[str, Any]:
@@ -36,13 +39,26 @@ def result_envelope(value: Any) -> dict[str, Any]:
 
 
 def exception_envelope(exc: BaseException) -> dict[str, Any]:
+    # The exception may carry a value from a hostile message (a KeyError of a key that
+    # cannot be printed): neither its str() nor its traceback may raise here.
+    try:
+        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        formatted = ""
     return {
         "exception": {
             "type": type(exc).__qualname__,
-            "message": str(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+            "message": safe_str_of_exception(exc, _MAX_REMOTE_MESSAGE),
+            "traceback": formatted,
         }
     }
+
+
+def _text_field(info: dict[Any, Any], key: str, default: str) -> str:
+    """A str field of a remote exception; anything else is described, not converted (its
+    str() is the sender's choice of code path: a huge int raises)."""
+    value = info.get(key, default)
+    return value if isinstance(value, str) else safe_repr(value)
 
 
 def _parse_envelope(envelope: Any) -> tuple[Any, BaseException | None]:
@@ -52,11 +68,11 @@ def _parse_envelope(envelope: Any) -> tuple[Any, BaseException | None]:
         info = envelope.get("exception")
         if isinstance(info, dict):
             return None, RemoteException(
-                str(info.get("type", "Exception")),
-                str(info.get("message", "")),
-                str(info.get("traceback", "")),
+                _text_field(info, "type", "Exception"),
+                _text_field(info, "message", ""),
+                _text_field(info, "traceback", ""),
             )
-    raise DecodeError(f"not a reply envelope: {envelope!r:.200}")
+    raise DecodeError(f"not a reply envelope: {safe_repr(envelope)}")
 
 
 class ResultHandle:
@@ -174,7 +190,15 @@ class ReplyRouter:
 
     async def _route(self, consumer: Consumer) -> None:
         async for delivery in drain(consumer.deliveries):
-            self._resolve(delivery)
+            try:
+                self._resolve(delivery)
+            except Exception as exc:
+                # Whatever a reply does wrong is that reply's problem: it must not end the
+                # routing of the replies behind it (nor the communicator).
+                logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
+                             self.queue_name, describe_error(exc))
+                await delivery.reject(requeue=False)
+                continue
             await delivery.ack()
 
     def _resolve(self, delivery: Delivery) -> None:

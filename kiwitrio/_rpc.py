@@ -9,6 +9,7 @@ exclusivity makes an identifier unique across every communicator on the broker.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,8 +100,10 @@ class RpcHub:
 
     async def _serve(self, identifier: str, consumer: Consumer) -> None:
         async with trio.open_nursery() as calls:
+            what = f"RPC to {identifier!r}"
+            handle = functools.partial(self._handle, identifier)
             async for delivery in drain(consumer.deliveries):
-                calls.start_soon(self._handle, identifier, delivery)
+                calls.start_soon(self._ctx.guard, delivery, what, handle)
 
     async def _handle(self, identifier: str, delivery: Delivery) -> None:
         try:

@@ -39,6 +39,7 @@ from ._errors import (
 from ._invoke import call_subscriber
 from ._leases import LeaseKeeper, TaskLease
 from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
+from ._saferepr import describe_error
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
 
@@ -171,6 +172,8 @@ class TaskQueue:
         self._lease_keeper = (
             None if ctx.task_lease is None else LeaseKeeper(self, ctx.task_lease))
         self._lock = trio.Lock()
+        #: How log lines name a message of this queue.
+        self._what = f"task on {name!r}"
 
     async def declare(self) -> None:
         """Declare the queue, its dead-letter queue and their bindings (idempotent)."""
@@ -279,7 +282,7 @@ class TaskQueue:
         # handlers run at once.
         async with trio.open_nursery() as handlers:
             async for delivery in drain(consumer.deliveries):
-                handlers.start_soon(self._handle, delivery)
+                handlers.start_soon(self.ctx.guard, delivery, self._what, self._handle)
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
@@ -312,14 +315,15 @@ class TaskQueue:
             except TaskRejected:
                 continue
             except Exception as exc:
-                logger.info("task subscriber raised %r; sending it back to the sender", exc)
+                logger.info("task subscriber raised %s; sending it back to the sender",
+                            describe_error(exc))
                 return exception_envelope(exc)
             return result_envelope(result)
         return None
 
     async def _reject_undecodable(self, delivery: Delivery, reason: DecodeError) -> None:
         await self.replies.send(delivery, exception_envelope(reason), persistent=True)
-        await self.ctx.reject_visibly(delivery, f"task on {self.name!r}", reason)
+        await self.ctx.reject_visibly(delivery, self._what, reason)
 
     # -- pull mode --------------------------------------------------------------------------
 
