@@ -7,7 +7,15 @@ the in-process broker) and use it inside the ``async with`` block.
 import logging as _logging
 
 from ._broadcast import BroadcastFilter
-from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
+from ._codec import (
+    CBOR_CONTENT_TYPE,
+    DecodeLimits,
+    Decoder,
+    Encoder,
+    cbor_decode,
+    cbor_decoder,
+    cbor_encode,
+)
 from ._communicator import DEFAULT_URL, Communicator, open_communicator
 from ._context import DeliveryInfo, current_delivery
 from ._errors import (
@@ -40,6 +48,7 @@ __all__ = [
     "ConnectionFailed",
     "ConnectionState",
     "DecodeError",
+    "DecodeLimits",
     "Decoder",
     "DeliveryFailed",
     "DeliveryInfo",
@@ -57,6 +66,7 @@ __all__ = [
     "UnroutableError",
     "__version__",
     "cbor_decode",
+    "cbor_decoder",
     "cbor_encode",
     "current_delivery",
     "open_communicator",

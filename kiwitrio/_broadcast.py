@@ -250,7 +250,7 @@ class BroadcastHub:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            envelope = _parse_envelope(self._ctx.decode(delivery))
+            envelope = _parse_envelope(await self._ctx.decode(delivery))
         except Exception as exc:  # whatever the message made fail, it is its own problem
             await self._ctx.reject_visibly(delivery, "broadcast", exc)
             return

@@ -14,11 +14,14 @@ import trio
 from ._backend import Delivery, Session
 from ._codec import Decoder, Encoder
 from ._errors import CommunicatorClosed, ConnectionFailed, DecodeError
-from ._saferepr import describe_error, safe_str_of_exception
+from ._saferepr import describe_error, safe_repr, safe_str_of_exception
 
 __all__ = ["Context", "DeliveryInfo", "current_delivery"]
 
 logger = logging.getLogger(__name__)
+
+#: Bodies larger than this are decoded in a worker thread.
+OFF_THREAD_BYTES = 64 * 1024
 
 #: How long shutdown work (giving deliveries back) may take before it is abandoned; the
 #: broker requeues whatever is left when the connection closes anyway.
@@ -91,6 +94,9 @@ class Context:
     testing_queue_arguments: Mapping[str, Any] = field(
         default_factory=lambda: {"x-expires": 60_000}
     )
+    #: Large bodies are decoded in a worker thread, one at a time (bounding the memory and
+    #: the CPU that decoding takes at once, whatever the prefetch counts).
+    _decoding: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))
 
     def check_open(self) -> None:
         if self.closed:
@@ -111,22 +117,33 @@ class Context:
                              f"max_message_size ({self.max_message_size})")
         return body
 
-    def decode(self, delivery: Delivery) -> Any:
-        """Decode a delivery's body or raise :class:`DecodeError` saying why not."""
-        if len(delivery.body) > self.max_message_size:
-            raise DecodeError(f"message of {len(delivery.body)} bytes is larger than "
+    async def decode(self, delivery: Delivery) -> Any:
+        """Decode a delivery's body or raise :class:`DecodeError` saying why not.
+
+        Bodies larger than :data:`OFF_THREAD_BYTES` are decoded in a worker thread, one at a
+        time per communicator: the Trio thread goes on serving meanwhile. (The default
+        decoder also hands the GIL back regularly on those: see kiwitrio._cbor_bounded.)
+        """
+        body = delivery.body
+        if len(body) > self.max_message_size:
+            raise DecodeError(f"message of {len(body)} bytes is larger than "
                               f"max_message_size ({self.max_message_size})")
         if delivery.content_type != self.content_type:
             raise DecodeError(
-                f"unexpected content type {delivery.content_type!r} "
+                f"unexpected content type {safe_repr(delivery.content_type)} "
                 f"(expected {self.content_type!r})"
             )
         try:
-            return self.decoder(delivery.body)
+            if len(body) <= OFF_THREAD_BYTES:
+                return self.decoder(body)
+            # Abandoned if cancelled (the communicator is closing): the decoder is bounded
+            # and its result is dropped.
+            return await trio.to_thread.run_sync(self.decoder, body, limiter=self._decoding,
+                                                 abandon_on_cancel=True)
         except DecodeError:
             raise
         except Exception as exc:
-            raise DecodeError(f"cannot decode message: {exc}") from exc
+            raise DecodeError(f"cannot decode message: {describe_error(exc)}") from exc
 
     async def reject_visibly(self, delivery: Delivery, what: str, reason: Exception) -> None:
         """Log and dead-letter a message that cannot be handled (it is never redelivered)."""

@@ -191,7 +191,7 @@ class ReplyRouter:
     async def _route(self, consumer: Consumer) -> None:
         async for delivery in drain(consumer.deliveries):
             try:
-                self._resolve(delivery)
+                await self._resolve(delivery)
             except Exception as exc:
                 # Whatever a reply does wrong is that reply's problem: it must not end the
                 # routing of the replies behind it (nor the communicator).
@@ -201,10 +201,10 @@ class ReplyRouter:
                 continue
             await delivery.ack()
 
-    def _resolve(self, delivery: Delivery) -> None:
+    async def _resolve(self, delivery: Delivery) -> None:
         # Decode first: a bad reply is reported whether or not anyone waits for it.
         try:
-            value, error = _parse_envelope(self._ctx.decode(delivery))
+            value, error = _parse_envelope(await self._ctx.decode(delivery))
         except DecodeError as exc:
             logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
                          self.queue_name, exc)

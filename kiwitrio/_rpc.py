@@ -107,7 +107,10 @@ class RpcHub:
 
     async def _handle(self, identifier: str, delivery: Delivery) -> None:
         try:
-            msg = self._ctx.decode(delivery)
+            msg = await self._ctx.decode(delivery)
+        except trio.Cancelled:
+            await self._ctx.give_back(delivery)
+            raise
         except DecodeError as exc:
             await self._replies.send(delivery, exception_envelope(exc))
             await self._ctx.reject_visibly(delivery, f"RPC to {identifier!r}", exc)

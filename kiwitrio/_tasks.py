@@ -286,7 +286,10 @@ class TaskQueue:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            task = self.ctx.decode(delivery)
+            task = await self.ctx.decode(delivery)
+        except trio.Cancelled:
+            await self.ctx.give_back(delivery)
+            raise
         except DecodeError as exc:
             await self._reject_undecodable(delivery, exc)
             return
@@ -354,7 +357,10 @@ class TaskQueue:
             if delivery is None:
                 raise QueueEmpty(f"no task in {self.name!r}")
             try:
-                task = IncomingTask(self, delivery, self.ctx.decode(delivery))
+                task = IncomingTask(self, delivery, await self.ctx.decode(delivery))
+            except trio.Cancelled:
+                await self.ctx.give_back(delivery)
+                raise
             except DecodeError as exc:
                 await self._reject_undecodable(delivery, exc)
                 continue
