@@ -156,9 +156,10 @@ class _AmqpConsumer(Consumer):
     """One ``basic.consume`` on a channel of its own; its state lives on the Trio side."""
 
     def __init__(self, session: _AmqpSession, queue: str, channel: aio_pika.abc.AbstractChannel,
-                 prefetch_count: int) -> None:
+                 prefetch_count: int, exclusive: bool = False) -> None:
         self._session = session
         self.queue = queue
+        self._exclusive = exclusive
         self._channel = channel
         self._send, self.deliveries = trio.open_memory_channel[Delivery](prefetch_count)
         # A second receiving end on the same buffer, used only by cancel() to take back
@@ -184,7 +185,8 @@ class _AmqpConsumer(Consumer):
         # asyncio side.
         self._channel.close_callbacks.add(self._on_channel_closed)
         underlay = await self._channel.get_underlay_channel()
-        result = await underlay.basic_consume(self.queue, self._on_message)
+        result = await underlay.basic_consume(self.queue, self._on_message,
+                                              exclusive=self._exclusive)
         assert result.consumer_tag is not None
         return result.consumer_tag
 
@@ -410,9 +412,10 @@ class _AmqpSession(Session):
             return None
         return _AmqpDelivery(self, message, None)
 
-    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
+    async def consume(self, queue: str, *, prefetch_count: int,
+                      exclusive: bool = False) -> Consumer:
         channel = await self._channel(None, confirms=False)
-        consumer = _AmqpConsumer(self, queue, channel, prefetch_count)
+        consumer = _AmqpConsumer(self, queue, channel, prefetch_count, exclusive)
         try:
             await self.bridge.run(channel.set_qos, prefetch_count)
             await consumer.start()

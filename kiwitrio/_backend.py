@@ -232,8 +232,15 @@ class Session(abc.ABC):
         """Fetch one message without consuming (``basic.get``); ``None`` if the queue is empty."""
 
     @abc.abstractmethod
-    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
-        """Start consuming ``queue`` with at most ``prefetch_count`` unsettled deliveries."""
+    async def consume(self, queue: str, *, prefetch_count: int,
+                      exclusive: bool = False) -> Consumer:
+        """Start consuming ``queue`` with at most ``prefetch_count`` unsettled deliveries.
+
+        ``exclusive``: as the only consumer of the queue (AMQP's exclusive consumer); no other
+        connection can consume it meanwhile, and an exclusive consume of a queue that has
+        consumers fails. Raises :class:`~kiwitrio.DeliveryFailed` (ACCESS_REFUSED) then.
+        (``basic.get`` from elsewhere is not refused, as in RabbitMQ.)
+        """
 
     @abc.abstractmethod
     async def aclose(self) -> None:

@@ -659,13 +659,17 @@ class _MemorySession(Session):
             return None
         return self._hand_out(source.messages.popleft(), source, None)
 
-    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
+    async def consume(self, queue: str, *, prefetch_count: int,
+                      exclusive: bool = False) -> Consumer:
         """Subscribe; ``prefetch_count`` must be at least 1 (a bounded channel needs room)."""
         if prefetch_count < 1:
             raise ValueError("prefetch_count must be at least 1")
         await self._enter()
         source = self._broker.queue(queue, self)
-        consumer = _MemoryConsumer(self, source, prefetch_count)
+        # RabbitMQ's rules for exclusive consumers (ACCESS_REFUSED either way).
+        if source.consumers and (exclusive or source.consumers[0].exclusive):
+            raise DeliveryFailed(f"ACCESS_REFUSED: queue {queue!r} in exclusive use")
+        consumer = _MemoryConsumer(self, source, prefetch_count, exclusive=exclusive)
         self._consumers[consumer] = None
         source.consumers.append(consumer)
         self._broker.dispatch(source, trio.current_time())
@@ -748,7 +752,10 @@ class _MemoryConsumer(Consumer):
     it, ``send_nowait`` always has room.
     """
 
-    def __init__(self, session: _MemorySession, queue: _Queue, prefetch_count: int) -> None:
+    def __init__(self, session: _MemorySession, queue: _Queue, prefetch_count: int, *,
+                 exclusive: bool = False) -> None:
+        #: The queue's only consumer while it lasts (see _MemorySession.consume).
+        self.exclusive = exclusive
         send, receive = trio.open_memory_channel[Delivery](prefetch_count)
         self.deliveries = receive
         self.queue = queue.name

@@ -329,8 +329,9 @@ class ResilientSession(Session):
     async def get(self, queue: str) -> Delivery | None:
         return await self._run(lambda s: s.get(queue))
 
-    async def consume(self, queue: str, *, prefetch_count: int) -> Consumer:
-        consumer = _ResilientConsumer(self, queue, prefetch_count)
+    async def consume(self, queue: str, *, prefetch_count: int,
+                      exclusive: bool = False) -> Consumer:
+        consumer = _ResilientConsumer(self, queue, prefetch_count, exclusive)
         await self._run_and_record(consumer.attach,
                                    lambda: self._consumers.__setitem__(consumer, None))
         return consumer
@@ -389,10 +390,13 @@ class _FreshDeliveries:
 class _ResilientConsumer(Consumer):
     """One consumer for the communicator, re-established on every new connection."""
 
-    def __init__(self, session: ResilientSession, queue: str, prefetch_count: int) -> None:
+    def __init__(self, session: ResilientSession, queue: str, prefetch_count: int,
+                 exclusive: bool = False) -> None:
         self._session = session
         self.queue = queue
         self._prefetch_count = prefetch_count
+        # Exclusive again on every connection (the broker forgets with the old one).
+        self._exclusive = exclusive
         self._send, receive = trio.open_memory_channel[Delivery](prefetch_count)
         self._reclaim = receive.clone()
         self.deliveries = _FreshDeliveries(receive)
@@ -400,7 +404,8 @@ class _ResilientConsumer(Consumer):
         self._cancelled = False
 
     async def attach(self, inner_session: Session) -> None:
-        inner = await inner_session.consume(self.queue, prefetch_count=self._prefetch_count)
+        inner = await inner_session.consume(self.queue, prefetch_count=self._prefetch_count,
+                                            exclusive=self._exclusive)
         self._inner = inner
         self._session.nursery.start_soon(self._pump, inner_session, inner)
 

@@ -1,13 +1,14 @@
 """Results coming back: the reply envelope, :class:`ResultHandle`, and the reply queue.
 
-A task or RPC that wants an answer carries ``reply_to`` (this communicator's exclusive reply
-queue) and a fresh ``correlation_id``. The worker publishes the envelope
+A task or RPC that wants an answer carries ``reply_to`` (this communicator's reply queue:
+durable, consumed exclusively) and a fresh ``correlation_id``. The worker publishes the envelope
 ``{"result": value}`` or ``{"exception": {"type", "message", "traceback"}}`` there, encoded
 with the communicator's encoder, before it acknowledges the request.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import traceback
 import uuid
@@ -27,6 +28,8 @@ __all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "result_envelope
 logger = logging.getLogger(__name__)
 
 _REPLY_PREFETCH = 256
+#: How many of the latest correlation ids a reply router remembers (see _issued).
+_REMEMBERED_IDS = 16_384
 #: A reply queue unused (no consumer) this long is deleted by the broker.
 REPLY_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 _MISSING: Any = object()
@@ -162,6 +165,9 @@ class ReplyRouter:
         self._pending: weakref.WeakValueDictionary[str, ResultHandle] = (
             weakref.WeakValueDictionary()
         )
+        # The correlation ids handed out lately, to tell a late or duplicate reply (logged
+        # at DEBUG) from one this communicator never asked for (WARNING). Bounded.
+        self._issued: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     async def expect(self) -> tuple[str, ResultHandle]:
         """Register a new pending result; returns (reply queue, handle)."""
@@ -169,6 +175,9 @@ class ReplyRouter:
         handle = ResultHandle(uuid.uuid4().hex)
         assert handle.correlation_id is not None
         self._pending[handle.correlation_id] = handle
+        self._issued[handle.correlation_id] = None
+        if len(self._issued) > _REMEMBERED_IDS:
+            self._issued.popitem(last=False)
         return queue, handle
 
     def forget(self, handle: ResultHandle) -> None:
@@ -182,7 +191,10 @@ class ReplyRouter:
                     self.queue_name, durable=True,
                     arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
                 ))
-                consumer = await self._ctx.session.consume(queue, prefetch_count=_REPLY_PREFETCH)
+                # Exclusively: nobody else can consume our replies (and take them away from
+                # the handles waiting for them) while we do. See docs/reliability.md, trust.
+                consumer = await self._ctx.session.consume(queue, prefetch_count=_REPLY_PREFETCH,
+                                                           exclusive=True)
                 self._consumer = consumer
                 self._ctx.nursery.start_soon(self._route, consumer, name="kiwitrio replies")
                 self._queue = queue
@@ -203,15 +215,24 @@ class ReplyRouter:
 
     async def _resolve(self, delivery: Delivery) -> None:
         # Decode first: a bad reply is reported whether or not anyone waits for it.
+        bad = False
         try:
             value, error = _parse_envelope(await self._ctx.decode(delivery))
         except DecodeError as exc:
             logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
                          self.queue_name, exc)
-            value, error = None, exc
+            value, error, bad = None, exc, True
+        # Only a reply to a request this communicator sent, and still waits for, resolves
+        # anything: the correlation id is looked up, never trusted.
         handle = self._pending.pop(delivery.correlation_id or "", None)
         if handle is None:
-            logger.debug("reply %r has no waiter (dropped or duplicate)", delivery.correlation_id)
+            if bad or delivery.correlation_id in self._issued:  # bad: logged already
+                logger.debug("reply %r has no waiter (dropped or duplicate)",
+                             delivery.correlation_id)
+            else:
+                logger.warning("dropping a reply on %s for correlation id %s, which this "
+                               "communicator did not ask for (or too long ago)",
+                               self.queue_name, safe_repr(delivery.correlation_id, 80))
             return
         handle._set(value, error)
 

@@ -566,6 +566,28 @@ async def test_exclusive_queue_belongs_to_its_session(session: Session) -> None:
         assert await declare(session, "mine", exclusive=True) == "mine"
 
 
+async def test_exclusive_consumer_is_the_only_one(session: Session) -> None:
+    """As RabbitMQ: an exclusive consumer refuses other consumers (ACCESS_REFUSED) and is
+    refused where consumers exist; basic.get is not refused."""
+    await declare(session, "replies")
+    with trio.fail_after(5):
+        async with open_memory_session(URL) as other:
+            only = await session.consume("replies", prefetch_count=1, exclusive=True)
+            for exclusive in (False, True):
+                with pytest.raises(DeliveryFailed, match="exclusive use"):
+                    await other.consume("replies", prefetch_count=1, exclusive=exclusive)
+            await session.publish("", "replies", message(b"1"), mandatory=True)
+            await session.publish("", "replies", message(b"2"), mandatory=True)
+            assert (await receive(only)).body == b"1"
+            got = await other.get("replies")  # beyond the prefetch window: anyone may get it
+            assert got is not None and got.body == b"2"
+            await only.cancel()
+            shared = await other.consume("replies", prefetch_count=1)
+            with pytest.raises(DeliveryFailed, match="exclusive use"):
+                await session.consume("replies", prefetch_count=1, exclusive=True)
+            await shared.cancel()
+
+
 async def test_closing_a_session_requeues_to_another_sessions_consumer(session: Session) -> None:
     await declare(session, "q")
     with trio.fail_after(5):

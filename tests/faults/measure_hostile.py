@@ -43,7 +43,10 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def _child(name: str, freeze_s: float) -> None:
+def _child(name: str, freeze_s: float, kiwitrio_dir: str | None) -> None:
+    if kiwitrio_dir:
+        # Ahead of the working directory, which ``-m`` put first.
+        sys.path.insert(0, kiwitrio_dir)
     import logging
 
     import trio
@@ -54,7 +57,8 @@ def _child(name: str, freeze_s: float) -> None:
 
     logging.basicConfig(level=logging.CRITICAL)
     body = payload(name).body
-    result: dict[str, Any] = {"payload": name, "bytes": len(body)}
+    result: dict[str, Any] = {"payload": name, "bytes": len(body),
+                              "kiwitrio": str(Path(kiwitrio.__file__).parent)}
     last_tick = [time.monotonic()]
 
     def report(outcome: str) -> None:
@@ -142,15 +146,13 @@ def main() -> None:
     parser.add_argument("names", nargs="*")
     args = parser.parse_args()
     if args.child:
-        _child(args.child, args.freeze_s)
+        _child(args.child, args.freeze_s, args.kiwitrio)
         return
     sys.path.insert(0, str(ROOT))
     from tests.hostile import payload_names
 
     names = args.names or payload_names()
     env = dict(os.environ)
-    path = [str(ROOT)] if not args.kiwitrio else [args.kiwitrio, str(ROOT)]
-    env["PYTHONPATH"] = os.pathsep.join(path)
     cap = args.cap_mb * 1024 * 1024
 
     def limit() -> None:
@@ -160,7 +162,8 @@ def main() -> None:
         try:
             done = subprocess.run(
                 [sys.executable, "-m", "tests.faults.measure_hostile", "--child", name,
-                 "--freeze-s", str(args.freeze_s)],
+                 "--freeze-s", str(args.freeze_s),
+                 *(["--kiwitrio", args.kiwitrio] if args.kiwitrio else [])],
                 cwd=ROOT, env=env, preexec_fn=limit, capture_output=True, text=True,
                 timeout=args.freeze_s + 180)
             lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
