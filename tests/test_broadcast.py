@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import random
 import re
+import time
 from typing import Any
 
 import pytest
 import trio
 
 import kiwitrio
+from kiwitrio._backend import OutgoingMessage
 from kiwitrio._broadcast import binding_keys
 
 from .conftest import OpenComm
@@ -172,3 +176,53 @@ async def test_testing_mode_exchange_that_vanished_is_declared_again(open_comm: 
         await second.broadcast_send("and arrives")
         await inbox.wait_for(1)
     assert inbox.bodies() == ["and arrives"]
+
+
+def test_wildcard_filters_match_as_the_regex_they_stand_for() -> None:
+    """The linear matcher agrees with the regex (``*`` -> ``.*``, full match) it replaced."""
+    rng = random.Random(4)
+    for _ in range(3000):
+        pattern = "".join(rng.choice("ab.*") for _ in range(rng.randint(0, 7)))
+        regex = re.compile(".*".join(re.escape(p) for p in pattern.split("*")), re.DOTALL)
+        filt = kiwitrio.BroadcastFilter(lambda *args: None, subject=pattern)
+        for _ in range(5):
+            subject = "".join(rng.choice("ab.") for _ in range(rng.randint(0, 10)))
+            expected = regex.fullmatch(subject) is not None
+            assert filt.is_filtered(None, subject) is not expected, (pattern, subject)
+
+
+def test_wildcard_filters_take_linear_time() -> None:
+    """A regex ``.*a.*a.*b`` backtracks: 1.5 s for 2000 characters, growing with the cube.
+    The matcher looks at each character a bounded number of times."""
+    filt = kiwitrio.BroadcastFilter(lambda *args: None, subject="*a*a*b", sender="x*y*z")
+    began = time.monotonic()
+    assert filt.is_filtered(None, "a" * 2000)
+    assert filt.is_filtered("x" * 1000, None)
+    assert filt.is_filtered(None, "a" * 1_000_000 + "c")
+    assert not filt.is_filtered(None, "a" * 1_000_000 + "b")
+    assert time.monotonic() - began < 0.2
+
+
+async def test_broadcast_envelopes_with_overlong_subject_or_sender_are_rejected(
+    open_comm: OpenComm, names: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An envelope made by hand may claim a subject other than its routing key, of any
+    length: filters would run on it. The limits broadcast_send enforces hold on arrival."""
+    inbox = Inbox()
+    async with open_comm() as comm:
+        await comm.add_broadcast_subscriber(
+            kiwitrio.BroadcastFilter(inbox, subject="news.*", sender="*"))
+        for envelope in ({"body": 1, "subject": "news." + "x" * 300, "sender": "a"},
+                         {"body": 2, "subject": "news.a", "sender": "y" * 2000}):
+            await comm._ctx.session.publish(names.message_exchange, "news.a", OutgoingMessage(
+                kiwitrio.cbor_encode(envelope), kiwitrio.CBOR_CONTENT_TYPE), mandatory=False)
+        with pytest.raises(ValueError, match="sender"):
+            await comm.broadcast_send(3, sender="y" * 2000, subject="news.a")
+        await comm.broadcast_send(4, sender="a", subject="news.a")
+        await inbox.wait_for(1)
+    assert inbox.bodies() == [4]
+    rejected = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.ERROR and "rejecting broadcast" in r.getMessage()]
+    assert len(rejected) == 2, rejected
+    assert "subject of 305 characters" in rejected[0]
+    assert "sender of 2000 characters" in rejected[1]
