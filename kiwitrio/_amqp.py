@@ -56,16 +56,25 @@ _TRANSIENT = 1
 
 
 @asynccontextmanager
-async def open_amqp_session(url: str, *, heartbeat: float = 30.0,
-                            bridge: str = "auto") -> AsyncIterator[Session]:
+async def open_amqp_session(url: str, *, heartbeat: float = 30.0, bridge: str = "auto",
+                            connect_timeout: float | None = None) -> AsyncIterator[Session]:
     """Connect to the broker at ``url`` for the duration of the block.
 
     ``bridge`` names the asyncio bridge (see :func:`kiwitrio._bridge.resolve_bridge`). Raises
     :class:`~kiwitrio.ConnectionFailed` (naming the URL without its password) if the broker
-    cannot be reached.
+    cannot be reached, or has not completed the connection (TCP, TLS, AMQP handshake) within
+    ``connect_timeout`` seconds (``None``: no limit).
     """
     async with open_bridge(bridge) as asyncio_bridge:
-        session = await _AmqpSession.connect(asyncio_bridge, url, heartbeat=heartbeat)
+        # Bounded on the Trio side: a timeout cancels the connect across the bridge. A
+        # listener that accepts TCP but never answers would otherwise hang here for good.
+        # (A connection that completes just as the time runs out is aborted with the bridge.)
+        session: _AmqpSession | None = None
+        with trio.move_on_after(math.inf if connect_timeout is None else connect_timeout):
+            session = await _AmqpSession.connect(asyncio_bridge, url, heartbeat=heartbeat)
+        if session is None:
+            raise ConnectionFailed(f"cannot connect to {redact_url(url)}: no answer within "
+                                   f"{connect_timeout} s")
         try:
             yield session
         finally:

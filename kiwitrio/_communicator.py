@@ -32,6 +32,8 @@ DEFAULT_TASK_EXCHANGE = "kiwitrio.tasks"
 DEFAULT_TASK_QUEUE = "kiwitrio.tasks"
 DEFAULT_TASK_PREFETCH = 1
 DEFAULT_RECONNECT = ReconnectPolicy()
+#: Without a reconnect policy, connecting (TCP, TLS, AMQP handshake) may take this long.
+DEFAULT_CONNECT_TIMEOUT = DEFAULT_RECONNECT.connect_timeout
 #: Well under RabbitMQ's default consumer timeout (30 minutes).
 DEFAULT_TASK_LEASE = 10 * 60.0
 
@@ -190,7 +192,8 @@ async def _open_session(
     if reconnect is None:
         if len(urls) > 1:
             raise ValueError("several broker URLs need a reconnect policy")
-        async with open_amqp_session(urls[0], heartbeat=heartbeat, bridge=bridge) as session:
+        async with open_amqp_session(urls[0], heartbeat=heartbeat, bridge=bridge,
+                                     connect_timeout=DEFAULT_CONNECT_TIMEOUT) as session:
             yield session
         return
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -68,7 +69,11 @@ class ReconnectPolicy:
     seconds at random. ``startup_give_up_after`` bounds the first connection (then
     :func:`~kiwitrio.open_communicator` raises :class:`~kiwitrio.ConnectionFailed`);
     ``give_up_after`` bounds each later outage (``None``: keep trying), as does
-    ``max_attempts`` if set.
+    ``max_attempts`` if set. These bounds hold even while an attempt hangs (a listener that
+    accepts TCP and never answers): an attempt running at the deadline is abandoned.
+    ``connect_timeout`` bounds each attempt's connecting (TCP, TLS, AMQP handshake), and
+    separately its declaring again of what the communicator had declared, after which the
+    next URL is tried (``None``: only the give-up bounds apply).
     """
 
     initial_delay: float = 0.1
@@ -78,6 +83,7 @@ class ReconnectPolicy:
     startup_give_up_after: float | None = 10.0
     give_up_after: float | None = None
     max_attempts: int | None = None
+    connect_timeout: float | None = 10.0
 
     def retrying(self, *, startup: bool, describe: Callable[[], str]) -> tenacity.AsyncRetrying:
         give_up_after = self.startup_give_up_after if startup else self.give_up_after
@@ -180,19 +186,49 @@ class ResilientSession(Session):
     async def _connect(self, startup: bool) -> tuple[AsyncExitStack, Session]:
         self._set_state(ConnectionState.CONNECTING if startup else ConnectionState.RECONNECTING)
         describe = lambda: redact_url(self._url)  # noqa: E731
-        async for attempt in self._policy.retrying(startup=startup, describe=describe):
+        policy = self._policy
+        give_up_after = policy.startup_give_up_after if startup else policy.give_up_after
+        # tenacity checks the policy between attempts only; this deadline also ends an
+        # attempt that hangs past it (as a failed attempt, which tenacity then stops on).
+        give_up_at = math.inf if give_up_after is None else trio.current_time() + give_up_after
+        async for attempt in policy.retrying(startup=startup, describe=describe):
             with attempt:
                 self._url = next(self._next_url)
-                stack = AsyncExitStack()
-                try:
-                    inner = await stack.enter_async_context(self._opener(self._url))
-                    await self._restore(inner)
-                except BaseException:
-                    with trio.CancelScope(shield=True):
-                        await stack.aclose()
-                    raise
-                return stack, inner
+                return await self._attempt(self._url, give_up_at)
         raise AssertionError("unreachable: tenacity re-raises the last error")
+
+    async def _attempt(self, url: str, give_up_at: float) -> tuple[AsyncExitStack, Session]:
+        """One connection attempt: connect, then replay the records; each step bounded."""
+        timeout = self._policy.connect_timeout
+
+        def step_deadline() -> float:
+            step = math.inf if timeout is None else trio.current_time() + timeout
+            return min(step, give_up_at)
+
+        stack = AsyncExitStack()
+        try:
+            with trio.move_on_at(step_deadline()) as connecting:
+                inner = await stack.enter_async_context(self._opener(url))
+            if connecting.cancelled_caught:
+                raise ConnectionFailed(f"cannot connect to {redact_url(url)}: "
+                                       f"{self._ran_out(timeout, give_up_at)}")
+            with trio.move_on_at(step_deadline()) as restoring:
+                await self._restore(inner)
+            if restoring.cancelled_caught:
+                raise ConnectionFailed(f"connected to {redact_url(url)}, but declaring the "
+                                       f"queues and consumers again did not finish: "
+                                       f"{self._ran_out(timeout, give_up_at)}")
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await stack.aclose()
+            raise
+        return stack, inner
+
+    @staticmethod
+    def _ran_out(timeout: float | None, give_up_at: float) -> str:
+        if trio.current_time() >= give_up_at:
+            return "the reconnection policy's time ran out during the attempt"
+        return f"no answer within {timeout} s (connect_timeout)"
 
     async def _restore(self, inner: Session) -> None:
         for name, (type_, durable, auto_delete) in list(self._exchanges.items()):

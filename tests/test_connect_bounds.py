@@ -1,0 +1,138 @@
+"""Connection attempts are bounded: a listener that accepts TCP and never answers (a
+partitioned node, a black-holed port) cannot hang a communicator, and the reconnect policy's
+limits hold even while an attempt hangs."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+import kiwitrio
+import kiwitrio._communicator
+import kiwitrio_sync
+
+from .conftest import AMQP_URL, Names
+
+DEADLINE = 20
+
+
+class SilentListener:
+    """Accepts TCP connections on 127.0.0.1 and never says a word (nor closes them).
+
+    A plain thread, so that blocking tests and subprocesses can use it as well as Trio ones.
+    """
+
+    def __init__(self) -> None:
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self.port = self._socket.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._serve, daemon=True,
+                                        name="silent-listener")
+        self._thread.start()
+
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            self._held.append(connection)
+
+    def close(self) -> None:
+        self._socket.close()
+        for connection in self._held:
+            connection.close()
+        self._thread.join(5)
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentListener]:
+    listener = SilentListener()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+async def test_startup_gives_up_in_time_even_while_an_attempt_hangs(
+    silent: SilentListener, names: Names
+) -> None:
+    """No per-attempt bound at all: only the policy's startup_give_up_after (1.5 s)."""
+    policy = kiwitrio.ReconnectPolicy(startup_give_up_after=1.5, connect_timeout=None)
+    began = time.monotonic()
+    with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed) as info:
+        async with kiwitrio.open_communicator(silent.url(), **names.kwargs(), reconnect=policy):
+            pass
+    elapsed = time.monotonic() - began
+    assert 1.4 < elapsed < 6, elapsed
+    assert "time ran out" in str(info.value)
+    assert f"127.0.0.1:{silent.port}" in str(info.value)
+    assert silent.accepted >= 1
+
+
+async def test_each_attempt_is_bounded_and_the_next_url_is_tried(
+    silent: SilentListener, names: Names, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cluster whose first node is partitioned: after connect_timeout the next URL is
+    tried, and the communicator works."""
+    policy = kiwitrio.ReconnectPolicy(connect_timeout=0.5, initial_delay=0.05, jitter=0.05)
+    began = time.monotonic()
+    with trio.fail_after(DEADLINE):
+        async with kiwitrio.open_communicator([silent.url(), AMQP_URL], **names.kwargs(),
+                                              reconnect=policy) as comm:
+            connected = time.monotonic() - began
+            await comm.add_rpc_subscriber(lambda _c, msg: msg, "echo")
+            assert await (await comm.rpc_send("echo", "through the second node")) == (
+                "through the second node")
+    assert connected < 5, connected
+    failed = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and "connecting to" in r.getMessage()]
+    assert any(f"127.0.0.1:{silent.port}" in line and "connect_timeout" in line
+               for line in failed), failed
+
+
+async def test_without_a_policy_connecting_is_bounded(
+    silent: SilentListener, names: Names, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(kiwitrio._communicator, "DEFAULT_CONNECT_TIMEOUT", 0.5)
+    began = time.monotonic()
+    with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed,
+                                                  match=r"no answer within 0\.5 s"):
+        async with kiwitrio.open_communicator(silent.url(), **names.kwargs(), reconnect=None):
+            pass
+    assert time.monotonic() - began < 5
+
+
+def test_blocking_connect_gives_up_in_time(silent: SilentListener, names: Names) -> None:
+    policy = kiwitrio.ReconnectPolicy(startup_give_up_after=1.0)
+    began = time.monotonic()
+    with pytest.raises(kiwitrio.ConnectionFailed):
+        kiwitrio_sync.connect(silent.url(), **names.kwargs(), reconnect=policy)
+    assert time.monotonic() - began < 8
+
+
+def test_cli_connect_timeout_holds(silent: SilentListener) -> None:
+    """``kiwitrio status --connect-timeout 1`` against the silent listener: exit 4 (cannot
+    connect), promptly."""
+    began = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "kiwitrio", "status", "--url", silent.url(),
+         "--connect-timeout", "1"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - began
+    assert result.returncode == 4, result
+    assert "Traceback" not in result.stderr
+    assert elapsed < 15, elapsed
