@@ -4,13 +4,15 @@ limits hold even while an attempt hangs."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -20,6 +22,7 @@ import kiwitrio._communicator
 import kiwitrio_sync
 
 from .conftest import AMQP_URL, Names
+from .tcp_proxy import TcpProxy
 
 DEADLINE = 20
 
@@ -114,6 +117,54 @@ async def test_without_a_policy_connecting_is_bounded(
         async with kiwitrio.open_communicator(silent.url(), **names.kwargs(), reconnect=None):
             pass
     assert time.monotonic() - began < 5
+
+
+class PartitionableProxy(TcpProxy):
+    """A TCP proxy to the broker that can turn into a black hole: once :attr:`silent`, new
+    connections are accepted and held without a byte forwarded (a network partition)."""
+
+    silent = False
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        if not self.silent:
+            await super()._handle(client)
+            return
+        async with client:
+            await trio.sleep_forever()
+
+
+@asynccontextmanager
+async def open_partitionable_proxy() -> AsyncIterator[PartitionableProxy]:
+    proxy = PartitionableProxy("127.0.0.1", 5672)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
+        proxy.port = listeners[0].socket.getsockname()[1]
+        try:
+            yield proxy
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_reconnecting_gives_up_in_time_even_while_attempts_hang(names: Names) -> None:
+    """A later outage where the broker's address turns into a black hole: give_up_after
+    (1.5 s) holds although the reconnection attempt never ends by itself."""
+    policy = kiwitrio.ReconnectPolicy(give_up_after=1.5, connect_timeout=None,
+                                      initial_delay=0.05, jitter=0.05)
+    states: list[kiwitrio.ConnectionState] = []
+    async with open_partitionable_proxy() as proxy:
+        with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed,
+                                                      match="gave up reconnecting"):
+            async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(),
+                                                  reconnect=policy,
+                                                  on_connection_state=states.append):
+                proxy.silent = True
+                assert proxy.cut() >= 1
+                began = time.monotonic()
+                await trio.sleep_forever()  # until the policy gives up and cancels us
+        elapsed = time.monotonic() - began
+    assert elapsed < 8, elapsed
+    assert kiwitrio.ConnectionState.GIVEN_UP in states
 
 
 def test_blocking_connect_gives_up_in_time(silent: SilentListener, names: Names) -> None:
