@@ -27,6 +27,7 @@ from ._errors import (
     KiwitrioError,
     QueueEmpty,
     RemoteException,
+    SendOutcomeUnknown,
     TaskRejected,
     UnroutableError,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "ReconnectPolicy",
     "RemoteException",
     "ResultHandle",
+    "SendOutcomeUnknown",
     "TaskOutcome",
     "TaskQueue",
     "TaskRejected",

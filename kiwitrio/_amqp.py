@@ -42,7 +42,13 @@ from ._backend import (
     Session,
 )
 from ._bridge import AsyncioBridge, open_bridge
-from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, UnroutableError
+from ._errors import (
+    CommunicatorClosed,
+    ConnectionFailed,
+    DeliveryFailed,
+    SendOutcomeUnknown,
+    UnroutableError,
+)
 from ._urls import redact_url
 
 __all__ = ["open_amqp_session", "redact_url"]
@@ -405,7 +411,13 @@ class _AmqpSession(Session):
             raise DeliveryFailed(f"publishing to {exchange!r} failed: {exc}") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError) as exc:
-            raise self._connection_error(exc) from exc
+            # The message was handed to the connection: whether it reached the broker is
+            # unknown (a blocked connection, for one, sends it when the broker unblocks).
+            what = "the communicator closed" if self.closed else "the connection was lost"
+            raise SendOutcomeUnknown(
+                f"{what} before the broker confirmed the message to {exchange!r} "
+                f"(routing key {routing_key!r}): it may or may not have been stored "
+                f"({redact_url(self.url)}: {exc})") from exc
 
     async def get(self, queue: str) -> Delivery | None:
         self._get_channel = await self._channel(self._get_channel, confirms=False)

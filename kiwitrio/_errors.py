@@ -15,6 +15,7 @@ __all__ = [
     "KiwitrioError",
     "QueueEmpty",
     "RemoteException",
+    "SendOutcomeUnknown",
     "TaskRejected",
     "UnroutableError",
 ]
@@ -32,6 +33,18 @@ class ConnectionFailed(KiwitrioError):
     """The broker could not be reached or the connection was lost.
 
     The message names the broker URL with its password removed.
+    """
+
+
+class SendOutcomeUnknown(ConnectionFailed):
+    """The connection went (or the communicator closed) after a message was handed to it and
+    before the broker confirmed it: the message may or may not have been stored.
+
+    Distinct from "not sent": a task may still run, a broadcast may still be delivered.
+    A :class:`ConnectionFailed`, so that code handling lost connections handles it too. With
+    reconnection on, such a send is published again on the next connection instead (at least
+    once); this is raised when there is no next connection: without a reconnect policy, or
+    when the communicator closes meanwhile.
     """
 
 

@@ -196,8 +196,11 @@ class TaskQueue:
 
         Returns a :class:`ResultHandle`: ``await`` it for the result (``None`` at once with
         ``no_reply=True``). Raises :class:`TypeError` if the task cannot be encoded,
-        :class:`~kiwitrio.UnroutableError` if the queue does not exist. Cancelling the call
-        abandons the wait; the task may or may not have reached the broker.
+        :class:`~kiwitrio.UnroutableError` if the queue does not exist, and
+        :class:`~kiwitrio.SendOutcomeUnknown` if the connection went (without reconnection)
+        or the communicator closed before the broker confirmed the task: it may still run.
+        Cancelling the call abandons the wait; the task may or may not have reached the
+        broker.
         """
         self.ctx.check_open()
         body = self.ctx.encode(task)

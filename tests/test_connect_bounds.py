@@ -187,3 +187,112 @@ def test_cli_connect_timeout_holds(silent: SilentListener) -> None:
     assert result.returncode == 4, result
     assert "Traceback" not in result.stderr
     assert elapsed < 15, elapsed
+
+
+class FreezableProxy(TcpProxy):
+    """A TCP proxy whose open connections can be frozen: from :meth:`freeze` on, bytes in
+    either direction are swallowed (counted, for the client's), as in a partition that
+    strikes mid-connection."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        super().__init__(target_host, target_port)
+        self.frozen = False
+        self.swallowed = 0
+        self._swallowed_changed = trio.Event()
+
+    def freeze(self) -> None:
+        self.frozen = True
+
+    async def wait_swallowed(self) -> None:
+        """Until some bytes from the client have been swallowed."""
+        while not self.swallowed:
+            await self._swallowed_changed.wait()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes.add(scope)
+            try:
+                upstream = await trio.open_tcp_stream(*self._target)
+                async with client, upstream, trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump, client, upstream, True, nursery.cancel_scope)
+                    nursery.start_soon(self._pump, upstream, client, False,
+                                       nursery.cancel_scope)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                self._scopes.discard(scope)
+
+    async def _pump(self, source: trio.SocketStream, sink: trio.SocketStream,
+                    from_client: bool, scope: trio.CancelScope) -> None:
+        try:
+            async for chunk in source:
+                if not self.frozen:
+                    await sink.send_all(chunk)
+                elif from_client:
+                    self.swallowed += len(chunk)
+                    self._swallowed_changed.set()
+                    self._swallowed_changed = trio.Event()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            scope.cancel()
+
+
+@asynccontextmanager
+async def open_freezable_proxy() -> AsyncIterator[FreezableProxy]:
+    proxy = FreezableProxy("127.0.0.1", 5672)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
+        proxy.port = listeners[0].socket.getsockname()[1]
+        try:
+            yield proxy
+        finally:
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_send_whose_fate_is_unknown_says_so(names: Names) -> None:
+    """The connection goes after the task was handed to it and before the broker's confirm
+    (without reconnection, so that nothing publishes it again): the sender learns that the
+    outcome is unknown, not that the task was not sent."""
+    async with open_freezable_proxy() as proxy:
+        with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.SendOutcomeUnknown) as info:
+            async with kiwitrio.open_communicator(proxy.url(), **names.kwargs(),
+                                                  reconnect=None) as comm, \
+                    trio.open_nursery() as nursery:
+                # (The first send opens the publishing channel: frozen, that would be lost
+                # before anything was sent, a plain ConnectionFailed.)
+                await comm.task_send("the channel is open", no_reply=True)
+                proxy.freeze()
+                nursery.start_soon(functools.partial(comm.task_send, "fate unknown", no_reply=True))
+                await proxy.wait_swallowed()  # the publish went out, into the black hole
+                proxy.cut()
+                await trio.sleep_forever()  # task_send raises, and ends the block
+    assert isinstance(info.value, kiwitrio.ConnectionFailed)
+    assert "may or may not have been stored" in str(info.value)
+
+
+async def test_a_send_interrupted_by_closing_says_its_fate_is_unknown(names: Names) -> None:
+    """As with a broker that blocks publishers (a memory alarm) and a close() meanwhile: the
+    task was handed to the connection, so it may still be enqueued (RabbitMQ does, once the
+    alarm lifts); the sender hears "outcome unknown", not CommunicatorClosed."""
+    errors: list[BaseException] = []
+
+    async def send(comm: kiwitrio.Communicator) -> None:
+        try:
+            await comm.task_send("maybe", no_reply=True)
+        except kiwitrio.KiwitrioError as exc:
+            errors.append(exc)
+
+    async with open_freezable_proxy() as proxy:
+        with trio.fail_after(DEADLINE):
+            async with trio.open_nursery() as senders:
+                async with kiwitrio.open_communicator(proxy.url(), **names.kwargs()) as comm:
+                    await comm.task_send("the channel is open", no_reply=True)
+                    proxy.freeze()
+                    senders.start_soon(send, comm)
+                    await proxy.wait_swallowed()
+                # The communicator is closed (over a connection that no longer answers).
+    [error] = errors
+    assert isinstance(error, kiwitrio.SendOutcomeUnknown), repr(error)
+    assert "the communicator closed before the broker confirmed" in str(error)
