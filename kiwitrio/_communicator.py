@@ -197,8 +197,10 @@ async def _open_session(
             yield session
         return
 
-    def opener(one_url: str) -> AbstractAsyncContextManager[Session]:
-        return open_amqp_session(one_url, heartbeat=heartbeat, bridge=bridge)
+    def opener(one_url: str, connect_timeout: float | None,
+               ) -> AbstractAsyncContextManager[Session]:
+        return open_amqp_session(one_url, heartbeat=heartbeat, bridge=bridge,
+                                 connect_timeout=connect_timeout)
 
     async with open_resilient_session(urls, opener, reconnect, on_state) as session:
         yield session

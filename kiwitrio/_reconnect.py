@@ -47,7 +47,11 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SessionOpener = Callable[[str], AbstractAsyncContextManager[Session]]
+#: ``opener(url, connect_timeout)``: a session for ``url`` for the block; connecting (not the
+#: block) takes at most ``connect_timeout`` seconds (``None``: no bound) or raises
+#: ConnectionFailed. The opener bounds it itself: a cancel scope around entering the context
+#: manager would be left while the manager's own scopes (trio-asyncio's loop) stay open.
+SessionOpener = Callable[[str, "float | None"], AbstractAsyncContextManager[Session]]
 
 
 class ConnectionState(enum.Enum):
@@ -207,17 +211,25 @@ class ResilientSession(Session):
 
         stack = AsyncExitStack()
         try:
-            with trio.move_on_at(step_deadline()) as connecting:
-                inner = await stack.enter_async_context(self._opener(url))
-            if connecting.cancelled_caught:
+            connect_by = step_deadline()
+            connect_timeout = (None if connect_by == math.inf
+                               else max(0.0, connect_by - trio.current_time()))
+            try:
+                inner = await stack.enter_async_context(self._opener(url, connect_timeout))
+            except ConnectionFailed:
+                if trio.current_time() < connect_by:
+                    raise
+                # Said in the policy's terms (the cause is what _give_up reports).
+                ran_out = self._ran_out(timeout, give_up_at)
                 raise ConnectionFailed(f"cannot connect to {redact_url(url)}: "
-                                       f"{self._ran_out(timeout, give_up_at)}")
+                                       f"{ran_out}") from TimeoutError(ran_out)
             with trio.move_on_at(step_deadline()) as restoring:
                 await self._restore(inner)
             if restoring.cancelled_caught:
+                ran_out = self._ran_out(timeout, give_up_at)
                 raise ConnectionFailed(f"connected to {redact_url(url)}, but declaring the "
                                        f"queues and consumers again did not finish: "
-                                       f"{self._ran_out(timeout, give_up_at)}")
+                                       f"{ran_out}") from TimeoutError(ran_out)
         except BaseException:
             with trio.CancelScope(shield=True):
                 await stack.aclose()
