@@ -213,7 +213,7 @@ async def test_thread_bridge_runs_asyncio_in_another_thread_with_its_own_loop() 
     assert asyncio.get_event_loop_policy() is policy
 
 
-async def test_a_burst_of_crossings_costs_one_wake_up() -> None:
+async def test_a_burst_of_crossings_costs_few_wake_ups() -> None:
     async with open_bridge("thread") as bridge:
         assert isinstance(bridge, ThreadBridge)
         wake_ups = 0
@@ -235,7 +235,11 @@ async def test_a_burst_of_crossings_costs_one_wake_up() -> None:
         with trio.fail_after(10):
             await bridge.run(burst)
         assert received == list(range(1000))
-        assert wake_ups <= 2  # the burst, and possibly the run's own result
+        # Typically one (two with the run's own result). The Trio thread may wake while the
+        # burst is still being queued (the GIL changes hands every 5 ms, a loaded machine
+        # preempts either thread), and then it takes what is there so far; one wake-up per
+        # call would be 1000.
+        assert wake_ups <= 20
 
 
 async def test_thread_bridge_refuses_calls_once_closed() -> None:
