@@ -211,6 +211,7 @@ provision() {
     say "installing in the chroot: ${PACKAGES[*]} (apt-get; log: $log)"
     local -a env=(PATH="$CHROOT_PATH" HOME=/root LANG=C.UTF-8 DEBIAN_FRONTEND=noninteractive
                   PACKAGES="${PACKAGES[*]}")
+    # shellcheck disable=SC2016  # expanded by the chroot's sh
     if ! ( in_chroot "$root" / "" "${env[@]}" -- /bin/sh -ec '
             apt-get "$@" update
             apt-get "$@" install -y --no-install-recommends $PACKAGES
@@ -261,9 +262,12 @@ remove_chroot() {
 remove_leftovers() {
     local dir
     for dir in "$SID_DIR".new.* "$SID_DIR".old.*; do
-        [[ -d $dir ]] || continue
-        say "removing the leftover $dir"
-        remove_chroot "$dir" || true
+        if [[ -d $dir ]]; then
+            say "removing the leftover $dir"
+            remove_chroot "$dir" || true
+        elif [[ -f $dir && $dir == *.log ]]; then
+            rm -f "$dir"  # a failed debootstrap's log
+        fi
     done
 }
 
@@ -380,6 +384,7 @@ cmd_run() {
 # 0 if something on 127.0.0.1:$RMQ_PORT answers the AMQP 0-9-1 protocol header with a frame of
 # type 1 (a method frame: Connection.Start), i.e. a broker is ready there.
 rmq_answers() {
+    # shellcheck disable=SC2016  # expanded by the inner bash
     timeout 5 bash -c '
         exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
         printf "AMQP\x00\x00\x09\x01" >&3
@@ -433,6 +438,10 @@ listeners.tcp.default = 127.0.0.1:$RMQ_PORT
 loopback_users.guest = true
 log.console = false
 log.file.level = info
+# As strict as RabbitMQ gets about what is on its way out: 4.3 still permits transient
+# non-exclusive queues by default, but deployments that deny them must work too.
+deprecated_features.permit.transient_nonexcl_queues = false
+deprecated_features.permit.global_qos = false
 EOF
     echo "ERL_EPMD_ADDRESS=127.0.0.1" >"$base/rabbitmq-env.conf"
     chown -R "$(rmq_owner)" "$base"
@@ -495,6 +504,15 @@ cmd_rabbitmq() {
                 return 0
             fi
             cmd_ensure
+            # One start at a time (a second caller waits, then finds the node answering). The
+            # node itself must not inherit this lock's fd: it is closed for it below.
+            exec 8>"$SID_DIR.$RMQ_NAME.lock"
+            flock -w $((RMQ_WAIT + 30)) 8 || die "another 'rabbitmq start' holds $SID_DIR.$RMQ_NAME.lock"
+            if rmq_answers; then
+                say "$RMQ_NODE was started meanwhile; it answers AMQP on 127.0.0.1:$RMQ_PORT"
+                echo "$RMQ_URL"
+                return 0
+            fi
             local start=$SECONDS launcher=""
             if [[ -n $(rmq_pids) ]]; then
                 say "$RMQ_NODE is already starting; waiting for it"
@@ -509,11 +527,18 @@ cmd_rabbitmq() {
                 # own mount namespace, which lives as long as the node does.
                 # (setsid -w: the background job lives as long as the node, whether setsid had to
                 # fork or not, so $! tells whether the node died while starting.)
-                ( KIWITRIO_SID_PARENT_NS=$(readlink /proc/self/ns/mnt) \
-                    exec setsid -w unshare --mount --propagation private -- \
-                    "$BASH" "$SCRIPT" __ns "$SID_DIR" "$RMQ_BASE" "" "${env[@]}" -- \
-                    setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups "$RMQ_BIN/rabbitmq-server" ) \
-                    </dev/null >"$out" 2>&1 9>&- &
+                (
+                    # Every fd but 0-2 closed: our locks, and whatever our caller left open.
+                    for fd in /proc/"$BASHPID"/fd/*; do
+                        fd=${fd##*/}
+                        if (( fd > 2 )); then eval "exec $fd>&-" 2>/dev/null || true; fi
+                    done
+                    KIWITRIO_SID_PARENT_NS=$(readlink /proc/self/ns/mnt) \
+                        exec setsid -w unshare --mount --propagation private -- \
+                        "$BASH" "$SCRIPT" __ns "$SID_DIR" "$RMQ_BASE" "" "${env[@]}" -- \
+                        setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+                        "$RMQ_BIN/rabbitmq-server"
+                ) </dev/null >"$out" 2>&1 &
                 launcher=$!
             fi
             local deadline=$((SECONDS + RMQ_WAIT))
@@ -528,6 +553,7 @@ cmd_rabbitmq() {
                 fi
                 sleep 0.2
             done
+            exec 8>&-
             say "$RMQ_NODE answers AMQP on 127.0.0.1:$RMQ_PORT (after $((SECONDS - start))s)"
             echo "$RMQ_URL"
             ;;
