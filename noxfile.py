@@ -17,7 +17,8 @@ Newer platforms, from a Debian sid chroot (``scripts/sid.sh``; needs root, build
   private RabbitMQ 4.3 node from the chroot (``bash scripts/sid.sh rabbitmq start``: port
   5680, left running for the next run; ``bash scripts/sid.sh rabbitmq stop`` stops it).
   Without nox: ``KIWITRIO_TEST_URL=$(bash scripts/sid.sh rabbitmq start) .venv/bin/python -m
-  pytest -q``.
+  pytest -q`` (add ``KIWITRIO_TEST_RABBITMQCTL="bash $PWD/scripts/sid.sh rabbitmq ctl"`` for
+  the test that checks the broker's queues with rabbitmqctl; without it, that check is skipped).
 
 Arguments after ``--`` go to pytest in every tests session.
 """
@@ -169,8 +170,10 @@ def tests_rmq43(session: nox.Session) -> None:
     url = session.run(*SID, "rabbitmq", "url", external=True, silent=True)
     assert isinstance(url, str)
     session.install("-e", ".[test]")
+    # rabbitmqctl for that node, for the tests that look at the broker's queues with it.
+    ctl = f"bash {os.path.realpath('scripts/sid.sh')} rabbitmq ctl"
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]),
-                env={"KIWITRIO_TEST_URL": url.strip()})
+                env={"KIWITRIO_TEST_URL": url.strip(), "KIWITRIO_TEST_RABBITMQCTL": ctl})
 
 
 @nox.session(python="3.12")
