@@ -20,6 +20,14 @@
 # /dev, /sys, the host's /tmp and the repository are mounted there and nowhere else, and those
 # mounts vanish with the last process of the namespace. Nothing is left in the host's mount table.
 #
+# The RabbitMQ 4.3 node (name kiwitrio-rmq43@localhost, guest/guest from 127.0.0.1) keeps its
+# data, logs and config in the chroot at /var/lib/kiwitrio-rmq43 (lost when the chroot is
+# rebuilt), runs as the chroot's rabbitmq user in its own session and mount namespace, and
+# keeps running after this script exits, until `rabbitmq stop`. It registers with the host's
+# epmd. It denies the deprecated features transient_nonexcl_queues and global_qos, as a strict
+# RabbitMQ 4 deployment does. The fault tests' own private nodes, when the tests run inside the
+# chroot (nox -s tests-3.14), are the chroot's RabbitMQ 4.3 too.
+#
 # Needs root (debootstrap, chroot, mount). Log lines ("sid: ...") go to stderr; stdout carries
 # only what a command prints (`run`'s CMD, `rabbitmq url`/`start`'s URL), so $(...) works.
 #
