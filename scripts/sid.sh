@@ -43,6 +43,7 @@ REPO=$(cd "$(dirname "$SCRIPT")/.." && pwd -P)
 
 SID_DIR=${KIWITRIO_SID_DIR:-/var/cache/kiwitrio/sid}
 SID_DIR=${SID_DIR%/}
+[[ $SID_DIR == /?* ]] || { echo "sid: ERROR: KIWITRIO_SID_DIR must be an absolute path, not '$SID_DIR'" >&2; exit 2; }
 LOCK="$SID_DIR.lock"
 STAMP_REL=etc/kiwitrio-sid.stamp
 
