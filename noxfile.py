@@ -3,11 +3,30 @@
 The tests and the demo need a broker on 127.0.0.1:5672; these sessions run
 ``scripts/ensure-broker.sh`` first, which starts (or installs) RabbitMQ if nothing answers.
 Python versions missing from PATH are taken from pyenv when it is installed.
+
+Newer platforms, from a Debian sid chroot (``scripts/sid.sh``; needs root, builds the chroot at
+``/var/cache/kiwitrio/sid`` on first use, about 2 minutes, then reuses it):
+
+- ``nox -s tests-3.14``, ``nox -s tests-3.15``: the suite on Python 3.14 / 3.15. Where
+  ``python3.14`` / ``python3.15`` is on PATH these are ordinary sessions (and part of
+  ``nox -s tests``); otherwise they run inside the chroot, in a venv made there at
+  ``.nox/sid-tests-3.14`` (pip runs only when pyproject.toml or the chroot changed). The
+  shared broker is the host's, as for the other sessions; the fault tests' private nodes are
+  the chroot's RabbitMQ 4.3.
+- ``nox -s tests_rmq43-3.12`` (or any of 3.10-3.13): the suite on the host's Python against a
+  private RabbitMQ 4.3 node from the chroot (``bash scripts/sid.sh rabbitmq start``: port
+  5680, left running for the next run; ``bash scripts/sid.sh rabbitmq stop`` stops it).
+  Without nox: ``KIWITRIO_TEST_URL=$(bash scripts/sid.sh rabbitmq start) .venv/bin/python -m
+  pytest -q`` (add ``KIWITRIO_TEST_RABBITMQCTL="bash $PWD/scripts/sid.sh rabbitmq ctl"`` for
+  the test that checks the broker's queues with rabbitmqctl; without it, that check is skipped).
+
+Arguments after ``--`` go to pytest in every tests session.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +34,9 @@ import subprocess
 import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: Run in the Debian sid chroot unless the host has them.
+SID_PYTHONS = ["3.14", "3.15"]
+SID = ["bash", "scripts/sid.sh"]
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -54,18 +76,104 @@ def _add_pyenv_pythons_to_path() -> None:
 
 
 _add_pyenv_pythons_to_path()
+HOST_PYTHONS = PYTHONS + [v for v in SID_PYTHONS if shutil.which(f"python{v}")]
 
 
 def _ensure_broker(session: nox.Session) -> None:
     session.run("bash", "scripts/ensure-broker.sh", external=True)
 
 
-@nox.session(python=PYTHONS)
+@nox.session(python=HOST_PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite (arguments after -- go to pytest)."""
     _ensure_broker(session)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _sid_chroot_stamp() -> str:
+    """The chroot's own stamp file (what it was provisioned with, and when), read from the host."""
+    root = os.environ.get("KIWITRIO_SID_DIR", "/var/cache/kiwitrio/sid")
+    return os.path.join(root, "etc", "kiwitrio-sid.stamp")
+
+
+def _sid_venv(session: nox.Session, version: str) -> str:
+    """A venv inside the chroot at .nox/sid-tests-VERSION with kiwitrio[test]; its python.
+
+    The repository is mounted at its own path in the chroot, so the venv's paths are the same
+    inside and out. A stamp in the venv records pyproject.toml's hash and the chroot's stamp:
+    pip runs when pyproject.toml changed, and the venv is made anew when the chroot was
+    rebuilt or upgraded.
+    """
+    session.run(*SID, "ensure", external=True)
+    venv = os.path.join(os.path.realpath(".nox"), f"sid-tests-{version}")
+    python = os.path.join(venv, "bin", "python")
+    stamp = os.path.join(venv, ".kiwitrio-sid-stamp")
+    chroot_key = _sha256(_sid_chroot_stamp())
+    want = f"{_sha256('pyproject.toml')} {chroot_key}"
+    have = _read(stamp)
+    if not os.path.lexists(python) or have is None or not have.endswith(f" {chroot_key}"):
+        session.log(f"creating {venv} with python{version} in the chroot")
+        session.run(*SID, "run", f"python{version}", "-m", "venv", "--clear", venv,
+                    external=True)
+        have = None
+    if have == want:
+        session.log("kiwitrio[test] is installed and pyproject.toml is unchanged; skipping pip")
+    else:
+        if os.path.exists(stamp):
+            os.remove(stamp)
+        session.run(*SID, "run", python, "-m", "pip", "install", "--quiet", "-e", ".[test]",
+                    external=True)
+        with open(stamp, "w") as f:
+            f.write(want + "\n")
+    return python
+
+
+def _sid_tests_session(version: str) -> None:
+    def sid_tests(session: nox.Session) -> None:
+        python = _sid_venv(session, version)
+        _ensure_broker(session)
+        session.run(*SID, "run", python, "-m", "pytest", *(session.posargs or ["-q"]),
+                    external=True)
+
+    sid_tests.__doc__ = (f"The test suite on Python {version} inside the Debian sid chroot "
+                         "(scripts/sid.sh; -- goes to pytest).")
+    nox.session(name=f"tests-{version}", venv_backend="none")(sid_tests)
+
+
+for _version in SID_PYTHONS:
+    if _version not in HOST_PYTHONS:
+        _sid_tests_session(_version)
+
+
+@nox.session(python=PYTHONS)
+def tests_rmq43(session: nox.Session) -> None:
+    """The test suite against RabbitMQ 4.3, a private node from the sid chroot (port 5680).
+
+    The node is started if it does not answer (scripts/sid.sh rabbitmq start) and left
+    running for the next run; stop it with: bash scripts/sid.sh rabbitmq stop.
+    """
+    session.run(*SID, "rabbitmq", "start", external=True)
+    url = session.run(*SID, "rabbitmq", "url", external=True, silent=True)
+    assert isinstance(url, str)
+    session.install("-e", ".[test]")
+    # rabbitmqctl for that node, for the tests that look at the broker's queues with it.
+    ctl = f"bash {os.path.realpath('scripts/sid.sh')} rabbitmq ctl"
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]),
+                env={"KIWITRIO_TEST_URL": url.strip(), "KIWITRIO_TEST_RABBITMQCTL": ctl})
 
 
 @nox.session(python="3.12")

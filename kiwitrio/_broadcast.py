@@ -6,6 +6,10 @@ its subscribers' binding keys. A :class:`BroadcastFilter` on a subject gives a b
 that matches a superset of what the filter accepts (``jobs.*`` binds ``jobs.#``), so the
 broker drops most unwanted broadcasts before they cross the network, and the filter itself
 decides exactly. Broadcasts are not persistent and expire after :data:`BROADCAST_TTL_MS`.
+
+A broadcast routed to a subscriber's queue that is being deleted (its communicator just
+closed or lost its connection) is nacked by RabbitMQ 4 although every other subscriber got it:
+that is not a failure of the broadcast, and :meth:`BroadcastHub.send` returns normally.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from ._backend import (
     OutgoingMessage,
     QueueSpec,
     drain,
+    is_negative_ack,
 )
 from ._context import Context
-from ._errors import DecodeError, DuplicateSubscriberIdentifier
+from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
 
 __all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
@@ -175,6 +180,17 @@ class BroadcastHub:
                     "correlation_id": correlation_id}
         message = OutgoingMessage(self._ctx.encode(envelope), self._ctx.content_type,
                                   expiration_ms=BROADCAST_TTL_MS)
+        try:
+            await self._publish(routing_key, message)
+        except DeliveryFailed as exc:
+            if not is_negative_ack(exc):
+                raise
+            # Some queue it was routed to did not take it (RabbitMQ 4: one being deleted);
+            # the others did. A subscriber that is going away missing it is no failure.
+            logger.info("broadcast %r was nacked by the broker (a subscriber's queue was being "
+                        "deleted); the other subscribers have it: %s", subject, exc)
+
+    async def _publish(self, routing_key: str, message: OutgoingMessage) -> None:
         try:
             await self._ctx.session.publish(self._exchange, routing_key, message,
                                             mandatory=False)

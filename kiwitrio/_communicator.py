@@ -354,5 +354,9 @@ class Communicator:
 
     async def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
                              correlation_id: Any = None) -> None:
-        """Send a broadcast to every matching subscriber; returns once the broker has it."""
+        """Send a broadcast to every matching subscriber; returns once the broker has it.
+
+        A subscriber whose queue is being deleted meanwhile (its communicator is closing) may
+        miss it; RabbitMQ 4 then nacks the broadcast, which is not an error here.
+        """
         await self._broadcasts.send(body, sender, subject, correlation_id)
