@@ -35,6 +35,7 @@ from ._backend import (
     Delivery,
     EntityNotFound,
     ExchangeType,
+    NegativeAck,
     OutgoingMessage,
     QueueInUse,
     QueueSpec,
@@ -423,6 +424,8 @@ class _AmqpSession(Session):
             raise UnroutableError(
                 f"no queue is bound to {routing_key!r} on exchange {exchange!r}") from exc
         except aiormq.exceptions.DeliveryError as exc:
+            if isinstance(getattr(exc, "frame", None), spec.Basic.Nack):
+                raise NegativeAck(f"the broker nacked the message: {exc}") from exc
             raise DeliveryFailed(f"the broker did not accept the message: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
             raise DeliveryFailed(f"publishing to {exchange!r} failed: {exc}") from exc

@@ -64,8 +64,8 @@ def is_negative_ack(exc: BaseException) -> bool:
     """Whether a publish failed with a negative publisher confirm (``Basic.Nack``).
 
     True for :class:`NegativeAck`, and for a :class:`DeliveryFailed` caused by an exception
-    that carries the ``Basic.Nack`` frame (aiormq's ``DeliveryError``), which is what the
-    aio-pika backend (``_amqp.py``) raises until it raises :class:`NegativeAck` itself.
+    that carries the ``Basic.Nack`` frame (aiormq's ``DeliveryError``), for a backend that
+    does not raise :class:`NegativeAck` itself.
     """
     if isinstance(exc, NegativeAck):
         return True
