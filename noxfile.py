@@ -13,7 +13,7 @@ Newer platforms, from a Debian sid chroot (``scripts/sid.sh``; needs root, build
   ``.nox/sid-tests-3.14`` (pip runs only when pyproject.toml or the chroot changed). The
   shared broker is the host's, as for the other sessions; the fault tests' private nodes are
   the chroot's RabbitMQ 4.3.
-- ``nox -s tests_rmq43-3.12`` (or any of 3.10-3.13): the suite on the host's Python against a
+- ``nox -s tests_rmq43-3.12`` (or any of 3.10-3.15): the suite against a
   private RabbitMQ 4.3 node from the chroot (``bash scripts/sid.sh rabbitmq start``: port
   5680, left running for the next run; ``bash scripts/sid.sh rabbitmq stop`` stops it).
   Without nox: ``KIWITRIO_TEST_URL=$(bash scripts/sid.sh rabbitmq start) .venv/bin/python -m
@@ -142,38 +142,67 @@ def _sid_venv(session: nox.Session, version: str) -> str:
     return python
 
 
-def _sid_tests_session(version: str) -> None:
+def _rmq43_env(session: nox.Session) -> dict[str, str]:
+    """Start the RabbitMQ 4.3 node if it does not answer; the suite's environment for it."""
+    session.run(*SID, "rabbitmq", "start", external=True)
+    url = session.run(*SID, "rabbitmq", "url", external=True, silent=True)
+    assert isinstance(url, str)
+    # rabbitmqctl for that node, for the tests that look at the broker's queues with it.
+    ctl = f"bash {os.path.realpath('scripts/sid.sh')} rabbitmq ctl"
+    return {"KIWITRIO_TEST_URL": url.strip(), "KIWITRIO_TEST_RABBITMQCTL": ctl}
+
+
+def _sid_tests_session(version: str, *, rmq43: bool) -> None:
     def sid_tests(session: nox.Session) -> None:
         python = _sid_venv(session, version)
         _ensure_broker(session)
+        env = _rmq43_env(session) if rmq43 else {}
         session.run(*SID, "run", python, "-m", "pytest", *(session.posargs or ["-q"]),
-                    external=True)
+                    external=True, env=env)
 
-    sid_tests.__doc__ = (f"The test suite on Python {version} inside the Debian sid chroot "
-                         "(scripts/sid.sh; -- goes to pytest).")
-    nox.session(name=f"tests-{version}", venv_backend="none")(sid_tests)
+    against = "a private RabbitMQ 4.3 node (port 5680)" if rmq43 else "the shared broker"
+    sid_tests.__doc__ = (f"The test suite on Python {version} inside the Debian sid chroot, "
+                         f"against {against} (scripts/sid.sh; -- goes to pytest).")
+    name = f"tests_rmq43-{version}" if rmq43 else f"tests-{version}"
+    nox.session(name=name, venv_backend="none")(sid_tests)
 
 
 for _version in SID_PYTHONS:
     if _version not in HOST_PYTHONS:
-        _sid_tests_session(_version)
+        _sid_tests_session(_version, rmq43=False)
+        _sid_tests_session(_version, rmq43=True)
 
 
-@nox.session(python=PYTHONS)
+@nox.session(python=HOST_PYTHONS)
 def tests_rmq43(session: nox.Session) -> None:
     """The test suite against RabbitMQ 4.3, a private node from the sid chroot (port 5680).
 
     The node is started if it does not answer (scripts/sid.sh rabbitmq start) and left
     running for the next run; stop it with: bash scripts/sid.sh rabbitmq stop.
     """
-    session.run(*SID, "rabbitmq", "start", external=True)
-    url = session.run(*SID, "rabbitmq", "url", external=True, silent=True)
-    assert isinstance(url, str)
+    env = _rmq43_env(session)
     session.install("-e", ".[test]")
-    # rabbitmqctl for that node, for the tests that look at the broker's queues with it.
-    ctl = f"bash {os.path.realpath('scripts/sid.sh')} rabbitmq ctl"
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]), env=env)
+
+
+@nox.session(python=PYTHONS)
+def tests_trio_asyncio(session: nox.Session) -> None:
+    """The test suite with the same-thread trio-asyncio bridge (KIWITRIO_BRIDGE=trio-asyncio).
+
+    kiwitrio_sync keeps its thread bridge; everything that says bridge="auto" uses
+    trio-asyncio. CI runs it with ``-- -q --ignore=tests/faults`` (see CI_SESSIONS).
+    """
+    _ensure_broker(session)
+    session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]),
-                env={"KIWITRIO_TEST_URL": url.strip(), "KIWITRIO_TEST_RABBITMQCTL": ctl})
+                env={"KIWITRIO_BRIDGE": "trio-asyncio"})
+
+
+#: What CI runs (scripts/test.sh without arguments): Python 3.12 and 3.14, each against the
+#: shared broker (RabbitMQ 3.10 here) and a RabbitMQ 4.3 node, on the default thread bridge;
+#: and 3.12 on the trio-asyncio bridge without the fault suite.
+CI_SESSIONS = ["tests-3.12", "tests_rmq43-3.12", "tests-3.14", "tests_rmq43-3.14",
+               "tests_trio_asyncio-3.12"]
 
 
 @nox.session(python="3.12")
