@@ -264,7 +264,8 @@ def bench(session: nox.Session) -> None:
     second environment, .nox/bench-kiwipy-<python>.
     """
     _ensure_broker(session)
-    session.install(".", "matplotlib")
+    # The trio-asyncio extra: "kiwitrio/trio-asyncio" runs kiwitrio on that bridge.
+    session.install(".[trio-asyncio]", "matplotlib")
     kiwipy_env = os.path.join(".nox", f"bench-kiwipy-{session.python}")
     kiwipy_python = os.path.join(kiwipy_env, "bin", "python")
     if not os.path.exists(kiwipy_python):
@@ -273,3 +274,23 @@ def bench(session: nox.Session) -> None:
                 external=True)
     session.run("python", "benchmarks/run.py", "--kiwipy-python", kiwipy_python,
                 *session.posargs)
+
+
+def _sid_bench_session(version: str) -> None:
+    def sid_bench(session: nox.Session) -> None:
+        python = _sid_venv(session, version)
+        _ensure_broker(session)
+        results = os.path.join("benchmarks", "results", f"python{version}")
+        session.run(*SID, "run", python, "benchmarks/run.py", "--impl", "aio-pika",
+                    "--impl", "kiwitrio", "--impl", "kiwitrio_sync", "--no-plot",
+                    "--results", results, *session.posargs, external=True)
+
+    sid_bench.__doc__ = (f"The benchmarks on Python {version} in the sid chroot: aio-pika, "
+                         f"kiwitrio and kiwitrio_sync on the thread bridge (results in "
+                         f"benchmarks/results/python{version}/; -- goes to benchmarks/run.py).")
+    nox.session(name=f"bench-{version}", venv_backend="none")(sid_bench)
+
+
+for _version in SID_PYTHONS:
+    if _version not in HOST_PYTHONS:
+        _sid_bench_session(_version)
