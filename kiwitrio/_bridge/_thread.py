@@ -36,6 +36,7 @@ from ._base import (
     AsyncioBridge,
     AsyncioOperationAborted,
     abort_open_transports,
+    block_process_signals,
     call_in_asyncio,
     log_asyncio_error,
     track_socket_transports,
@@ -48,6 +49,10 @@ logger = logging.getLogger("kiwitrio.bridge")
 T = TypeVar("T")
 
 _Call = tuple[Callable[..., object], tuple[Any, ...]]
+
+#: How long the closing loop waits for its cancelled tasks to finish before it gives up on
+#: them (an asyncio task that ignores cancellation must not keep the bridge open for ever).
+SHUTDOWN_GRACE = 5.0
 
 
 class ThreadBridge(AsyncioBridge):
@@ -136,6 +141,7 @@ class ThreadBridge(AsyncioBridge):
 
     def _thread_main(self, started: trio.Event, finished: trio.Event) -> None:
         try:
+            block_process_signals()
             loop = asyncio.SelectorEventLoop()
         except BaseException:
             self.call_in_trio(started.set)
@@ -229,7 +235,13 @@ def _shut_down(loop: asyncio.AbstractEventLoop,
     for task in tasks:
         task.cancel()
     if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        _, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=SHUTDOWN_GRACE))
+        for task in pending:
+            logger.warning("asyncio task %r did not finish within %.0f s of being cancelled; "
+                           "left behind", task, SHUTDOWN_GRACE)
+        for task in tasks - pending:
+            if not task.cancelled() and task.exception() is not None:
+                logger.debug("asyncio task %r ended with %r", task, task.exception())
     loop.run_until_complete(loop.shutdown_asyncgens())
     abort_open_transports(transports)
     # One more turn, so that aborted transports run their connection_lost callbacks.
