@@ -118,7 +118,10 @@ def test_async_subscribers_are_refused(connect: Connect) -> None:
 
 def test_blocking_call_from_portal_thread_raises_instead_of_hanging(connect: Connect) -> None:
     comm = connect()
-    comm.add_rpc_subscriber(lambda _c, m: m, "echo")
+    release = threading.Event()
+    # The first answer waits until the callback is added: a callback added to a future that
+    # is done already runs at once in the calling thread, not in the portal.
+    comm.add_rpc_subscriber(lambda _c, m: m if release.wait(TIMEOUT) else None, "echo")
     outcome: list[BaseException | None] = []
     done = threading.Event()
 
@@ -133,6 +136,7 @@ def test_blocking_call_from_portal_thread_raises_instead_of_hanging(connect: Con
 
     future = comm.rpc_send("echo", "first")
     future.add_done_callback(callback)
+    release.set()
     assert done.wait(TIMEOUT)
     assert isinstance(outcome[0], kiwitrio_sync.BlockingCallInPortal)
 
