@@ -229,8 +229,8 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
                 raise OperationTimeout(
                     f"{_describe(fn)} did not complete within {limit} s; it was not "
                     "cancelled and may still take effect") from None
-        except ConnectionLost:
-            raise
+        except (ConnectionLost, OperationTimeout):
+            raise  # (an OperationTimeout leaves the operation running: not cancelled)
         except ConnectionFailed as exc:
             raise ConnectionLost(str(exc)) from exc
         except CommunicatorClosed as exc:
