@@ -196,6 +196,12 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         super().__init__(url, portal=portal, **options)
         self._queues: dict[str, RmqThreadTaskQueue] = {}
         self._default_queue = RmqThreadTaskQueue(self, self._core._default_queue)
+        finished = self._runtime.finished
+        if finished is not None:  # the communicator ending by itself: the connection failed
+            finished.add_done_callback(functools.partial(_ended, weakref.ref(self)))
+        if "reconnect" in options and options["reconnect"] is None:
+            # No reconnection, so no connection states: watch the connection itself.
+            self._call(_watch_connection, self._core, weakref.ref(self))
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -290,7 +296,8 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         as :class:`~kiwitrio_sync.Communicator` does; then the close callbacks run (in this
         thread). Idempotent."""
         was_open = not self._runtime.closed
-        connected = self.connection_state is kiwitrio.ConnectionState.CONNECTED
+        connected = (self.connection_state is kiwitrio.ConnectionState.CONNECTED
+                     and not self._close_callbacks.reported_loss)
         portal = self._runtime.portal
         if was_open and connected and portal.is_running() and not portal.in_portal_thread():
             try:
@@ -441,9 +448,38 @@ def _connection_state_changed(
     if user_callback is not None:
         user_callback(state)
     communicator = this()
-    if communicator is not None and state is kiwitrio.ConnectionState.RECONNECTING:
+    if communicator is None:
+        return
+    if state is kiwitrio.ConnectionState.RECONNECTING:
         communicator._close_callbacks.fire(
             communicator, ConnectionLost("the connection to the broker was lost; reconnecting"))
+    elif state is kiwitrio.ConnectionState.CONNECTED:
+        communicator._close_callbacks.reported_loss = False
+
+
+async def _watch_connection(core: kiwitrio.Communicator,
+                            this: weakref.ref[RmqThreadCommunicator]) -> None:
+    async def watch() -> None:
+        reason = await core._ctx.session.wait_lost()
+        communicator = this()
+        if communicator is not None and not communicator._close_callbacks.reported_loss:
+            communicator._close_callbacks.fire(communicator, ConnectionLost(
+                f"the connection to the broker was lost: {reason}"))
+
+    # In the communicator's nursery: it ends when the communicator closes.
+    core._ctx.nursery.start_soon(watch)
+
+
+def _ended(this: weakref.ref[RmqThreadCommunicator], finished: concurrent.futures.Future[None],
+           ) -> None:
+    # In the portal thread, when the core's block has ended.
+    communicator = this()
+    if communicator is None or communicator._runtime.closed or finished.cancelled():
+        return
+    error = finished.exception()
+    if error is not None and not communicator._close_callbacks.reported_loss:
+        communicator._close_callbacks.fire(communicator, ConnectionLost(
+            f"the connection to the broker was lost for good: {error}"))
 
 
 class _CloseCallbacks:
@@ -452,6 +488,8 @@ class _CloseCallbacks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: list[tuple[Any, Callable[[], Any]]] = []
+        #: The loss of the current connection was reported already (not twice for one).
+        self.reported_loss = False
 
     def add(self, callback: Callable[..., Any], weak: bool) -> None:
         if weak:
@@ -474,6 +512,7 @@ class _CloseCallbacks:
 
     def fire(self, communicator: Any, exc: BaseException | None) -> None:
         with self._lock:
+            self.reported_loss = True
             callbacks = [ref() for _, ref in self._entries]
         for callback in callbacks:
             if callback is None:

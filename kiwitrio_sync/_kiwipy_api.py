@@ -13,6 +13,7 @@ code catches something kiwitrio's own names would not match.
 from __future__ import annotations
 
 import abc
+import asyncio
 import concurrent.futures
 from types import TracebackType
 from typing import Any
@@ -24,11 +25,12 @@ from kiwitrio import CommunicatorClosed, ConnectionFailed, KiwitrioError
 __all__ = ["ConnectionLost", "InvalidStateError", "KiwipyCommunicator", "OperationTimeout"]
 
 
-class InvalidStateError(KiwitrioError):
+class InvalidStateError(KiwitrioError, asyncio.InvalidStateError):
     """An object is not in a state that allows the operation (kiwiPy's ``InvalidStateError``).
 
     Raised by an incoming task's ``process()``, ``processing()`` and ``requeue()`` when the
-    task is no longer pending.
+    task is no longer pending. Also an ``asyncio.InvalidStateError``, which kiwiPy's incoming
+    tasks raised there.
     """
 
 

@@ -96,8 +96,11 @@ def test_a_call_during_an_outage_times_out_as_in_kiwipy_and_happens_later(
 
 
 def test_a_lost_connection_raises_what_plumpy_catches(proxy: Proxy, names: Names) -> None:
+    closings: list[BaseException | None] = []
+    lost = threading.Event()
     with kiwitrio_sync.RmqThreadCommunicator.connect(
             proxy.url, reconnect=None, **names.kwargs()) as comm:
+        comm.add_close_callback(lambda _sender, exc: (closings.append(exc), lost.set()))
         proxy.block()
         # Without a reconnect policy the communicator closes when the connection goes; the
         # sends fail from the moment the loss is noticed (at once: the socket is closed).
@@ -111,3 +114,5 @@ def test_a_lost_connection_raises_what_plumpy_catches(proxy: Proxy, names: Names
         assert isinstance(error, kiwitrio_sync.CommunicatorClosed)
         with pytest.raises(aio_pika.exceptions.ConnectionClosed):
             comm.add_rpc_subscriber(lambda _c, m: m, "after")
+        assert lost.wait(TIMEOUT)  # the close callbacks heard of it, once
+    assert len(closings) == 1 and isinstance(closings[0], kiwitrio_sync.ConnectionLost)
