@@ -275,7 +275,11 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")
-            result = subscriber(communicator, *args)
+            _subscriber_thread.active = True
+            try:
+                result = subscriber(communicator, *args)
+            finally:
+                _subscriber_thread.active = False
             if isinstance(result, concurrent.futures.Future):
                 return _relay(result, on_cancel)
             return result
@@ -299,12 +303,17 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         connected = (self.connection_state is kiwitrio.ConnectionState.CONNECTED
                      and not self._close_callbacks.reported_loss)
         portal = self._runtime.portal
-        if was_open and connected and portal.is_running() and not portal.in_portal_thread():
-            try:
-                portal.call(_linger, self._runtime.core, self._in_flight)
-            except Exception as exc:
-                logger.debug("could not wait for subscribers before closing: %s", exc)
-        super().close()
+        in_subscriber = getattr(_subscriber_thread, "active", False)
+        try:
+            if (was_open and connected and not in_subscriber and portal.is_running()
+                    and not portal.in_portal_thread()):
+                # (Not from a subscriber: that call would wait for itself.)
+                try:
+                    portal.call(_linger, self._runtime.core, self._in_flight)
+                except Exception as exc:
+                    logger.debug("could not wait for subscribers before closing: %s", exc)
+        finally:
+            super().close()  # also when interrupted (Ctrl-C) while waiting
         if was_open and connected:
             self._close_callbacks.fire(self, ConnectionLost("the communicator was closed"))
 
@@ -393,6 +402,10 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         core = self._core
         self._call(core.broadcast_send, body, sender, subject, correlation_id)
         return True
+
+
+#: Set in a worker thread while it runs one of our subscribers.
+_subscriber_thread = threading.local()
 
 
 class _InFlight:
