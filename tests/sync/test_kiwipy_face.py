@@ -110,6 +110,8 @@ def test_rpc_identifiers_are_stringified_as_kiwipy_does(kiwipy_connect: KiwipyCo
     assert comm.rpc_send(pid, "play").result(timeout=TIMEOUT) == "uuid play"
     assert comm.rpc_send(1234, "kill").result(timeout=TIMEOUT) == "pk kill"
     assert comm.rpc_send("1234", "str").result(timeout=TIMEOUT) == "pk str"
+    with pytest.raises(kiwitrio_sync.DuplicateSubscriberIdentifier):  # AiiDA catches this
+        comm.add_rpc_subscriber(lambda _c, msg: msg, 1234)
     comm.remove_rpc_subscriber(1234)
     with pytest.raises(kiwitrio_sync.UnroutableError):
         comm.rpc_send(1234, "gone")
