@@ -682,8 +682,7 @@ class RmqThreadTaskQueue:
         try:
             yield task
         finally:
-            if task.state == TASK_PENDING:
-                task.requeue()
+            _give_back_if_pending(task)
 
     def __iter__(self) -> Iterator[RmqThreadIncomingTask]:
         """The tasks in the queue now, each once: those not processed stay reserved until
@@ -698,8 +697,7 @@ class RmqThreadTaskQueue:
                 yield task
         finally:
             for task in taken:
-                if task.state == TASK_PENDING:
-                    task.requeue()
+                _give_back_if_pending(task)
 
     def _take(self, timeout: float | None) -> RmqThreadIncomingTask | None:
         self._wait_settling()
@@ -738,6 +736,14 @@ class RmqThreadTaskQueue:
             settling, self._settling = self._settling, []
         if settling:
             concurrent.futures.wait(settling, timeout=self._communicator._timeout)
+
+
+def _give_back_if_pending(task: RmqThreadIncomingTask) -> None:
+    if task.state == TASK_PENDING:
+        try:
+            task.requeue()
+        except CommunicatorClosed:
+            pass  # closing gave it back
 
 
 async def _finish(core: CoreIncomingTask, value: Any, error: BaseException | None) -> None:
