@@ -20,6 +20,7 @@ from typing import Any
 __all__ = ["BroadcastFilter"]
 
 _Check = Callable[[Any], Any]
+_TRANSLATED = {".": "[.]", "*": ".*"}
 
 
 class BroadcastFilter:
@@ -64,7 +65,8 @@ def _rejects(checks: list[_Check], value: Any) -> bool:
 
 def _check(pattern: Any) -> _Check:
     if isinstance(pattern, str):
-        regex = re.compile(pattern.replace(".", "[.]").replace("*", ".*"))
+        # A dot stands for itself, a star for any run of characters; the rest is regex.
+        regex = re.compile("".join(_TRANSLATED.get(char, char) for char in pattern))
         return lambda value: isinstance(value, str) and regex.match(value) is not None
     if isinstance(pattern, re.Pattern):
         return lambda value: isinstance(value, str) and pattern.match(value) is not None
