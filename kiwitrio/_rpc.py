@@ -26,7 +26,13 @@ from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
 from ._context import Context, handling
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from ._invoke import call_subscriber
-from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
+from ._replies import (
+    ReplyRouter,
+    ResultHandle,
+    exception_envelope,
+    pending_envelope,
+    result_envelope,
+)
 
 __all__ = ["RpcHub", "RpcSubscriber"]
 
@@ -48,6 +54,8 @@ _GONE_CHECK_INTERVAL = 0.02
 class _Registration:
     subscriber: RpcSubscriber
     consumer: Consumer
+    #: Send a "pending" reply each time the subscriber's outcome is a future.
+    pending_replies: bool = False
 
 
 class RpcHub:
@@ -67,7 +75,8 @@ class RpcHub:
             raise ValueError(f"RPC identifier {identifier!r:.50} is too long")
         return name
 
-    async def add(self, subscriber: RpcSubscriber, identifier: str) -> str:
+    async def add(self, subscriber: RpcSubscriber, identifier: str, *,
+                  pending_replies: bool = False) -> str:
         self._ctx.check_open()
         queue = self.queue_name(identifier)
         if identifier in self._registrations:
@@ -80,7 +89,7 @@ class RpcHub:
             raise DuplicateSubscriberIdentifier(
                 f"RPC identifier {identifier!r} is taken by another communicator"
             ) from exc
-        self._registrations[identifier] = _Registration(subscriber, consumer)
+        self._registrations[identifier] = _Registration(subscriber, consumer, pending_replies)
         self._ctx.nursery.start_soon(self._serve, identifier, consumer,
                                      name=f"kiwitrio rpc {identifier}")
         return identifier
@@ -153,10 +162,14 @@ class RpcHub:
         if registration is None:  # removed meanwhile
             await self._ctx.give_back(delivery)
             return
+        async def tell_pending() -> None:
+            await self._replies.send(delivery, pending_envelope())
+
         try:
             with handling(delivery):
                 result = await call_subscriber(
-                    registration.subscriber, self._ctx.communicator, msg)
+                    registration.subscriber, self._ctx.communicator, msg,
+                    on_pending=tell_pending if registration.pending_replies else None)
         except trio.Cancelled:
             await self._ctx.give_back(delivery)
             raise
