@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -401,3 +402,13 @@ async def test_call_soon_checks_callbacks_in_debug_mode_only() -> None:
                 loop.call_soon(not_a_callback)
         finally:
             loop.set_debug(False)
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+async def test_thread_bridge_thread_leaves_process_signals_to_the_main_thread() -> None:
+    async def blocked_here() -> set[int]:
+        return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    async with open_bridge("thread") as bridge:
+        assert {signal.SIGINT, signal.SIGTERM} <= await bridge.run(blocked_here)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
