@@ -29,6 +29,7 @@ __all__ = [
     "abort_open_transports",
     "block_process_signals",
     "call_in_asyncio",
+    "describe",
     "log_asyncio_error",
     "track_socket_transports",
 ]
@@ -89,6 +90,11 @@ class AsyncioBridge(abc.ABC):
 async def call_in_asyncio(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
     """The asyncio task body of :meth:`AsyncioBridge.run`: ``fn(*args)`` called inside it."""
     return await fn(*args)
+
+
+def describe(fn: Callable[..., object]) -> str:
+    """A callable's name for messages: its qualified name, else its repr."""
+    return str(getattr(fn, "__qualname__", fn))
 
 
 def log_asyncio_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

@@ -38,6 +38,7 @@ from ._base import (
     abort_open_transports,
     block_process_signals,
     call_in_asyncio,
+    describe,
     log_asyncio_error,
     track_socket_transports,
 )
@@ -63,7 +64,6 @@ class ThreadBridge(AsyncioBridge):
     def __init__(self, trio_token: trio.lowlevel.TrioToken) -> None:
         self._trio_token = trio_token
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
         # Trio -> asyncio
         self._to_asyncio_lock = threading.Lock()
         self._to_asyncio: deque[_Call] = deque()
@@ -81,7 +81,7 @@ class ThreadBridge(AsyncioBridge):
         if self._closing:
             await trio.lowlevel.checkpoint()
             raise AsyncioOperationAborted(
-                f"{_describe(fn)} was not started: the asyncio bridge is closing")
+                f"{describe(fn)} was not started: the asyncio bridge is closing")
         call = _PendingCall(self, fn, args, trio.lowlevel.current_task())
         self._in_asyncio(call.start)
         result: T = await trio.lowlevel.wait_task_rescheduled(call.abort)
@@ -100,7 +100,7 @@ class ThreadBridge(AsyncioBridge):
         try:
             self._trio_token.run_sync_soon(self._run_trio_batch)
         except trio.RunFinishedError:
-            logger.debug("the Trio run has finished; dropped a call to %s", _describe(fn))
+            logger.debug("the Trio run has finished; dropped a call to %s", describe(fn))
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -116,7 +116,7 @@ class ThreadBridge(AsyncioBridge):
         try:
             loop.call_soon_threadsafe(self._run_asyncio_batch)
         except RuntimeError:  # the loop is closed: the bridge is gone
-            logger.debug("the asyncio loop is closed; dropped a call to %s", _describe(fn))
+            logger.debug("the asyncio loop is closed; dropped a call to %s", describe(fn))
 
     def _run_asyncio_batch(self) -> None:
         # The loop's thread.
@@ -215,7 +215,7 @@ class _PendingCall:
                 result = outcome.capture(self._raise_cancel)
             else:
                 result = outcome.Error(AsyncioOperationAborted(
-                    f"{_describe(self._fn)} was cancelled by asyncio "
+                    f"{describe(self._fn)} was cancelled by asyncio "
                     "(its connection or channel closed, or the bridge is closing)"))
         trio.lowlevel.reschedule(self._trio_task, result)
 
@@ -225,7 +225,7 @@ def _run_all(batch: deque[_Call]) -> None:
         try:
             fn(*args)
         except Exception:
-            logger.exception("error in a call across the asyncio bridge: %s", _describe(fn))
+            logger.exception("error in a call across the asyncio bridge: %s", describe(fn))
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop,
@@ -248,10 +248,6 @@ def _shut_down(loop: asyncio.AbstractEventLoop,
     loop.run_until_complete(asyncio.sleep(0))
 
 
-def _describe(fn: Callable[..., object]) -> str:
-    return str(getattr(fn, "__qualname__", fn))
-
-
 @asynccontextmanager
 async def open_thread_bridge() -> AsyncIterator[ThreadBridge]:
     """Start a private asyncio loop in a new thread for the duration of the block.
@@ -264,7 +260,6 @@ async def open_thread_bridge() -> AsyncIterator[ThreadBridge]:
     finished = trio.Event()
     thread = threading.Thread(target=bridge._thread_main, args=(started, finished),
                               name="kiwitrio-asyncio", daemon=True)
-    bridge._loop_thread = thread
     thread.start()
     try:
         with trio.CancelScope(shield=True):
