@@ -50,7 +50,7 @@ from kiwitrio._tasks import TaskQueue as CoreTaskQueue
 
 from ._communicator import BlockingBase, _fetch_within, _unresolved
 from ._kiwipy_api import ConnectionLost, InvalidStateError, KiwipyCommunicator, OperationTimeout
-from ._portal import BlockingCallInPortal, Portal
+from ._portal import BlockingCallInPortal, Portal, settle_future
 
 __all__ = [
     "TASK_FINISHED",
@@ -595,31 +595,18 @@ def _nested_future_from(handle: ResultHandle) -> concurrent.futures.Future[Any]:
         current = innermost[0]
         nested: concurrent.futures.Future[Any] = concurrent.futures.Future()
         innermost[0] = nested
-        _settle(current, nested, None)
+        settle_future(current, nested, None)
 
     def transfer(done: ResultHandle) -> None:
         _unresolved.discard(done)
         error = done.exception()
-        _settle(innermost[0], None if error is not None else done.result(), error)
+        settle_future(innermost[0], None if error is not None else done.result(), error)
 
     for _ in range(handle.pending_replies):  # those that came before the send returned
         pending(handle)
     handle.add_pending_callback(pending)
     handle.add_done_callback(transfer)
     return outer
-
-
-def _settle(future: concurrent.futures.Future[Any], value: Any,
-            error: BaseException | None) -> None:
-    if future.cancelled():
-        return
-    try:
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-    except concurrent.futures.InvalidStateError:
-        pass  # cancelled by the caller meanwhile
 
 
 class RmqThreadTaskQueue:

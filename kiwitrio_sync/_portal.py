@@ -185,13 +185,14 @@ class Portal:
                 future.cancel()
                 raise
             except BaseException as exc:
-                _settle(future, None, exc)
+                settle_future(future, None, exc)
             else:
-                _settle(future, result, None)
+                settle_future(future, result, None)
 
 
-def _settle(future: concurrent.futures.Future[T], result: T | None,
-            error: BaseException | None) -> None:
+def settle_future(future: concurrent.futures.Future[T], result: T | None,
+                  error: BaseException | None) -> None:
+    """Resolve ``future`` with ``error`` or ``result``, unless its caller cancelled it."""
     if future.cancelled():
         return
     try:
