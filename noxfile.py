@@ -3,11 +3,30 @@
 The tests and the demo need a broker on 127.0.0.1:5672; these sessions run
 ``scripts/ensure-broker.sh`` first, which starts (or installs) RabbitMQ if nothing answers.
 Python versions missing from PATH are taken from pyenv when it is installed.
+
+Newer platforms, from a Debian sid chroot (``scripts/sid.sh``; needs root, builds the chroot at
+``/var/cache/kiwitrio/sid`` on first use, about 2 minutes, then reuses it):
+
+- ``nox -s tests-3.14``, ``nox -s tests-3.15``: the suite on Python 3.14 / 3.15. Where
+  ``python3.14`` / ``python3.15`` is on PATH these are ordinary sessions (and part of
+  ``nox -s tests``); otherwise they run inside the chroot, in a venv made there at
+  ``.nox/sid-tests-3.14`` (pip runs only when pyproject.toml or the chroot changed). The
+  shared broker is the host's, as for the other sessions; the fault tests' private nodes are
+  the chroot's RabbitMQ 4.3.
+- ``nox -s tests_rmq43-3.12`` (or any of 3.10-3.15): the suite against a
+  private RabbitMQ 4.3 node from the chroot (``bash scripts/sid.sh rabbitmq start``: port
+  5680, left running for the next run; ``bash scripts/sid.sh rabbitmq stop`` stops it).
+  Without nox: ``KIWITRIO_TEST_URL=$(bash scripts/sid.sh rabbitmq start) .venv/bin/python -m
+  pytest -q`` (add ``KIWITRIO_TEST_RABBITMQCTL="bash $PWD/scripts/sid.sh rabbitmq ctl"`` for
+  the test that checks the broker's queues with rabbitmqctl; without it, that check is skipped).
+
+Arguments after ``--`` go to pytest in every tests session.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -15,6 +34,9 @@ import subprocess
 import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+#: Run in the Debian sid chroot unless the host has them.
+SID_PYTHONS = ["3.14", "3.15"]
+SID = ["bash", "scripts/sid.sh"]
 
 nox.options.sessions = ["lint", "typecheck", "tests"]
 nox.options.reuse_existing_virtualenvs = True
@@ -54,18 +76,133 @@ def _add_pyenv_pythons_to_path() -> None:
 
 
 _add_pyenv_pythons_to_path()
+HOST_PYTHONS = PYTHONS + [v for v in SID_PYTHONS if shutil.which(f"python{v}")]
 
 
 def _ensure_broker(session: nox.Session) -> None:
     session.run("bash", "scripts/ensure-broker.sh", external=True)
 
 
-@nox.session(python=PYTHONS)
+@nox.session(python=HOST_PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite (arguments after -- go to pytest)."""
     _ensure_broker(session)
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", *(session.posargs or ["-q"]))
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _sid_chroot_stamp() -> str:
+    """The chroot's own stamp file (what it was provisioned with, and when), read from the host."""
+    root = os.environ.get("KIWITRIO_SID_DIR", "/var/cache/kiwitrio/sid")
+    return os.path.join(root, "etc", "kiwitrio-sid.stamp")
+
+
+def _sid_venv(session: nox.Session, version: str) -> str:
+    """A venv inside the chroot at .nox/sid-tests-VERSION with kiwitrio[test]; its python.
+
+    The repository is mounted at its own path in the chroot, so the venv's paths are the same
+    inside and out. A stamp in the venv records pyproject.toml's hash and the chroot's stamp:
+    pip runs when pyproject.toml changed, and the venv is made anew when the chroot was
+    rebuilt or upgraded.
+    """
+    session.run(*SID, "ensure", external=True)
+    venv = os.path.join(os.path.realpath(".nox"), f"sid-tests-{version}")
+    python = os.path.join(venv, "bin", "python")
+    stamp = os.path.join(venv, ".kiwitrio-sid-stamp")
+    chroot_key = _sha256(_sid_chroot_stamp())
+    want = f"{_sha256('pyproject.toml')} {chroot_key}"
+    have = _read(stamp)
+    if not os.path.lexists(python) or have is None or not have.endswith(f" {chroot_key}"):
+        session.log(f"creating {venv} with python{version} in the chroot")
+        session.run(*SID, "run", f"python{version}", "-m", "venv", "--clear", venv,
+                    external=True)
+        have = None
+    if have == want:
+        session.log("kiwitrio[test] is installed and pyproject.toml is unchanged; skipping pip")
+    else:
+        if os.path.exists(stamp):
+            os.remove(stamp)
+        session.run(*SID, "run", python, "-m", "pip", "install", "--quiet", "-e", ".[test]",
+                    external=True)
+        with open(stamp, "w") as f:
+            f.write(want + "\n")
+    return python
+
+
+def _rmq43_env(session: nox.Session) -> dict[str, str]:
+    """Start the RabbitMQ 4.3 node if it does not answer; the suite's environment for it."""
+    session.run(*SID, "rabbitmq", "start", external=True)
+    url = session.run(*SID, "rabbitmq", "url", external=True, silent=True)
+    assert isinstance(url, str)
+    # rabbitmqctl for that node, for the tests that look at the broker's queues with it.
+    ctl = f"bash {os.path.realpath('scripts/sid.sh')} rabbitmq ctl"
+    return {"KIWITRIO_TEST_URL": url.strip(), "KIWITRIO_TEST_RABBITMQCTL": ctl}
+
+
+def _sid_tests_session(version: str, *, rmq43: bool) -> None:
+    def sid_tests(session: nox.Session) -> None:
+        python = _sid_venv(session, version)
+        _ensure_broker(session)
+        env = _rmq43_env(session) if rmq43 else {}
+        session.run(*SID, "run", python, "-m", "pytest", *(session.posargs or ["-q"]),
+                    external=True, env=env)
+
+    against = "a private RabbitMQ 4.3 node (port 5680)" if rmq43 else "the shared broker"
+    sid_tests.__doc__ = (f"The test suite on Python {version} inside the Debian sid chroot, "
+                         f"against {against} (scripts/sid.sh; -- goes to pytest).")
+    name = f"tests_rmq43-{version}" if rmq43 else f"tests-{version}"
+    nox.session(name=name, venv_backend="none")(sid_tests)
+
+
+for _version in SID_PYTHONS:
+    if _version not in HOST_PYTHONS:
+        _sid_tests_session(_version, rmq43=False)
+        _sid_tests_session(_version, rmq43=True)
+
+
+@nox.session(python=HOST_PYTHONS)
+def tests_rmq43(session: nox.Session) -> None:
+    """The test suite against RabbitMQ 4.3, a private node from the sid chroot (port 5680).
+
+    The node is started if it does not answer (scripts/sid.sh rabbitmq start) and left
+    running for the next run; stop it with: bash scripts/sid.sh rabbitmq stop.
+    """
+    env = _rmq43_env(session)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]), env=env)
+
+
+@nox.session(python=PYTHONS)
+def tests_trio_asyncio(session: nox.Session) -> None:
+    """The test suite with the same-thread trio-asyncio bridge (KIWITRIO_BRIDGE=trio-asyncio).
+
+    kiwitrio_sync keeps its thread bridge; everything that says bridge="auto" uses
+    trio-asyncio. CI runs it with ``-- -q --ignore=tests/faults`` (see CI_SESSIONS).
+    """
+    _ensure_broker(session)
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", *(session.posargs or ["-q"]),
+                env={"KIWITRIO_BRIDGE": "trio-asyncio"})
+
+
+#: What CI runs (scripts/test.sh without arguments): Python 3.12 and 3.14, each against the
+#: shared broker (RabbitMQ 3.10 here) and a RabbitMQ 4.3 node, on the default thread bridge;
+#: and 3.12 on the trio-asyncio bridge without the fault suite.
+CI_SESSIONS = ["tests-3.12", "tests_rmq43-3.12", "tests-3.14", "tests_rmq43-3.14",
+               "tests_trio_asyncio-3.12"]
 
 
 @nox.session(python="3.12")
@@ -127,7 +264,8 @@ def bench(session: nox.Session) -> None:
     second environment, .nox/bench-kiwipy-<python>.
     """
     _ensure_broker(session)
-    session.install(".", "matplotlib")
+    # The trio-asyncio extra: "kiwitrio/trio-asyncio" runs kiwitrio on that bridge.
+    session.install(".[trio-asyncio]", "matplotlib")
     kiwipy_env = os.path.join(".nox", f"bench-kiwipy-{session.python}")
     kiwipy_python = os.path.join(kiwipy_env, "bin", "python")
     if not os.path.exists(kiwipy_python):
@@ -136,3 +274,23 @@ def bench(session: nox.Session) -> None:
                 external=True)
     session.run("python", "benchmarks/run.py", "--kiwipy-python", kiwipy_python,
                 *session.posargs)
+
+
+def _sid_bench_session(version: str) -> None:
+    def sid_bench(session: nox.Session) -> None:
+        python = _sid_venv(session, version)
+        _ensure_broker(session)
+        results = os.path.join("benchmarks", "results", f"python{version}")
+        session.run(*SID, "run", python, "benchmarks/run.py", "--impl", "aio-pika",
+                    "--impl", "kiwitrio", "--impl", "kiwitrio_sync", "--no-plot",
+                    "--results", results, *session.posargs, external=True)
+
+    sid_bench.__doc__ = (f"The benchmarks on Python {version} in the sid chroot: aio-pika, "
+                         f"kiwitrio and kiwitrio_sync on the thread bridge (results in "
+                         f"benchmarks/results/python{version}/; -- goes to benchmarks/run.py).")
+    nox.session(name=f"bench-{version}", venv_backend="none")(sid_bench)
+
+
+for _version in SID_PYTHONS:
+    if _version not in HOST_PYTHONS:
+        _sid_bench_session(_version)

@@ -35,6 +35,7 @@ from ._backend import (
     Delivery,
     EntityNotFound,
     ExchangeType,
+    NegativeAck,
     OutgoingMessage,
     QueueInUse,
     QueueSpec,
@@ -137,15 +138,20 @@ class _AmqpDelivery(Delivery):
         return self._message.channel.is_closed
 
     async def ack(self) -> None:
-        await self._settle(lambda channel, tag: channel.basic_ack(tag, wait=False))
+        self._settle(lambda channel, tag: channel.basic_ack(tag, wait=False))
+        await trio.lowlevel.checkpoint()
 
     async def reject(self, *, requeue: bool) -> None:
-        await self._settle(
+        self.reject_soon(requeue=requeue)
+        await trio.lowlevel.checkpoint()
+
+    def reject_soon(self, *, requeue: bool) -> None:
+        """:meth:`reject` without the checkpoint (Trio side, synchronous)."""
+        self._settle(
             lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False))
 
-    async def _settle(self, op: _SettleOp) -> None:
+    def _settle(self, op: _SettleOp) -> None:
         if self._settled:
-            await trio.lowlevel.checkpoint()
             return
         self._settled = True
         channel = self._message.channel
@@ -164,7 +170,6 @@ class _AmqpDelivery(Delivery):
         finally:
             if self._consumer is not None:
                 self._consumer.settled_one()
-        await trio.lowlevel.checkpoint()
 
 
 class _AmqpConsumer(Consumer):
@@ -200,10 +205,34 @@ class _AmqpConsumer(Consumer):
         # asyncio side.
         self._channel.close_callbacks.add(self._on_channel_closed)
         underlay = await self._channel.get_underlay_channel()
+        # The broker cancels a consumer with basic.cancel when its queue is deleted, and from
+        # RabbitMQ 4.3 on also when a delivery outlives the consumer timeout (older brokers
+        # close the channel instead); the channel stays open. aiormq 7 reports it through
+        # this set; aiormq 6 (Python 3.10) has no such hook.
+        cancel_callbacks = getattr(underlay, "on_consumer_cancel_callbacks", None)
+        if cancel_callbacks is not None:
+            cancel_callbacks.add(self._on_broker_cancel)
         result = await underlay.basic_consume(self.queue, self._on_message,
                                               exclusive=self._exclusive)
         assert result.consumer_tag is not None
         return result.consumer_tag
+
+    def _on_broker_cancel(self, _frame: Any) -> None:
+        # asyncio side; the channel is this consumer's alone, so the frame is ours.
+        self._session.bridge.call_in_trio(self._broker_cancelled)
+
+    def _broker_cancelled(self) -> None:
+        # Trio side. Like a channel the broker closed, this ends the stream (a resilient
+        # consumer then consumes again); deliveries still out are the broker's again.
+        if self._cancelled:
+            return
+        logger.warning("the broker cancelled the consumer of %r (its queue deleted, or a "
+                       "delivery unacknowledged past the consumer timeout)", self.queue)
+        self._cancelled = True
+        self._send.close()
+        self._requeue_buffered()
+        if self._unsettled == 0:
+            self._session.spawn_close_channel(self._channel)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
         # asyncio side (aiormq runs this as a task per delivery).
@@ -246,16 +275,22 @@ class _AmqpConsumer(Consumer):
             except (aiormq.exceptions.AMQPError, aiormq.exceptions.ChannelInvalidStateError,
                     ConnectionError):
                 pass
+        self._requeue_buffered()
+        self._send.close()
+        self._reclaim.close()
+        if self._unsettled == 0:
+            self._session.spawn_close_channel(self._channel)
+        await trio.lowlevel.checkpoint()
+
+    def _requeue_buffered(self) -> None:
+        """Give back the deliveries buffered that nobody received (Trio side)."""
         while True:
             try:
                 delivery = self._reclaim.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                 break
-            await delivery.reject(requeue=True)
-        self._send.close()
-        self._reclaim.close()
-        if self._unsettled == 0:
-            self._session.spawn_close_channel(self._channel)
+            assert isinstance(delivery, _AmqpDelivery)
+            delivery.reject_soon(requeue=True)
 
 
 class _AmqpSession(Session):
@@ -406,6 +441,8 @@ class _AmqpSession(Session):
             raise UnroutableError(
                 f"no queue is bound to {routing_key!r} on exchange {exchange!r}") from exc
         except aiormq.exceptions.DeliveryError as exc:
+            if isinstance(getattr(exc, "frame", None), spec.Basic.Nack):
+                raise NegativeAck(f"the broker nacked the message: {exc}") from exc
             raise DeliveryFailed(f"the broker did not accept the message: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
             raise DeliveryFailed(f"publishing to {exchange!r} failed: {exc}") from exc

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import trio
+from pamqp import commands as spec
 
 from ._errors import DeliveryFailed
 
@@ -26,11 +27,13 @@ __all__ = [
     "DeliveryReceiver",
     "EntityNotFound",
     "ExchangeType",
+    "NegativeAck",
     "OutgoingMessage",
     "QueueInUse",
     "QueueSpec",
     "QueueStats",
     "Session",
+    "is_negative_ack",
 ]
 
 ExchangeType = Literal["direct", "topic", "fanout"]
@@ -46,6 +49,29 @@ class QueueInUse(Exception):
 
 class EntityNotFound(DeliveryFailed):
     """The exchange (or queue) a message was published to does not exist (NOT_FOUND)."""
+
+
+class NegativeAck(DeliveryFailed):
+    """The broker nacked a published message: a queue it was routed to did not take it.
+
+    RabbitMQ 4 does this when one of those queues is being deleted (an exclusive queue whose
+    connection closed, an auto-delete queue that lost its last consumer); the other queues the
+    message was routed to have it. RabbitMQ 3 dropped the copy silently and acked.
+    """
+
+
+def is_negative_ack(exc: BaseException) -> bool:
+    """Whether a publish failed with a negative publisher confirm (``Basic.Nack``).
+
+    True for :class:`NegativeAck`, and for a :class:`DeliveryFailed` caused by an exception
+    that carries the ``Basic.Nack`` frame (aiormq's ``DeliveryError``), for a backend that
+    does not raise :class:`NegativeAck` itself.
+    """
+    if isinstance(exc, NegativeAck):
+        return True
+    if not isinstance(exc, DeliveryFailed):
+        return False
+    return isinstance(getattr(exc.__cause__, "frame", None), spec.Basic.Nack)
 
 
 @dataclass(frozen=True)

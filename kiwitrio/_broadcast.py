@@ -6,10 +6,19 @@ its subscribers' binding keys. A :class:`BroadcastFilter` on a subject gives a b
 that matches a superset of what the filter accepts (``jobs.*`` binds ``jobs.#``), so the
 broker drops most unwanted broadcasts before they cross the network, and the filter itself
 decides exactly. Broadcasts are not persistent and expire after :data:`BROADCAST_TTL_MS`.
+
+A broadcast routed to a subscriber's queue that is being deleted (its communicator just
+closed or lost its connection) is nacked by RabbitMQ 4 although every other subscriber got it:
+that is not a failure of the broadcast, and :meth:`BroadcastHub.send` returns normally.
+
+Subscribers are called concurrently, several broadcasts at once. An *ordered* subscriber has
+a queue of its own instead, filled in the order the broadcasts arrived and emptied by one task
+that calls it with one broadcast at a time.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import re
@@ -27,9 +36,10 @@ from ._backend import (
     OutgoingMessage,
     QueueSpec,
     drain,
+    is_negative_ack,
 )
 from ._context import Context
-from ._errors import DecodeError, DuplicateSubscriberIdentifier
+from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber
 from ._saferepr import safe_repr
 
@@ -191,6 +201,8 @@ class BroadcastHub:
         # The binding keys each subscriber was bound with, to unbind exactly those.
         self._keys: dict[Any, set[str]] = {}
         self._bindings: Counter[str] = Counter()
+        #: The ordered subscribers' own queues (filled by _dispatch, in arrival order).
+        self._ordered: dict[Any, _OrderedFeed] = {}
         self._queue: str | None = None
         self._lock = trio.Lock()
         self._ids = itertools.count()
@@ -208,6 +220,17 @@ class BroadcastHub:
         message = OutgoingMessage(self._ctx.encode(envelope), self._ctx.content_type,
                                   expiration_ms=BROADCAST_TTL_MS)
         try:
+            await self._publish(routing_key, message)
+        except DeliveryFailed as exc:
+            if not is_negative_ack(exc):
+                raise
+            # Some queue it was routed to did not take it (RabbitMQ 4: one being deleted);
+            # the others did. A subscriber that is going away missing it is no failure.
+            logger.info("broadcast %r was nacked by the broker (a subscriber's queue was being "
+                        "deleted); the other subscribers have it: %s", subject, exc)
+
+    async def _publish(self, routing_key: str, message: OutgoingMessage) -> None:
+        try:
             await self._ctx.session.publish(self._exchange, routing_key, message,
                                             mandatory=False)
         except EntityNotFound:
@@ -219,7 +242,8 @@ class BroadcastHub:
             await self._ctx.session.publish(self._exchange, routing_key, message,
                                             mandatory=False)
 
-    async def add(self, subscriber: BroadcastSubscriber, identifier: Any = None) -> Any:
+    async def add(self, subscriber: BroadcastSubscriber, identifier: Any = None, *,
+                  ordered: bool = False) -> Any:
         self._ctx.check_open()
         if identifier is None:
             identifier = f"broadcast-subscriber-{next(self._ids)}"
@@ -231,7 +255,13 @@ class BroadcastHub:
             await self._bind(queue, keys)
             if isinstance(subscriber, BroadcastFilter):
                 subscriber._subscribed = True
-            self._subscribers[identifier] = subscriber
+            if ordered:
+                feed = _OrderedFeed(subscriber)
+                self._ordered[identifier] = feed
+                self._ctx.nursery.start_soon(self._feed, feed,
+                                             name=f"kiwitrio broadcasts to {identifier!r}")
+            else:
+                self._subscribers[identifier] = subscriber
             self._keys[identifier] = keys
         return identifier
 
@@ -239,8 +269,11 @@ class BroadcastHub:
         self._ctx.check_open()
         async with self._lock:
             subscriber = self._subscribers.pop(identifier, None)
-            if subscriber is None:
+            feed = self._ordered.pop(identifier, None)
+            if subscriber is None and feed is None:
                 raise ValueError(f"no broadcast subscriber {identifier!r}")
+            if feed is not None:
+                feed.stop()  # broadcasts still waiting for it are dropped
             keys = self._keys.pop(identifier)
             if self._queue is not None:
                 await self._unbind(self._queue, keys)
@@ -277,14 +310,23 @@ class BroadcastHub:
     async def _dispatch(self, consumer: Consumer) -> None:
         async with trio.open_nursery() as handlers:
             async for delivery in drain(consumer.deliveries):
-                handlers.start_soon(self._ctx.guard, delivery, "broadcast", self._handle)
+                try:
+                    envelope = _parse_envelope(await self._ctx.decode(delivery))
+                except Exception as exc:  # whatever the message made fail, it is its own problem
+                    handlers.start_soon(self._ctx.reject_visibly, delivery, "broadcast", exc)
+                    continue
+                # Here, in arrival order (the handlers below run in any order).
+                for feed in list(self._ordered.values()):
+                    await feed.put(envelope)
+                handlers.start_soon(self._ctx.guard, delivery, "broadcast",
+                                    functools.partial(self._handle, envelope=envelope))
 
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            envelope = _parse_envelope(await self._ctx.decode(delivery))
-        except Exception as exc:  # whatever the message made fail, it is its own problem
-            await self._ctx.reject_visibly(delivery, "broadcast", exc)
-            return
+    async def _feed(self, feed: _OrderedFeed) -> None:
+        with feed.scope:
+            async for envelope in feed.receive:
+                await self._call(feed.subscriber, envelope)
+
+    async def _handle(self, delivery: Delivery, envelope: dict[str, Any]) -> None:
         async with trio.open_nursery() as calls:
             for subscriber in list(self._subscribers.values()):
                 calls.start_soon(self._call, subscriber, envelope)
@@ -302,6 +344,25 @@ class BroadcastHub:
                                   envelope["correlation_id"])
         except Exception:
             logger.exception("broadcast subscriber %r raised", subscriber)
+
+
+class _OrderedFeed:
+    """An ordered subscriber's queue of broadcasts."""
+
+    def __init__(self, subscriber: BroadcastSubscriber) -> None:
+        self.subscriber = subscriber
+        self._send, self.receive = trio.open_memory_channel[dict[str, Any]](BROADCAST_PREFETCH)
+        self.scope = trio.CancelScope()
+
+    async def put(self, envelope: dict[str, Any]) -> None:
+        try:
+            await self._send.send(envelope)
+        except trio.ClosedResourceError:
+            pass  # removed meanwhile
+
+    def stop(self) -> None:
+        self._send.close()
+        self.scope.cancel()
 
 
 def _parse_envelope(envelope: Any) -> dict[str, Any]:

@@ -317,22 +317,27 @@ class Communicator:
         return await self._default_queue.task_send(task, no_reply=no_reply)
 
     async def add_task_subscriber(self, subscriber: TaskSubscriber,
-                                  identifier: Any = None) -> Any:
+                                  identifier: Any = None, *,
+                                  pending_replies: bool = False) -> Any:
         """Work on tasks of the default queue; see :meth:`TaskQueue.add_task_subscriber`."""
-        return await self._default_queue.add_task_subscriber(subscriber, identifier)
+        return await self._default_queue.add_task_subscriber(
+            subscriber, identifier, pending_replies=pending_replies)
 
     async def remove_task_subscriber(self, identifier: Any) -> None:
         await self._default_queue.remove_task_subscriber(identifier)
 
     # -- RPC --------------------------------------------------------------------------------
 
-    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: str) -> str:
+    async def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: str, *,
+                                 pending_replies: bool = False) -> str:
         """Answer RPCs sent to ``identifier`` with ``subscriber(communicator, msg)``.
 
         Raises :class:`~kiwitrio.DuplicateSubscriberIdentifier` if any communicator on the
-        broker already subscribes with that identifier.
+        broker already subscribes with that identifier. With ``pending_replies``, the caller
+        is sent a "pending" reply each time the subscriber's outcome turns out to be a future
+        still to be waited for (kiwiPy's protocol; see :attr:`ResultHandle.pending_replies`).
         """
-        return await self._rpc.add(subscriber, identifier)
+        return await self._rpc.add(subscriber, identifier, pending_replies=pending_replies)
 
     async def remove_rpc_subscriber(self, identifier: str) -> None:
         await self._rpc.remove(identifier)
@@ -349,15 +354,25 @@ class Communicator:
     # -- broadcasts -------------------------------------------------------------------------
 
     async def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber,
-                                       identifier: Any = None) -> Any:
+                                       identifier: Any = None, *, ordered: bool = False) -> Any:
         """Call ``subscriber(communicator, body, sender, subject, correlation_id)`` for
-        broadcasts (wrap it in a :class:`~kiwitrio.BroadcastFilter` to filter them)."""
-        return await self._broadcasts.add(subscriber, identifier)
+        broadcasts (wrap it in a :class:`~kiwitrio.BroadcastFilter` to filter them).
+
+        Subscribers are called concurrently, several broadcasts at once. With ``ordered``,
+        this subscriber is instead called with one broadcast at a time, in the order they
+        arrived (as kiwiPy did); while it is busy, up to 64 more wait for it, then the
+        communicator's broadcasts wait.
+        """
+        return await self._broadcasts.add(subscriber, identifier, ordered=ordered)
 
     async def remove_broadcast_subscriber(self, identifier: Any) -> None:
         await self._broadcasts.remove(identifier)
 
     async def broadcast_send(self, body: Any, sender: Any = None, subject: Any = None,
                              correlation_id: Any = None) -> None:
-        """Send a broadcast to every matching subscriber; returns once the broker has it."""
+        """Send a broadcast to every matching subscriber; returns once the broker has it.
+
+        A subscriber whose queue is being deleted meanwhile (its communicator is closing) may
+        miss it; RabbitMQ 4 then nacks the broadcast, which is not an error here.
+        """
         await self._broadcasts.send(body, sender, subject, correlation_id)

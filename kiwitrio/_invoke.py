@@ -3,7 +3,9 @@
 A subscriber may be an async function (awaited in the calling Trio task), or a plain function
 (run in a worker thread with :func:`trio.to_thread.run_sync`, so that it can block without
 stalling deliveries, heartbeats or other subscribers). Either may return an awaitable or a
-:class:`concurrent.futures.Future`; the outcome is what that resolves to.
+:class:`concurrent.futures.Future`; the outcome is what that resolves to. ``on_pending``, if
+given, is awaited each time the outcome turns out to be such a future or awaitable, before
+waiting for it (RPC and task subscribers use it to send "pending" replies).
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-async def call_subscriber(fn: Callable[..., Any], *args: Any) -> Any:
+#: Awaited when a subscriber's outcome is still to come (a future or an awaitable).
+OnPending = Callable[[], Awaitable[None]]
+
+
+async def call_subscriber(fn: Callable[..., Any], *args: Any,
+                          on_pending: OnPending | None = None) -> Any:
     """Call ``fn(*args)`` and return its final outcome (awaiting what it returns).
 
     Cancellation: an async subscriber is cancelled with the caller. A sync subscriber's
@@ -42,18 +49,24 @@ async def call_subscriber(fn: Callable[..., Any], *args: Any) -> Any:
         result = await trio.to_thread.run_sync(
             functools.partial(fn, *args), abandon_on_cancel=True
         )
-    return await resolve(result)
+    return await resolve(result, on_pending)
 
 
-async def resolve(result: Any) -> Any:
-    """Await ``result`` if it is an awaitable or a concurrent future, repeatedly."""
+async def resolve(result: Any, on_pending: OnPending | None = None) -> Any:
+    """Await ``result`` if it is an awaitable or a concurrent future, repeatedly.
+
+    ``on_pending`` is awaited before each wait.
+    """
     while True:
-        if isinstance(result, concurrent.futures.Future):
-            result = await wait_concurrent_future(result)
-        elif inspect.isawaitable(result):
-            result = await _await(result)
-        else:
+        is_future = isinstance(result, concurrent.futures.Future)
+        if not is_future and not inspect.isawaitable(result):
             return result
+        if on_pending is not None:
+            await on_pending()
+        if is_future:
+            result = await wait_concurrent_future(result)
+        else:
+            result = await _await(result)
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -4,6 +4,12 @@ A task or RPC that wants an answer carries ``reply_to`` (this communicator's rep
 durable, consumed exclusively) and a fresh ``correlation_id``. The worker publishes the envelope
 ``{"result": value}`` or ``{"exception": {"type", "message", "traceback"}}`` there, encoded
 with the communicator's encoder, before it acknowledges the request.
+
+A subscriber registered with ``pending_replies=True`` also sends ``{"pending": None}`` each time
+its outcome turns out to be a future still to be waited for (kiwiPy's "pending" response).
+The requester's :class:`ResultHandle` counts these (:attr:`ResultHandle.pending_replies`) and
+stays pending until the final reply; kiwitrio_sync's kiwiPy face turns each one into a level of
+nested futures, as kiwiPy does.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from ._context import Context
 from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
 from ._saferepr import describe_error, safe_repr, safe_str_of_exception
 
-__all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "result_envelope"]
+__all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "pending_envelope",
+           "result_envelope"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +42,17 @@ REPLY_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 _MISSING: Any = object()
 #: The message of an exception sent back is cut to this many characters.
 _MAX_REMOTE_MESSAGE = 10_000
+#: The key of an intermediate ("pending") reply.
+_PENDING_KEY = "pending"
 
 
 def result_envelope(value: Any) -> dict[str, Any]:
     return {"result": value}
+
+
+def pending_envelope() -> dict[str, Any]:
+    """An intermediate reply: the outcome is a future, the final reply comes later."""
+    return {_PENDING_KEY: None}
 
 
 def exception_envelope(exc: BaseException) -> dict[str, Any]:
@@ -64,6 +78,10 @@ def _text_field(info: dict[Any, Any], key: str, default: str) -> str:
     return value if isinstance(value, str) else safe_repr(value)
 
 
+def _is_pending(envelope: Any) -> bool:
+    return isinstance(envelope, dict) and len(envelope) == 1 and _PENDING_KEY in envelope
+
+
 def _parse_envelope(envelope: Any) -> tuple[Any, BaseException | None]:
     if isinstance(envelope, dict):
         if "result" in envelope:
@@ -85,9 +103,14 @@ class ResultHandle:
     :class:`~kiwitrio.RemoteException` if the remote subscriber raised, or
     :class:`~kiwitrio.CommunicatorClosed` if this communicator closed first. Awaiting can be
     repeated; cancelling an ``await`` cancels only that wait.
+
+    If the remote subscriber was registered with ``pending_replies=True`` and its outcome was
+    a future, "pending" replies come before the final one: :attr:`pending_replies` counts
+    them and :meth:`add_pending_callback` is told of each.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_error", "_event", "_value", "correlation_id")
+    __slots__ = ("__weakref__", "_callbacks", "_error", "_event", "_pending_callbacks",
+                 "_pending_replies", "_value", "correlation_id")
 
     def __init__(self, correlation_id: str | None) -> None:
         self.correlation_id = correlation_id
@@ -95,6 +118,8 @@ class ResultHandle:
         self._value: Any = _MISSING
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[ResultHandle], None]] = []
+        self._pending_replies = 0
+        self._pending_callbacks: list[Callable[[ResultHandle], None]] = []
 
     @classmethod
     def completed(cls, value: Any) -> ResultHandle:
@@ -125,6 +150,20 @@ class ResultHandle:
         else:
             self._callbacks.append(fn)
 
+    @property
+    def pending_replies(self) -> int:
+        """How many "pending" replies came before the result (see the class docstring)."""
+        return self._pending_replies
+
+    def add_pending_callback(self, fn: Callable[[ResultHandle], None]) -> None:
+        """Call ``fn(handle)`` (in the Trio thread) for each "pending" reply from now on.
+
+        Those already received are counted by :attr:`pending_replies`; none come once the
+        handle is done.
+        """
+        if not self.done():
+            self._pending_callbacks.append(fn)
+
     async def wait(self) -> Any:
         await self._event.wait()
         return self.result()
@@ -137,12 +176,23 @@ class ResultHandle:
             return  # a duplicate reply (the request was redelivered): keep the first
         self._value, self._error = value, error
         self._event.set()
+        self._pending_callbacks = []
         callbacks, self._callbacks = self._callbacks, []
         for callback in callbacks:
             try:
                 callback(self)
             except Exception:
                 logger.exception("error in a result callback")
+
+    def _note_pending(self) -> None:
+        if self.done():
+            return
+        self._pending_replies += 1
+        for callback in list(self._pending_callbacks):
+            try:
+                callback(self)
+            except Exception:
+                logger.exception("error in a pending-reply callback")
 
     def __repr__(self) -> str:
         state = "pending" if not self.done() else ("error" if self._error else "done")
@@ -217,7 +267,14 @@ class ReplyRouter:
         # Decode first: a bad reply is reported whether or not anyone waits for it.
         bad = False
         try:
-            value, error = _parse_envelope(await self._ctx.decode(delivery))
+            envelope = await self._ctx.decode(delivery)
+            if _is_pending(envelope):
+                # An intermediate reply: the handle stays registered for the final one.
+                waiting = self._pending.get(delivery.correlation_id or "")
+                if waiting is not None:
+                    waiting._note_pending()
+                return
+            value, error = _parse_envelope(envelope)
         except DecodeError as exc:
             logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
                          self.queue_name, exc)

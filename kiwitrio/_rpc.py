@@ -5,6 +5,12 @@ Each RPC subscriber owns an exclusive, auto-deleting queue named
 that queue with ``mandatory`` set. So a call to an identifier nobody subscribes to comes back
 from the broker as unroutable at once (:class:`~kiwitrio.UnroutableError`), and the
 exclusivity makes an identifier unique across every communicator on the broker.
+
+A call racing the removal of its subscriber can also come back as a negative publisher
+confirm instead: RabbitMQ 4 still routes to a queue that is being deleted, and then nacks the
+message, which no queue took. Any refused call is therefore checked against the broker: if
+the recipient's queue is gone, nobody subscribes with that identifier, and the call raises
+:class:`~kiwitrio.UnroutableError` as it would have a moment later.
 """
 
 from __future__ import annotations
@@ -19,9 +25,15 @@ import trio
 
 from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
 from ._context import Context, handling
-from ._errors import DecodeError, DuplicateSubscriberIdentifier
+from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from ._invoke import call_subscriber
-from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
+from ._replies import (
+    ReplyRouter,
+    ResultHandle,
+    exception_envelope,
+    pending_envelope,
+    result_envelope,
+)
 
 __all__ = ["RpcHub", "RpcSubscriber"]
 
@@ -32,12 +44,19 @@ RpcSubscriber = Callable[[Any, Any], Any]
 #: Calls handled concurrently by one RPC subscriber.
 RPC_PREFETCH = 32
 _MAX_QUEUE_NAME_BYTES = 255
+#: After a refused call: how often, and how far apart (s), to look for the recipient's queue
+#: before deciding that it still exists. A queue being deleted is gone at once (RabbitMQ 4.3,
+#: every time it was checked), so the wait only ever delays an error that is not about routing.
+_GONE_CHECKS = 3
+_GONE_CHECK_INTERVAL = 0.02
 
 
 @dataclass
 class _Registration:
     subscriber: RpcSubscriber
     consumer: Consumer
+    #: Send a "pending" reply each time the subscriber's outcome is a future.
+    pending_replies: bool = False
 
 
 class RpcHub:
@@ -57,7 +76,8 @@ class RpcHub:
             raise ValueError(f"RPC identifier {identifier!r:.50} is too long")
         return name
 
-    async def add(self, subscriber: RpcSubscriber, identifier: str) -> str:
+    async def add(self, subscriber: RpcSubscriber, identifier: str, *,
+                  pending_replies: bool = False) -> str:
         self._ctx.check_open()
         queue = self.queue_name(identifier)
         if identifier in self._registrations:
@@ -70,7 +90,7 @@ class RpcHub:
             raise DuplicateSubscriberIdentifier(
                 f"RPC identifier {identifier!r} is taken by another communicator"
             ) from exc
-        self._registrations[identifier] = _Registration(subscriber, consumer)
+        self._registrations[identifier] = _Registration(subscriber, consumer, pending_replies)
         self._ctx.nursery.start_soon(self._serve, identifier, consumer,
                                      name=f"kiwitrio rpc {identifier}")
         return identifier
@@ -93,10 +113,39 @@ class RpcHub:
                                   correlation_id=handle.correlation_id, reply_to=reply_to)
         try:
             await self._ctx.session.publish("", queue, message, mandatory=True)
+        except UnroutableError:
+            self._replies.forget(handle)
+            raise
+        except DeliveryFailed as exc:
+            self._replies.forget(handle)
+            # A nack (or another refusal): if the recipient's queue is gone, the call was not
+            # delivered because nobody subscribes, whatever way the broker said so.
+            if await self._queue_gone(queue):
+                raise UnroutableError(
+                    f"nobody subscribes to RPC identifier {recipient_id!r} (the broker refused "
+                    f"the call while its queue was being deleted: {exc})") from exc
+            raise
         except BaseException:
             self._replies.forget(handle)
             raise
         return handle
+
+    async def _queue_gone(self, queue: str) -> bool:
+        """True if ``queue`` does not exist; False if it does or if that cannot be told."""
+        for attempt in range(_GONE_CHECKS):
+            if attempt:
+                await trio.sleep(_GONE_CHECK_INTERVAL)
+            try:
+                stats = await self._ctx.session.inspect_queue(queue)
+            except QueueInUse:  # exclusive to another connection: it exists
+                return False
+            except Exception as exc:
+                logger.debug("could not check whether RPC queue %r exists: %r", queue, exc)
+                return False
+            else:
+                if stats is None:
+                    return True
+        return False
 
     async def _serve(self, identifier: str, consumer: Consumer) -> None:
         async with trio.open_nursery() as calls:
@@ -119,10 +168,14 @@ class RpcHub:
         if registration is None:  # removed meanwhile
             await self._ctx.give_back(delivery)
             return
+        async def tell_pending() -> None:
+            await self._replies.send(delivery, pending_envelope())
+
         try:
             with handling(delivery):
                 result = await call_subscriber(
-                    registration.subscriber, self._ctx.communicator, msg)
+                    registration.subscriber, self._ctx.communicator, msg,
+                    on_pending=tell_pending if registration.pending_replies else None)
         except trio.Cancelled:
             await self._ctx.give_back(delivery)
             raise

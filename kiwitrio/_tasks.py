@@ -38,7 +38,13 @@ from ._errors import (
 )
 from ._invoke import call_subscriber
 from ._leases import LeaseKeeper, TaskLease
-from ._replies import ReplyRouter, ResultHandle, exception_envelope, result_envelope
+from ._replies import (
+    ReplyRouter,
+    ResultHandle,
+    exception_envelope,
+    pending_envelope,
+    result_envelope,
+)
 from ._saferepr import describe_error
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
@@ -166,6 +172,8 @@ class TaskQueue:
         self.exchange = exchange
         self.prefetch_count = prefetch_count
         self._subscribers: dict[Any, TaskSubscriber] = {}
+        #: Identifiers of the subscribers that send "pending" replies.
+        self._pending_replies: set[Any] = set()
         self._consumer: Consumer | None = None
         #: Tasks taken in pull mode and not settled yet (settled at the latest on close).
         self._pulled: dict[IncomingTask, None] = {}
@@ -234,11 +242,15 @@ class TaskQueue:
     # -- push mode --------------------------------------------------------------------------
 
     async def add_task_subscriber(self, subscriber: TaskSubscriber,
-                                  identifier: Any = None) -> Any:
+                                  identifier: Any = None, *,
+                                  pending_replies: bool = False) -> Any:
         """Call ``subscriber(communicator, task)`` for tasks from this queue.
 
         Returns the identifier (a new one if ``None``). Raises
-        :class:`~kiwitrio.DuplicateSubscriberIdentifier` if it is taken.
+        :class:`~kiwitrio.DuplicateSubscriberIdentifier` if it is taken. With
+        ``pending_replies``, the sender is sent a "pending" reply each time the subscriber's
+        outcome turns out to be a future still to be waited for (see
+        :attr:`ResultHandle.pending_replies`).
         """
         self.ctx.check_open()
         if identifier is None:
@@ -248,10 +260,13 @@ class TaskQueue:
         if identifier in self._subscribers:
             raise DuplicateSubscriberIdentifier(f"task subscriber {identifier!r} exists")
         self._subscribers[identifier] = subscriber
+        if pending_replies:
+            self._pending_replies.add(identifier)
         try:
             await self._ensure_consuming()
         except BaseException:
             del self._subscribers[identifier]
+            self._pending_replies.discard(identifier)
             raise
         return identifier
 
@@ -265,6 +280,7 @@ class TaskQueue:
         if identifier not in self._subscribers:
             raise ValueError(f"no task subscriber {identifier!r}")
         del self._subscribers[identifier]
+        self._pending_replies.discard(identifier)
         async with self._lock:
             if not self._subscribers and self._consumer is not None:
                 consumer, self._consumer = self._consumer, None
@@ -302,7 +318,7 @@ class TaskQueue:
             keeper.track(lease)
         try:
             with handling(delivery):
-                envelope = await self._run_subscribers(task)
+                envelope = await self._run_subscribers(task, delivery)
         except trio.Cancelled:
             await lease.give_back()
             raise
@@ -314,10 +330,15 @@ class TaskQueue:
             return
         await lease.finish(self.replies.send(delivery, envelope, persistent=True))
 
-    async def _run_subscribers(self, task: Any) -> dict[str, Any] | None:
-        for subscriber in list(self._subscribers.values()):
+    async def _run_subscribers(self, task: Any, delivery: Delivery) -> dict[str, Any] | None:
+        async def tell_pending() -> None:
+            await self.replies.send(delivery, pending_envelope(), persistent=True)
+
+        for identifier, subscriber in list(self._subscribers.items()):
+            pending = tell_pending if identifier in self._pending_replies else None
             try:
-                result = await call_subscriber(subscriber, self.ctx.communicator, task)
+                result = await call_subscriber(subscriber, self.ctx.communicator, task,
+                                               on_pending=pending)
             except TaskRejected:
                 continue
             except Exception as exc:

@@ -1,8 +1,12 @@
 """kiwitrio_sync: kiwitrio's tasks, RPC and broadcasts as blocking calls, for non-async code.
 
-A drop-in for kiwiPy's thread communicator: the Trio core runs in a portal thread, results come
-back as :class:`concurrent.futures.Future` objects, and subscribers are plain functions called
-in worker threads. Start with :func:`connect`.
+The Trio core runs in a portal thread, results come back as :class:`concurrent.futures.Future`
+objects, and subscribers are plain functions called in worker threads. Two faces:
+
+- :func:`connect` / :class:`Communicator`: kiwitrio's own semantics;
+- :class:`RmqThreadCommunicator`: kiwiPy 0.9's thread communicator, its observable behaviour
+  included, for code written against kiwiPy. :mod:`kiwitrio_sync.kiwipy_compat` is kiwiPy's
+  whole namespace; :func:`install_kiwipy_alias` makes ``import kiwipy`` resolve to it.
 """
 
 import concurrent.futures
@@ -26,8 +30,10 @@ from kiwitrio import (
     current_delivery,
 )
 
+from ._alias import install_kiwipy_alias, remove_kiwipy_alias
 from ._communicator import Communicator, IncomingTask, TaskQueue, connect
-from ._kiwipy import RmqThreadCommunicator
+from ._kiwipy import RmqThreadCommunicator, RmqThreadIncomingTask, RmqThreadTaskQueue
+from ._kiwipy_api import ConnectionLost, InvalidStateError, OperationTimeout
 from ._portal import BlockingCallInPortal, Portal
 
 #: The futures kiwitrio_sync returns (as in kiwiPy).
@@ -41,18 +47,23 @@ __all__ = [
     "Communicator",
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionLost",
     "ConnectionState",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
     "Future",
     "IncomingTask",
+    "InvalidStateError",
     "KiwitrioError",
+    "OperationTimeout",
     "Portal",
     "QueueEmpty",
     "ReconnectPolicy",
     "RemoteException",
     "RmqThreadCommunicator",
+    "RmqThreadIncomingTask",
+    "RmqThreadTaskQueue",
     "SendOutcomeUnknown",
     "TaskQueue",
     "TaskRejected",
@@ -61,4 +72,6 @@ __all__ = [
     "__version__",
     "connect",
     "current_delivery",
+    "install_kiwipy_alias",
+    "remove_kiwipy_alias",
 ]

@@ -17,7 +17,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -29,7 +29,7 @@ from kiwitrio._tasks import TaskQueue as CoreTaskQueue
 
 from ._portal import Portal
 
-__all__ = ["Communicator", "IncomingTask", "TaskQueue", "connect"]
+__all__ = ["BlockingBase", "Communicator", "IncomingTask", "TaskQueue", "connect"]
 
 #: How long close() waits for the communicator to shut down (giving tasks back) in the portal.
 CLOSE_TIMEOUT = 15.0
@@ -135,12 +135,14 @@ def _close_all_at_exit() -> None:
         runtime.close()
 
 
-class Communicator:
-    """Blocking tasks, RPC and broadcasts; a drop-in for kiwiPy's ``RmqThreadCommunicator``.
+_B = TypeVar("_B", bound="BlockingBase")
 
-    Made by :func:`connect`. Closed by :meth:`close`, by leaving its ``with`` block, at
-    interpreter exit, or when garbage collected; every call after that raises
-    :class:`~kiwitrio.CommunicatorClosed`.
+
+class BlockingBase:
+    """What the two blocking faces share: the portal, the core communicator, closing.
+
+    :class:`Communicator` (kiwitrio's semantics) and
+    :class:`~kiwitrio_sync.RmqThreadCommunicator` (kiwiPy's) derive from it.
     """
 
     def __init__(self, url: str = kiwitrio.DEFAULT_URL, *, portal: Portal | None = None,
@@ -157,8 +159,6 @@ class Communicator:
                 self._runtime.portal.stop()
             raise
         _live.add(self._runtime)
-        self._queues: dict[str, TaskQueue] = {}
-        self._default_queue = TaskQueue(self, self._core._default_queue)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ class Communicator:
             self._runtime.core is not None and self._runtime.core.is_closed()
         )
 
-    def __enter__(self) -> Communicator:
+    def __enter__(self: _B) -> _B:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -229,6 +229,23 @@ class Communicator:
         if self._runtime.closed or core is None:
             return kiwitrio.ConnectionState.CLOSED
         return core.connection_state
+
+
+class Communicator(BlockingBase):
+    """Blocking tasks, RPC and broadcasts with kiwitrio's semantics.
+
+    Made by :func:`connect`. Closed by :meth:`close`, by leaving its ``with`` block, at
+    interpreter exit, or when garbage collected; every call after that raises
+    :class:`~kiwitrio.CommunicatorClosed`. For kiwiPy's observable behaviour (nested
+    futures, ``None`` from ``task_send(no_reply=True)``, kiwiPy's pull mode...) use
+    :class:`~kiwitrio_sync.RmqThreadCommunicator`.
+    """
+
+    def __init__(self, url: str = kiwitrio.DEFAULT_URL, *, portal: Portal | None = None,
+                 **options: Any) -> None:
+        super().__init__(url, portal=portal, **options)
+        self._queues: dict[str, TaskQueue] = {}
+        self._default_queue = TaskQueue(self, self._core._default_queue)
 
     # -- tasks --------------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from kiwitrio import CommunicatorClosed, KiwitrioError
+from kiwitrio._bridge import block_process_signals
 
 __all__ = ["BlockingCallInPortal", "Portal"]
 
@@ -64,6 +65,9 @@ class Portal:
 
     def _run(self) -> None:
         try:
+            # Ctrl-C must interrupt the blocking call in the main thread, not land here (the
+            # portal's worker threads and the bridge's asyncio thread inherit this mask).
+            block_process_signals()
             trio.run(self._main)
         except BaseException as exc:
             self._startup_error = exc
@@ -181,13 +185,14 @@ class Portal:
                 future.cancel()
                 raise
             except BaseException as exc:
-                _settle(future, None, exc)
+                settle_future(future, None, exc)
             else:
-                _settle(future, result, None)
+                settle_future(future, result, None)
 
 
-def _settle(future: concurrent.futures.Future[T], result: T | None,
-            error: BaseException | None) -> None:
+def settle_future(future: concurrent.futures.Future[T], result: T | None,
+                  error: BaseException | None) -> None:
+    """Resolve ``future`` with ``error`` or ``result``, unless its caller cancelled it."""
     if future.cancelled():
         return
     try:

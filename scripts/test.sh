@@ -1,16 +1,55 @@
 #!/usr/bin/env bash
-# Run the test suite: make sure a broker answers, set up .venv, then run pytest in it.
-# Arguments go to pytest (default: -q); pytest's exit code is this script's exit code.
-#   bash scripts/test.sh                  # whole suite
-#   bash scripts/test.sh -x -k rpc        # any pytest arguments
+# Run the tests. Makes sure a broker answers on 127.0.0.1:5672 and sets up .venv first.
+#
+#   bash scripts/test.sh              the whole matrix, which is what CI (.ci/run) runs:
+#                                     Python 3.12 and 3.14, each against the local broker and
+#                                     against RabbitMQ 4.3, on the default (thread) bridge, and
+#                                     Python 3.12 on the trio-asyncio bridge (fault suite aside)
+#   bash scripts/test.sh -x -k rpc    any pytest arguments: one run in .venv (the host's Python,
+#                                     the local broker), for working on the code
+#
+# The matrix runs through nox (noxfile.py; each session: nox -s NAME). Python 3.14 and the
+# RabbitMQ 4.3 node come from a Debian sid chroot that scripts/sid.sh builds on first use
+# (needs root; about 2 minutes, then reused). The 4.3 node is stopped at the end unless it was
+# running before. Exit status: 0 when every session passed.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/ensure-broker.sh
 bash scripts/bootstrap.sh
 
-if [[ $# -eq 0 ]]; then
-    set -- -q
+if [[ $# -gt 0 ]]; then
+    echo "test: .venv/bin/python -m pytest $*"
+    exec .venv/bin/python -m pytest "$@"
 fi
-echo "test: .venv/bin/python -m pytest $*"
-exec .venv/bin/python -m pytest "$@"
+
+if ! .venv/bin/python -c 'import nox' >/dev/null 2>&1; then
+    echo "test: installing nox into .venv"
+    .venv/bin/python -m pip install --quiet nox
+fi
+
+rmq43_was_running=0
+if bash scripts/sid.sh rabbitmq status >/dev/null 2>&1; then
+    rmq43_was_running=1
+fi
+stop_rmq43() {
+    if [[ $rmq43_was_running == 0 ]] && bash scripts/sid.sh rabbitmq status >/dev/null 2>&1; then
+        bash scripts/sid.sh rabbitmq stop || true
+    fi
+}
+trap stop_rmq43 EXIT
+
+PYTEST_ARGS=(-q -p no:cacheprovider)
+status=0
+run() {
+    echo "test: $*"
+    "$@" || status=1
+}
+start=$SECONDS
+# Each session installs the working tree into its own environment (.nox/...).
+run .venv/bin/python -m nox -s tests-3.12 tests_rmq43-3.12 tests-3.14 tests_rmq43-3.14 \
+    -- "${PYTEST_ARGS[@]}"
+run .venv/bin/python -m nox -s tests_trio_asyncio-3.12 -- "${PYTEST_ARGS[@]}" \
+    --ignore=tests/faults
+echo "test: the matrix took $((SECONDS - start)) s; $([[ $status == 0 ]] && echo "every session passed" || echo "a session FAILED (see above)")"
+exit $status

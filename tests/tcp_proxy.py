@@ -1,12 +1,24 @@
-"""A TCP proxy owned by a test, to cut client connections without touching the broker."""
+"""A TCP proxy owned by a test, to cut client connections without touching the broker.
+
+By default it forwards to the broker under test (``KIWITRIO_TEST_URL``'s host and port).
+"""
 
 from __future__ import annotations
 
 import functools
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import trio
+
+from .conftest import AMQP_URL
+
+
+def _url_target(url: str) -> tuple[str, int]:
+    """The host and port an ``amqp://`` URL points at (5672 when it names none)."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 5672
 
 
 class TcpProxy:
@@ -75,9 +87,11 @@ async def _pump(source: trio.SocketStream, sink: trio.SocketStream,
 
 
 @asynccontextmanager
-async def open_tcp_proxy(target_host: str = "127.0.0.1",
-                         target_port: int = 5672) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(target_host, target_port)
+async def open_tcp_proxy(target_host: str | None = None,
+                         target_port: int | None = None) -> AsyncIterator[TcpProxy]:
+    """A proxy to ``target_host:target_port``, by default the broker under test."""
+    default_host, default_port = _url_target(AMQP_URL)
+    proxy = TcpProxy(target_host or default_host, target_port or default_port)
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1")

@@ -8,11 +8,13 @@ import re
 import time
 from typing import Any
 
+import aiormq.exceptions
 import pytest
 import trio
+from pamqp import commands as spec
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backend import NegativeAck, OutgoingMessage
 from kiwitrio._broadcast import binding_keys
 
 from .conftest import OpenComm
@@ -227,3 +229,45 @@ async def test_broadcast_envelopes_with_overlong_subject_or_sender_are_rejected(
     assert len(rejected) == 2, rejected
     assert any("subject of 305 characters" in line for line in rejected), rejected
     assert any("sender of 2000 characters" in line for line in rejected), rejected
+
+
+def _nack_from_aiormq() -> kiwitrio.DeliveryFailed:
+    """What the aio-pika backend raises for a nack: DeliveryFailed from aiormq's DeliveryError."""
+    try:
+        try:
+            raise aiormq.exceptions.DeliveryError(None, spec.Basic.Nack(delivery_tag=7))
+        except aiormq.exceptions.DeliveryError as exc:
+            raise kiwitrio.DeliveryFailed(f"the broker did not accept the message: {exc}") from exc
+    except kiwitrio.DeliveryFailed as failed:
+        return failed
+
+
+@pytest.mark.parametrize("refusal", [
+    pytest.param(lambda: NegativeAck("Basic.Nack"), id="NegativeAck"),
+    pytest.param(_nack_from_aiormq, id="aiormq-DeliveryError"),
+])
+async def test_nacked_broadcast_is_not_an_error(
+    open_comm: OpenComm, monkeypatch: pytest.MonkeyPatch, refusal: Any
+) -> None:
+    # RabbitMQ 4.3 nacks a broadcast routed to a subscriber's queue that is being deleted,
+    # though every other subscriber got it (seen when a worker was SIGKILLed mid-run).
+    async with open_comm() as comm:
+        async def nacked(*_args: Any, **_kwargs: Any) -> None:
+            raise refusal()
+
+        monkeypatch.setattr(comm._ctx.session, "publish", nacked)
+        with trio.fail_after(DEADLINE):
+            await comm.broadcast_send("to whom it may concern", subject="news")
+
+
+async def test_broadcast_refused_otherwise_raises(
+    open_comm: OpenComm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with open_comm() as comm:
+        async def refused(*_args: Any, **_kwargs: Any) -> None:
+            raise kiwitrio.DeliveryFailed("PRECONDITION_FAILED - message size is larger")
+
+        monkeypatch.setattr(comm._ctx.session, "publish", refused)
+        with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.DeliveryFailed,
+                                                      match="PRECONDITION_FAILED"):
+            await comm.broadcast_send("too big", subject="news")

@@ -6,6 +6,7 @@ is never touched.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
@@ -194,25 +195,46 @@ async def test_outage_longer_than_the_policy_raises_from_the_block(names: Names)
         assert comm.is_closed()
 
 
+async def _double(_comm: Any, task: int) -> int:
+    return task * 2
+
+
+async def _doubling_worker(comm: kiwitrio.Communicator) -> tuple[Any, Any, Any]:
+    """Subscribe ``_double``, see it answer once; its resilient consumer, the AMQP consumer
+    under it, and the AMQP session it is on."""
+    await comm.add_task_subscriber(_double)
+    with trio.fail_after(DEADLINE):
+        assert await (await comm.task_send(1)) == 2
+    consumer = comm._default_queue._consumer
+    assert consumer is not None
+    return consumer, consumer._inner, comm._ctx.session.__dict__["_current"]  # type: ignore[attr-defined]
+
+
 async def test_consumer_whose_channel_the_broker_closed_consumes_again(names: Names) -> None:
     """The broker closes a consumer's channel (as on its consumer timeout): the
     subscriber must not go silent while the connection lives on."""
-
-    async def double(_comm: Any, task: int) -> int:
-        return task * 2
-
     async with kiwitrio.open_communicator(AMQP_URL, **names.kwargs(), reconnect=FAST) as comm:
-        await comm.add_task_subscriber(double)
-        with trio.fail_after(DEADLINE):
-            assert await (await comm.task_send(1)) == 2
-        consumer = comm._default_queue._consumer
-        assert consumer is not None
-        inner = consumer._inner  # type: ignore[attr-defined]
-        session = comm._ctx.session.__dict__["_current"]
+        consumer, inner, session = await _doubling_worker(comm)
         # Acknowledging an unknown delivery tag is a channel error: the broker closes it.
         underlay = await session.bridge.run(inner._channel.get_underlay_channel)
         await session.bridge.run(underlay.basic_ack, 999_999)
         with trio.fail_after(DEADLINE):
             assert await (await comm.task_send(2)) == 4
-        assert consumer._inner is not inner  # type: ignore[attr-defined]
+        assert consumer._inner is not inner
+        assert comm.connection_state is kiwitrio.ConnectionState.CONNECTED
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11),
+                    reason="aiormq 6 (Python 3.10) reports no broker-sent basic.cancel")
+async def test_consumer_the_broker_cancelled_consumes_again(names: Names) -> None:
+    """The broker cancels a consumer with basic.cancel and keeps its channel open (its queue
+    was deleted; from RabbitMQ 4.3 on, also a consumer timeout): it must consume again."""
+    async with kiwitrio.open_communicator(AMQP_URL, **names.kwargs(), reconnect=FAST) as comm:
+        _consumer, inner, session = await _doubling_worker(comm)
+        await session.delete_queue(names.task_queue)
+        with trio.fail_after(DEADLINE):
+            # Another communicator declares the queue again; the consumer comes back to it.
+            async with kiwitrio.open_communicator(AMQP_URL, **names.kwargs()) as other:
+                assert await (await other.task_send(2)) == 4
+        assert inner._channel.is_closed or inner._cancelled
         assert comm.connection_state is kiwitrio.ConnectionState.CONNECTED

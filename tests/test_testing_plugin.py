@@ -3,12 +3,19 @@
 The inner runs use the plugin as installed (the ``pytest11`` entry point): its fixtures on the
 real broker and in memory, async (pytest-trio) and blocking. Afterwards the names they used
 must be gone from the broker, which ``rabbitmqctl list_queues`` / ``list_exchanges`` tell
-(read-only; the check is skipped where rabbitmqctl cannot be used).
+(read-only; the check is skipped where rabbitmqctl cannot be used for the broker under test).
+
+Plain ``rabbitmqctl`` talks to the machine's default node, so it is used only when the broker
+under test is the one at localhost:5672. For another broker, ``KIWITRIO_TEST_RABBITMQCTL`` gives
+the command that runs rabbitmqctl for it, e.g. ``bash /path/to/scripts/sid.sh rabbitmq ctl`` for
+the RabbitMQ 4.3 node of scripts/sid.sh (``nox -s tests_rmq43`` sets that).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import shutil
 import subprocess
 import urllib.parse
@@ -24,17 +31,23 @@ pytestmark = pytest.mark.timeout(120)
 #: Deadline for one inner pytest run.
 INNER_TIMEOUT = 60.0
 
+#: The environment variable through which the outer test hands its rabbitmqctl command (a JSON
+#: list, empty for none) to the inner run's ``listed`` (named there too).
+CTL_ENV = "KIWITRIO_TEST_LISTING_CTL"
+
 LISTING = '''
-import shutil
+import json
+import os
 import subprocess
 
 
 def listed(kind):
     """Names of the broker's queues or exchanges, or None without a usable rabbitmqctl."""
-    if shutil.which("rabbitmqctl") is None:
+    command = json.loads(os.environ.get("KIWITRIO_TEST_LISTING_CTL") or "[]")
+    if not command:
         return None
     try:
-        result = subprocess.run(["rabbitmqctl", "-q", f"list_{kind}", "name"],
+        result = subprocess.run([*command, "-q", f"list_{kind}", "name"],
                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
@@ -159,20 +172,35 @@ async def test_marked(kiwitrio_memory_communicator):
 '''
 
 
+def _rabbitmqctl() -> list[str]:
+    """The command that runs rabbitmqctl for the broker under test; empty if there is none."""
+    configured = os.environ.get("KIWITRIO_TEST_RABBITMQCTL", "").strip()
+    if configured:
+        return shlex.split(configured)
+    parts = urllib.parse.urlsplit(AMQP_URL)
+    if (parts.hostname not in ("127.0.0.1", "localhost", "::1") or (parts.port or 5672) != 5672
+            or shutil.which("rabbitmqctl") is None):
+        return []
+    return ["rabbitmqctl"]
+
+
 def _listed(kind: str) -> set[str] | None:
     """The broker's queue or exchange names through rabbitmqctl, or None if unusable."""
-    host = urllib.parse.urlsplit(AMQP_URL).hostname
-    if host not in ("127.0.0.1", "localhost", "::1") or shutil.which("rabbitmqctl") is None:
+    command = _rabbitmqctl()
+    if not command:
         return None
     try:
-        result = subprocess.run(["rabbitmqctl", "-q", f"list_{kind}", "name"],
+        result = subprocess.run([*command, "-q", f"list_{kind}", "name"],
                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return set(result.stdout.split()) if result.returncode == 0 else None
 
 
-def test_user_tests_with_the_fixtures_pass_and_clean_up(pytester: pytest.Pytester) -> None:
+def test_user_tests_with_the_fixtures_pass_and_clean_up(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CTL_ENV, json.dumps(_rabbitmqctl()))
     pytester.makeini("[pytest]\ntrio_mode = true\n")
     pytester.makepyfile(listing=LISTING, test_user=USER_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kiwitrio-url",

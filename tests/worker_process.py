@@ -24,12 +24,17 @@ Optional extras (used by the fault-injection suite, tests/faults/; off by defaul
 - ``--broadcasts`` appends ``broadcast <seq>`` for broadcasts ``{"seq": n}`` on subject
   ``faults.*``;
 - ``--heartbeat`` and ``--reconnect-delay``/``--reconnect-max-delay``/
-  ``--startup-give-up-after`` set the communicator's heartbeat and reconnection policy.
+  ``--startup-give-up-after`` set the communicator's heartbeat and reconnection policy;
+- ``--hold-until-released``: a task marked ``"hold": True`` waits, after its ``started``
+  line, until the line ``release`` arrives on stdin (from then on no task waits). The test
+  thereby decides when the workers may finish such tasks: until then they hold them
+  unacknowledged and take no more than their prefetch count from the queue.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -62,6 +67,8 @@ class Worker:
         self._log = log
         self._block_slow = block_slow
         self._log_starts = log_starts
+        #: Set by a ``release`` line on stdin (``--hold-until-released``).
+        self.released = trio.Event()
 
     async def on_task(self, _comm: kiwitrio.Communicator, task: Any) -> dict[str, int]:
         task_id = int(task["id"])
@@ -69,6 +76,8 @@ class Worker:
             self._log.append(f"started {task_id}")
         if task.get("slow") and self._block_slow:
             await trio.sleep_forever()
+        if task.get("hold"):
+            await self.released.wait()
         if task.get("sleep"):
             await trio.sleep(float(task["sleep"]))
         return self._done(task_id)
@@ -108,13 +117,20 @@ async def _stop_on_signal(
         return
 
 
-async def _stop_on_stdin_eof(log: TaskLog, scope: trio.CancelScope) -> None:
+async def _read_stdin(worker: Worker, log: TaskLog, scope: trio.CancelScope, *,
+                      exit_on_eof: bool) -> None:
+    """Open the worker's gate on a ``release`` line; on end of file, stop the worker if
+    ``exit_on_eof``."""
     stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+    pending = b""
     async with stdin:
-        while await stdin.receive_some():
-            pass
-    log.append("stopped stdin-eof")
-    scope.cancel()
+        while chunk := await stdin.receive_some():
+            *lines, pending = (pending + chunk).split(b"\n")
+            if b"release" in lines:
+                worker.released.set()
+    if exit_on_eof:
+        log.append("stopped stdin-eof")
+        scope.cancel()
 
 
 def _connection_options(args: argparse.Namespace, worker: Worker) -> dict[str, Any]:
@@ -162,8 +178,10 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
             print("ready", flush=True)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, log, nursery.cancel_scope)
-                if args.exit_on_stdin_eof:
-                    nursery.start_soon(_stop_on_stdin_eof, log, nursery.cancel_scope)
+                if args.exit_on_stdin_eof or args.hold_until_released:
+                    nursery.start_soon(functools.partial(
+                        _read_stdin, worker, log, nursery.cancel_scope,
+                        exit_on_eof=args.exit_on_stdin_eof))
         # Leaving the communicator block gave back the tasks still being worked on.
 
 
@@ -189,6 +207,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--broadcasts", action="store_true",
                         help='log "broadcast <seq>" for broadcasts on subject faults.*')
     parser.add_argument("--heartbeat", type=float, help="heartbeat interval in seconds")
+    parser.add_argument("--hold-until-released", action="store_true",
+                        help='tasks marked "hold" wait for a "release" line on stdin')
     parser.add_argument("--reconnect-delay", type=float,
                         help="first reconnection delay (seconds)")
     parser.add_argument("--reconnect-max-delay", type=float,
@@ -198,6 +218,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.sync and args.block_slow:
         parser.error("--block-slow needs the async subscriber (not --sync)")
+    if args.sync and args.hold_until_released:
+        parser.error("--hold-until-released needs the async subscriber (not --sync)")
     return args
 
 

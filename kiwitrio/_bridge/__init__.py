@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal, get_args
 
-from ._base import AsyncioBridge, AsyncioOperationAborted
+from ._base import AsyncioBridge, AsyncioOperationAborted, block_process_signals
 from ._thread import ThreadBridge, open_thread_bridge
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "AsyncioOperationAborted",
     "BridgeChoice",
     "ThreadBridge",
+    "block_process_signals",
     "default_bridge",
     "open_bridge",
     "resolve_bridge",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
+import signal
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
@@ -26,7 +27,9 @@ __all__ = [
     "AsyncioBridge",
     "AsyncioOperationAborted",
     "abort_open_transports",
+    "block_process_signals",
     "call_in_asyncio",
+    "describe",
     "log_asyncio_error",
     "track_socket_transports",
 ]
@@ -89,6 +92,11 @@ async def call_in_asyncio(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]
     return await fn(*args)
 
 
+def describe(fn: Callable[..., object]) -> str:
+    """A callable's name for messages: its qualified name, else its repr."""
+    return str(getattr(fn, "__qualname__", fn))
+
+
 def log_asyncio_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """Report errors that asyncio code left unhandled, without crashing the communicator.
 
@@ -132,3 +140,25 @@ def abort_open_transports(transports: weakref.WeakSet[asyncio.BaseTransport]) ->
         if not transport.is_closing() and isinstance(transport, asyncio.Transport):
             logger.debug("aborting a transport left open: %r", transport)
             transport.abort()
+
+
+#: Signals sent to the whole process (Ctrl-C, kill, terminal hang-up...). Python runs their
+#: handlers in the main thread only.
+_PROCESS_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1",
+                                       "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGWINCH")
+    if hasattr(signal, name))
+
+
+def block_process_signals() -> None:
+    """Keep process-directed signals away from the calling (helper) thread.
+
+    The kernel hands a signal sent to the process to any thread that does not block it. If
+    that is one of kiwitrio's helper threads, Python's handler runs only once the main thread
+    next executes bytecode: a main thread blocked in ``future.result()`` would not see its
+    Ctrl-C until the wait ends. Blocked here, the signal goes to the main thread, which is
+    interrupted at once. Threads started from this one inherit the mask. No-op where
+    ``pthread_sigmask`` does not exist (Windows).
+    """
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, _PROCESS_SIGNALS)

@@ -36,7 +36,9 @@ from ._base import (
     AsyncioBridge,
     AsyncioOperationAborted,
     abort_open_transports,
+    block_process_signals,
     call_in_asyncio,
+    describe,
     log_asyncio_error,
     track_socket_transports,
 )
@@ -49,6 +51,10 @@ T = TypeVar("T")
 
 _Call = tuple[Callable[..., object], tuple[Any, ...]]
 
+#: How long the closing loop waits for its cancelled tasks to finish before it gives up on
+#: them (an asyncio task that ignores cancellation must not keep the bridge open for ever).
+SHUTDOWN_GRACE = 5.0
+
 
 class ThreadBridge(AsyncioBridge):
     """A private asyncio loop in its own thread; see the module docstring."""
@@ -58,7 +64,6 @@ class ThreadBridge(AsyncioBridge):
     def __init__(self, trio_token: trio.lowlevel.TrioToken) -> None:
         self._trio_token = trio_token
         self.loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
         # Trio -> asyncio
         self._to_asyncio_lock = threading.Lock()
         self._to_asyncio: deque[_Call] = deque()
@@ -76,7 +81,7 @@ class ThreadBridge(AsyncioBridge):
         if self._closing:
             await trio.lowlevel.checkpoint()
             raise AsyncioOperationAborted(
-                f"{_describe(fn)} was not started: the asyncio bridge is closing")
+                f"{describe(fn)} was not started: the asyncio bridge is closing")
         call = _PendingCall(self, fn, args, trio.lowlevel.current_task())
         self._in_asyncio(call.start)
         result: T = await trio.lowlevel.wait_task_rescheduled(call.abort)
@@ -95,7 +100,7 @@ class ThreadBridge(AsyncioBridge):
         try:
             self._trio_token.run_sync_soon(self._run_trio_batch)
         except trio.RunFinishedError:
-            logger.debug("the Trio run has finished; dropped a call to %s", _describe(fn))
+            logger.debug("the Trio run has finished; dropped a call to %s", describe(fn))
 
     # -- queues ----------------------------------------------------------------------------
 
@@ -111,7 +116,7 @@ class ThreadBridge(AsyncioBridge):
         try:
             loop.call_soon_threadsafe(self._run_asyncio_batch)
         except RuntimeError:  # the loop is closed: the bridge is gone
-            logger.debug("the asyncio loop is closed; dropped a call to %s", _describe(fn))
+            logger.debug("the asyncio loop is closed; dropped a call to %s", describe(fn))
 
     def _run_asyncio_batch(self) -> None:
         # The loop's thread.
@@ -136,6 +141,7 @@ class ThreadBridge(AsyncioBridge):
 
     def _thread_main(self, started: trio.Event, finished: trio.Event) -> None:
         try:
+            block_process_signals()
             loop = asyncio.SelectorEventLoop()
         except BaseException:
             self.call_in_trio(started.set)
@@ -209,7 +215,7 @@ class _PendingCall:
                 result = outcome.capture(self._raise_cancel)
             else:
                 result = outcome.Error(AsyncioOperationAborted(
-                    f"{_describe(self._fn)} was cancelled by asyncio "
+                    f"{describe(self._fn)} was cancelled by asyncio "
                     "(its connection or channel closed, or the bridge is closing)"))
         trio.lowlevel.reschedule(self._trio_task, result)
 
@@ -219,7 +225,7 @@ def _run_all(batch: deque[_Call]) -> None:
         try:
             fn(*args)
         except Exception:
-            logger.exception("error in a call across the asyncio bridge: %s", _describe(fn))
+            logger.exception("error in a call across the asyncio bridge: %s", describe(fn))
 
 
 def _shut_down(loop: asyncio.AbstractEventLoop,
@@ -229,15 +235,17 @@ def _shut_down(loop: asyncio.AbstractEventLoop,
     for task in tasks:
         task.cancel()
     if tasks:
-        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        _, pending = loop.run_until_complete(asyncio.wait(tasks, timeout=SHUTDOWN_GRACE))
+        for task in pending:
+            logger.warning("asyncio task %r did not finish within %.0f s of being cancelled; "
+                           "left behind", task, SHUTDOWN_GRACE)
+        for task in tasks - pending:
+            if not task.cancelled() and task.exception() is not None:
+                logger.debug("asyncio task %r ended with %r", task, task.exception())
     loop.run_until_complete(loop.shutdown_asyncgens())
     abort_open_transports(transports)
     # One more turn, so that aborted transports run their connection_lost callbacks.
     loop.run_until_complete(asyncio.sleep(0))
-
-
-def _describe(fn: Callable[..., object]) -> str:
-    return str(getattr(fn, "__qualname__", fn))
 
 
 @asynccontextmanager
@@ -252,7 +260,6 @@ async def open_thread_bridge() -> AsyncIterator[ThreadBridge]:
     finished = trio.Event()
     thread = threading.Thread(target=bridge._thread_main, args=(started, finished),
                               name="kiwitrio-asyncio", daemon=True)
-    bridge._loop_thread = thread
     thread.start()
     try:
         with trio.CancelScope(shield=True):

@@ -41,6 +41,7 @@ from ._base import (
     AsyncioOperationAborted,
     abort_open_transports,
     call_in_asyncio,
+    describe,
     log_asyncio_error,
     track_socket_transports,
 )
@@ -80,7 +81,7 @@ class TrioAsyncioBridge(AsyncioBridge):
         except asyncio.CancelledError as exc:
             # Trio's own cancellation arrives as trio.Cancelled, never as this.
             raise AsyncioOperationAborted(
-                f"{getattr(fn, '__qualname__', fn)} was cancelled by asyncio "
+                f"{describe(fn)} was cancelled by asyncio "
                 "(its connection or channel closed)") from exc
         return result
 
@@ -95,8 +96,7 @@ class TrioAsyncioBridge(AsyncioBridge):
         try:
             fn(*args)
         except Exception:
-            logger.exception("error in a call across the asyncio bridge: %s",
-                             getattr(fn, "__qualname__", fn))
+            logger.exception("error in a call across the asyncio bridge: %s", describe(fn))
 
 
 @asynccontextmanager

@@ -32,6 +32,9 @@ SERVICE_USER = "rabbitmq"
 #: for a loaded 2-core CI machine.
 START_TIMEOUT = 60.0
 KILL_TIMEOUT = 15.0
+#: rabbitmqctl boots an Erlang VM of its own: about 2 s on an idle machine, 4-10 s on a
+#: loaded one, and over 30 s was seen just after a restart there.
+CTL_TIMEOUT = 120.0
 #: The AMQP 0-9-1 protocol header; a ready broker answers with a Connection.Start frame.
 _AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
 _METHOD_FRAME = 1
@@ -236,7 +239,7 @@ class PrivateBroker:
 
     # -- administration -----------------------------------------------------------------------
 
-    def ctl(self, *args: str, timeout: float = 30.0) -> str:
+    def ctl(self, *args: str, timeout: float = CTL_TIMEOUT) -> str:
         """Run ``rabbitmqctl -n <this node> ARGS`` and return its output."""
         result = subprocess.run(
             [str(CTL), "-n", self.node, *args], env=self.environment(),

@@ -2,7 +2,9 @@
 
 Scenario 2: the node is SIGKILLed in the middle of a workload (four worker processes, three
 senders, RPCs and broadcasts) and restarted on the same data: the durable task queue and its
-persistent tasks survive, every client reconnects, no task is lost.
+persistent tasks survive, every client reconnects, no task is lost. The moment of the crash is
+not left to timing: the workers hold back most tasks until the test releases them, so at the
+crash a known backlog of confirmed tasks waits in the queue, whatever the machine's load.
 
 Scenario 4: the node is down when the workers and senders start; they keep trying (their
 startup_give_up_after covers the wait) and, once it is up, the workload completes.
@@ -47,6 +49,8 @@ PREFETCH = 4
 TASK_SECONDS = 0.01
 RESULTS_DEADLINE = 60.0
 DEADLINE = 20.0
+#: Reaching the state to crash in: workers and broker are slower on a loaded machine.
+SETTLE_DEADLINE = 60.0
 
 
 def make_task(task_id: int) -> dict[str, Any]:
@@ -66,33 +70,99 @@ def reconnecting(worker: WorkerProc) -> bool:
     return "reconnecting" in worker.states()
 
 
+def make_held_task(task_id: int) -> dict[str, Any]:
+    """A task the workers keep, unacknowledged, until released (see tests/worker_process.py)."""
+    return {**make_task(task_id), "hold": True}
+
+
+def holding(worker: WorkerProc) -> bool:
+    """Whether the worker holds ``PREFETCH`` tasks (held ones, once the free ones are done):
+    it takes no other task until released, as the broker hands a consumer at most its
+    prefetch count unacknowledged."""
+    return len(worker.in_flight_ids()) == PREFETCH
+
+
+async def wait_until_still(book: TaskBook, workers: list[WorkerProc],
+                           observer: kiwitrio.Communicator, queue: str, *, outstanding: int,
+                           seconds: float) -> int:
+    """Wait until nothing moves in the task workload any more, and the broker says so.
+
+    In this order, each of which stays true once reached: every worker holds ``PREFETCH``
+    held tasks (so, the free ones being done, no task is done any more), every sender has
+    its ``outstanding`` tasks confirmed and unanswered (so it sends no more), and the broker
+    (a passive declare through ``observer``) counts the rest of the unanswered tasks ready
+    in the queue, with every worker consuming from it. Returns that count.
+    """
+    expected_ready = outstanding - len(workers) * PREFETCH
+    stats = None
+    try:
+        with trio.fail_after(seconds):
+            for worker in workers:
+                await worker.wait_for(holding, f"holding {PREFETCH} held tasks", seconds)
+            await book.wait_outstanding(outstanding)
+            while stats is None or (stats.messages, stats.consumers) != (
+                    expected_ready, len(workers)):
+                if stats is not None:
+                    await trio.sleep(0.05)
+                stats = await observer._ctx.session.inspect_queue(queue)
+    except trio.TooSlowError:
+        raise AssertionError(
+            f"the workload did not settle within {seconds} s: in flight per worker "
+            f"{[sorted(w.in_flight_ids()) for w in workers]} (want {PREFETCH} held ones), "
+            f"outstanding {book.outstanding} (want {outstanding}), queue {stats} (want "
+            f"{expected_ready} messages ready, {len(workers)} consumers)") from None
+    assert book.outstanding == outstanding, (book.outstanding, outstanding)
+    return expected_ready
+
+
+@pytest.mark.timeout(300)  # its deadlines add up to more than the module's 180 s
 async def test_broker_sigkilled_mid_workload_and_restarted(
     names: Names, fleet: WorkerFleet, broker: PrivateBroker,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     n_tasks = 1500
+    max_outstanding = 300
+    # A quarter of the tasks are done before the crash. The others are held: each sender
+    # ends up with max_outstanding of them confirmed, unanswered and waiting in the queue.
+    free = n_tasks // 4
+    assert (n_tasks - free) // N_SENDERS > max_outstanding
     began = time.monotonic()
     book = TaskBook()
-    workers = await fleet.spawn_many(N_WORKERS, broker.url, prefetch=PREFETCH)
+    workers = await fleet.spawn_many(N_WORKERS, broker.url, prefetch=PREFETCH,
+                                     hold_until_released=True)
     async with open_senders(broker.url, names, N_SENDERS, reconnect=FAST_RECONNECT) as senders, \
             traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
+        with trio.fail_after(RESULTS_DEADLINE):
+            await book.send_all(senders, range(free), make_task,
+                                max_outstanding=max_outstanding)
+            await book.wait_resolved(free)
         async with trio.open_nursery() as nursery:
-            # Up to 300 tasks outstanding per sender: a backlog sits in the queue at the crash.
-            nursery.start_soon(functools.partial(book.send_all, senders, range(n_tasks), make_task,
-                                                 max_outstanding=300))
-            with trio.fail_after(30):
-                await book.wait_resolved(n_tasks // 4)
+            nursery.start_soon(functools.partial(book.send_all, senders, range(free, n_tasks),
+                                                 make_held_task,
+                                                 max_outstanding=max_outstanding))
+            # The crash comes when a known backlog waits in the queue, not after some time.
+            settling = time.monotonic()
+            ready_at_kill = await wait_until_still(
+                book, workers, senders[0], names.task_queue,
+                outstanding=N_SENDERS * max_outstanding, seconds=SETTLE_DEADLINE)
+            held_at_kill = sum(len(w.in_flight_ids()) for w in workers)
+            settle_s = time.monotonic() - settling
             resolved_at_kill = book.resolved
             sent_before_kill = set(book.handles)
             await trio.to_thread.run_sync(broker.kill)
             killed_at = time.monotonic()
             # Every worker noticed before the node comes back.
             for worker in workers:
-                await worker.wait_for(reconnecting, "reconnecting", 20)
+                await worker.wait_for(reconnecting, "reconnecting", DEADLINE)
+            noticed_s = time.monotonic() - killed_at
             restart_s = await trio.to_thread.run_sync(broker.start)
-            # Soon after the restart (the clients are draining it already): the queue is back.
+            # The held tasks are not answered yet, so none of those back in the queue can have
+            # left it again: the queue after the restart is what survived the crash (however
+            # long rabbitmqctl takes on a loaded machine).
             depths = await trio.to_thread.run_sync(broker.queue_depths)
             outage_s = time.monotonic() - killed_at
+            for worker in workers:
+                await worker.release()
         await book.wait_all(RESULTS_DEADLINE)
         # Before the senders close (closing fails what is still pending).
         unresolved = book.unresolved()
@@ -106,6 +176,7 @@ async def test_broker_sigkilled_mid_workload_and_restarted(
     lost_after_done = [task_id for task_id in unresolved if task_id in done_before_crash]
     # Tasks confirmed before the crash and not yet done: they had to survive it on disk.
     survivors = sent_before_kill - done_before_crash
+    depth_after_restart = depths.get(names.task_queue, 0)
     figures = Figures(
         "broker-sigkill-restart", sent=book.sent, completed=completed,
         lost=book.sent - completed, executed_twice=executed_twice(completions),
@@ -113,10 +184,13 @@ async def test_broker_sigkilled_mid_workload_and_restarted(
             "lost_results_of_tasks_done_before_crash": len(lost_after_done),
             "resolved_at_kill": resolved_at_kill,
             "unresolved_at_kill": len(sent_before_kill) - resolved_at_kill,
+            "queue_ready_at_kill": ready_at_kill,
+            "held_at_kill": held_at_kill,
             "tasks_survived_crash": len(survivors & set(completions)),
             "tasks_to_survive": len(survivors),
-            "queue_depth_after_restart": depths.get(names.task_queue, 0),
-            "outage_s": outage_s, "restart_s": restart_s,
+            "queue_depth_after_restart": depth_after_restart,
+            "settle_s": settle_s, "noticed_s": noticed_s, "outage_s": outage_s,
+            "restart_s": restart_s,
             "worker_reconnects": sum(w.states().count("reconnecting") for w in workers),
             "rpc_ok": rpc.ok, "rpc_unroutable": rpc.unroutable, "rpc_timeouts": rpc.timeouts,
             "broadcasts_sent": broadcasts.sent,
@@ -133,6 +207,16 @@ async def test_broker_sigkilled_mid_workload_and_restarted(
     # confirmed before the crash and not yet done then was done after the restart.
     assert names.task_queue in depths, depths
     assert survivors, "no task was waiting in the queue at the crash"
+    # Exactly the tasks in the queue at the crash (ready, or held by the workers) had to
+    # survive it.
+    assert len(survivors) == ready_at_kill + held_at_kill, (
+        len(survivors), ready_at_kill, held_at_kill)
+    # The clients declare the queue again when they reconnect, so its mere presence above
+    # proves little: its contents must have come back (all of them held, none can have
+    # been answered and acknowledged since).
+    assert depth_after_restart >= len(survivors), (
+        f"the queue came back with {depth_after_restart} tasks; {len(survivors)} confirmed "
+        "persistent tasks were waiting in it at the crash")
     assert survivors <= set(completions), sorted(survivors - set(completions))[:20]
     assert returncodes == {w.name: 0 for w in workers}, fleet.describe()
     assert rpc.errors == [], rpc.errors[:10]

@@ -139,6 +139,12 @@ class WorkerProc(StoppableProcess):
         except trio.TooSlowError:
             raise AssertionError(f"not {what} after {seconds} s: {self.describe()}") from None
 
+    async def release(self) -> None:
+        """Let the worker finish the tasks marked ``hold`` (it was spawned with
+        ``hold_until_released=True``): now and from then on."""
+        assert self.process.stdin is not None
+        await self.process.stdin.send_all(b"release\n")
+
     async def kill(self) -> None:
         """SIGKILL the worker, as a crash would, and reap it."""
         self.killed = True
@@ -173,6 +179,7 @@ class WorkerFleet:
         heartbeat: float | None = None,
         reconnect_fast: bool = True,
         startup_give_up_after: float = 60.0,
+        hold_until_released: bool = False,
         wait_ready: bool = True,
     ) -> WorkerProc:
         log_path = self._dir / f"{name}.log"
@@ -198,6 +205,8 @@ class WorkerFleet:
             command.append("--broadcasts")
         if heartbeat is not None:
             command += ["--heartbeat", str(heartbeat)]
+        if hold_until_released:
+            command.append("--hold-until-released")  # see WorkerProc.release
         if reconnect_fast:
             command += ["--reconnect-delay", str(FAST_RECONNECT.initial_delay),
                         "--reconnect-max-delay", str(FAST_RECONNECT.max_delay),
@@ -278,7 +287,7 @@ class TaskBook:
         self.handles: dict[int, kiwitrio.ResultHandle] = {}
         self.resolutions: Counter[int] = Counter()
         self.send_errors: list[str] = []
-        self._waiters: list[tuple[int, trio.Event]] = []
+        self._waiters: list[tuple[Callable[[], bool], trio.Event]] = []
 
     @property
     def sent(self) -> int:
@@ -287,6 +296,11 @@ class TaskBook:
     @property
     def resolved(self) -> int:
         return len(self.resolutions)
+
+    @property
+    def outstanding(self) -> int:
+        """Tasks confirmed by the broker and not answered yet."""
+        return self.sent - self.resolved
 
     async def send_all(self, comms: Sequence[kiwitrio.Communicator], task_ids: Iterable[int],
                        make_task: Callable[[int], dict[str, Any]], *,
@@ -317,6 +331,7 @@ class TaskBook:
             outstanding.release()
             return
         self.handles[task_id] = handle
+        self._wake()
 
         def on_done(_handle: kiwitrio.ResultHandle) -> None:
             self.resolutions[task_id] += 1
@@ -326,23 +341,30 @@ class TaskBook:
         handle.add_done_callback(on_done)
 
     def _wake(self) -> None:
-        resolved = self.resolved
-        for threshold, event in self._waiters:
-            if resolved >= threshold:
+        for condition, event in self._waiters:
+            if condition():
                 event.set()
 
-    async def wait_resolved(self, count: int) -> None:
-        """Wait until ``count`` handles have resolved."""
-        if self.resolved >= count:
+    async def _wait_until(self, condition: Callable[[], bool]) -> None:
+        """Wait until ``condition()`` holds; checked whenever a task is sent or answered."""
+        if condition():
             await trio.lowlevel.checkpoint()
             return
         event = trio.Event()
-        entry = (count, event)
+        entry = (condition, event)
         self._waiters.append(entry)
         try:
             await event.wait()
         finally:
             self._waiters.remove(entry)
+
+    async def wait_resolved(self, count: int) -> None:
+        """Wait until ``count`` handles have resolved."""
+        await self._wait_until(lambda: self.resolved >= count)
+
+    async def wait_outstanding(self, count: int) -> None:
+        """Wait until ``count`` tasks are confirmed and not answered (:attr:`outstanding`)."""
+        await self._wait_until(lambda: self.outstanding >= count)
 
     async def wait_all(self, seconds: float, *, stall: float = 10.0) -> None:
         """Wait until every handle has resolved, at most ``seconds``, and give up early if

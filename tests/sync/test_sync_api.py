@@ -118,7 +118,15 @@ def test_async_subscribers_are_refused(connect: Connect) -> None:
 
 def test_blocking_call_from_portal_thread_raises_instead_of_hanging(connect: Connect) -> None:
     comm = connect()
-    comm.add_rpc_subscriber(lambda _c, m: m, "echo")
+    # The answer waits until the callback is added: a future that is already done runs a
+    # new callback at once in the adding thread, not in the portal thread.
+    callback_added = threading.Event()
+
+    def echo(_comm: Any, msg: str) -> str:
+        assert callback_added.wait(TIMEOUT)
+        return msg
+
+    comm.add_rpc_subscriber(echo, "echo")
     outcome: list[BaseException | None] = []
     done = threading.Event()
 
@@ -133,6 +141,7 @@ def test_blocking_call_from_portal_thread_raises_instead_of_hanging(connect: Con
 
     future = comm.rpc_send("echo", "first")
     future.add_done_callback(callback)
+    callback_added.set()
     assert done.wait(TIMEOUT)
     assert isinstance(outcome[0], kiwitrio_sync.BlockingCallInPortal)
 

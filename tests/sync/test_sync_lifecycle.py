@@ -97,7 +97,17 @@ def _press_ctrl_c() -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_keyboard_interrupt_during_result_leaves_communicator_usable(connect: Connect) -> None:
+@pytest.fixture
+def ctrl_c_raises() -> Any:
+    """Python's own SIGINT handler, also where the suite runs as a background job (a shell
+    starts those with SIGINT ignored, and Python then installs no handler)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_keyboard_interrupt_during_result_leaves_communicator_usable(
+        connect: Connect, ctrl_c_raises: None) -> None:
     comm = connect()
     future = comm.task_send("nobody works on this")
     timer = threading.Timer(0.2, _press_ctrl_c)
@@ -112,7 +122,8 @@ def test_keyboard_interrupt_during_result_leaves_communicator_usable(connect: Co
     assert not portal_thread.is_alive()
 
 
-def test_keyboard_interrupt_during_blocking_call_cancels_it(connect: Connect) -> None:
+def test_keyboard_interrupt_during_blocking_call_cancels_it(
+        connect: Connect, ctrl_c_raises: None) -> None:
     comm = connect()
     cancelled = threading.Event()
 
@@ -206,3 +217,14 @@ def test_forked_child_cannot_use_the_parents_communicator(connect: Connect) -> N
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert not comm.is_closed()  # the parent's communicator is untouched
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_helper_threads_leave_ctrl_c_to_the_main_thread(connect: Connect) -> None:
+    # Subscribers run in threads the portal starts; they inherit the portal's mask.
+    comm = connect()
+    comm.add_rpc_subscriber(
+        lambda _c, _m: sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "mask")
+    blocked = comm.rpc_send("mask", "?").result(timeout=TIMEOUT)
+    assert signal.SIGINT in blocked and signal.SIGTERM in blocked
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
