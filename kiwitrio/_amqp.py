@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -107,6 +108,7 @@ class _AmqpDelivery(Delivery):
         "redelivered",
         "reply_to",
         "routing_key",
+        "user_id",
     )
 
     def __init__(
@@ -128,6 +130,7 @@ class _AmqpDelivery(Delivery):
         self.redelivered = bool(message.redelivered)
         self.exchange = message.exchange or ""
         self.routing_key = message.routing_key or ""
+        self.user_id = props.user_id
 
     @property
     def settled(self) -> bool:
@@ -306,6 +309,10 @@ class _AmqpSession(Session):
         self._lost = trio.Event()
         self._loss_reason: BaseException = ConnectionFailed("connection lost")
         self.server_properties: Mapping[str, Any] = {}
+        #: Stamped as ``user_id`` on every publish; the broker checks it is the login.
+        self.login = urllib.parse.unquote(urllib.parse.urlsplit(url).username or "guest")
+        self.blocked_reason: str | None = None
+        self.on_flow_control: Callable[[], None] | None = None
 
     @classmethod
     async def connect(cls, bridge: AsyncioBridge, url: str, *, heartbeat: float) -> _AmqpSession:
@@ -324,7 +331,43 @@ class _AmqpSession(Session):
             self.url, heartbeat=math.ceil(heartbeat) if heartbeat else 0)
         connection.close_callbacks.add(self._on_connection_closed)
         transport = connection.transport
+        if transport is not None:
+            self._watch_flow_control(transport.connection)
         return connection, (transport.connection.server_properties if transport else {})
+
+    def _watch_flow_control(self, amqp: aiormq.abc.AbstractConnection) -> None:
+        # asyncio side. aiormq acts on connection.blocked / unblocked (its writer holds the
+        # frames back) but offers no hook, only a log line. Its two handlers are looked up
+        # on the instance when a frame comes, so wrapping them there tells us too. Found by
+        # their name-mangled names; if a future aiormq renames them, blocking goes unseen
+        # here (tests/faults/test_flow_control.py notices) but still works.
+        for name, blocked in (("_Connection__handle_connection_blocked", True),
+                              ("_Connection__handle_connection_unblocked", False)):
+            original = getattr(amqp, name, None)
+            if original is None:
+                logger.debug("aiormq has no %s: connection.blocked is not reported", name)
+                continue
+
+            async def handler(frame: Any, _original: Any = original,
+                              _blocked: bool = blocked) -> None:
+                await _original(frame)
+                reason = str(getattr(frame, "reason", "") or "no reason given")
+                self.bridge.call_in_trio(self._flow_control, reason if _blocked else None)
+
+            setattr(amqp, name, handler)
+
+    def _flow_control(self, reason: str | None) -> None:
+        # Trio side. One line per change (aiormq logs its own too).
+        if reason == self.blocked_reason:
+            return
+        if reason is not None:
+            logger.warning("the broker at %s blocks publishing (%s): sends wait until it "
+                           "lifts the block", redact_url(self.url), reason)
+        else:
+            logger.warning("the broker at %s unblocked publishing", redact_url(self.url))
+        self.blocked_reason = reason
+        if self.on_flow_control is not None:
+            self.on_flow_control()
 
     def _on_connection_closed(self, _sender: Any, reason: BaseException | None = None) -> None:
         # asyncio side.
@@ -429,6 +472,7 @@ class _AmqpSession(Session):
             delivery_mode=_PERSISTENT if message.persistent else _TRANSIENT,
             correlation_id=message.correlation_id,
             reply_to=message.reply_to,
+            user_id=self.login,
             headers=dict(message.headers) if message.headers else None,
             expiration=None if message.expiration_ms is None else str(message.expiration_ms),
         )

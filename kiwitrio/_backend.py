@@ -12,7 +12,7 @@ operation: a cancelled :meth:`Session.publish` may still have reached the broker
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -123,6 +123,10 @@ class Delivery(abc.ABC):
     redelivered: bool
     exchange: str
     routing_key: str
+    #: The login of the connection that published it, as the broker checked it (RabbitMQ
+    #: refuses a ``user_id`` other than the publisher's own); ``None`` if the publisher did
+    #: not set one.
+    user_id: str | None = None
 
     @property
     @abc.abstractmethod
@@ -212,6 +216,12 @@ class Session(abc.ABC):
 
     #: What the broker said about itself (``product``, ``version``...).
     server_properties: Mapping[str, Any]
+    #: Why the broker holds back this connection's publishing (RabbitMQ's
+    #: ``connection.blocked``, sent during a memory or disk alarm), or ``None``. Publishes
+    #: wait meanwhile; they go out once the broker unblocks the connection.
+    blocked_reason: str | None = None
+    #: Called (Trio side, no arguments) each time :attr:`blocked_reason` changes.
+    on_flow_control: Callable[[], None] | None = None
 
     @abc.abstractmethod
     async def declare_exchange(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +56,7 @@ async def open_communicator(
     reconnect: ReconnectPolicy | None = DEFAULT_RECONNECT,
     on_connection_state: Callable[[ConnectionState], None] | None = None,
     bridge: BridgeChoice = "auto",
+    trusted_reply_users: Iterable[str] | None = None,
 ) -> AsyncIterator[Communicator]:
     """Connect to a broker and yield a :class:`Communicator` for the block.
 
@@ -82,6 +83,12 @@ async def open_communicator(
     only when the program has imported trio_asyncio already, else ``"thread"``. See
     docs/design.md.
 
+    Every message kiwitrio publishes carries its connection's login as ``user_id``, which
+    RabbitMQ checks (it refuses a ``user_id`` other than the publisher's own). With
+    ``trusted_reply_users`` (logins), a reply from anyone else, or without a ``user_id``, is
+    dropped with a warning and the caller keeps waiting for the genuine one; see "Who can do
+    what" on the reliability page.
+
     ``encoder``/``decoder`` default to CBOR; ``content_type`` labels what the encoder makes
     (default ``application/cbor`` for CBOR, ``application/octet-stream`` otherwise) and
     messages with another content type are rejected, as are bodies larger than
@@ -105,6 +112,8 @@ async def open_communicator(
         task_prefetch_count=task_prefetch_count, encoder=encoder, decoder=decoder,
         content_type=content_type, testing_mode=testing_mode,
         max_message_size=max_message_size, task_lease=task_lease,
+        trusted_reply_users=(None if trusted_reply_users is None
+                             else _logins(trusted_reply_users)),
     )
     body_error: BaseException | None = None
     try:
@@ -137,6 +146,17 @@ class _Settings:
     testing_mode: bool
     max_message_size: int
     task_lease: float | None
+    trusted_reply_users: frozenset[str] | None
+
+
+def _logins(users: Iterable[str]) -> frozenset[str]:
+    if isinstance(users, str):
+        raise TypeError("trusted_reply_users takes a collection of logins, not one string")
+    logins = frozenset(users)
+    if not all(isinstance(user, str) for user in logins):
+        raise TypeError("trusted_reply_users must be logins (str), not "
+                        f"{sorted(map(repr, logins))}")
+    return logins
 
 
 @asynccontextmanager
@@ -149,7 +169,8 @@ async def _serve(session: Session, settings: _Settings) -> AsyncIterator[Communi
                           decoder=settings.decoder, content_type=settings.content_type,
                           communicator=None, testing_mode=settings.testing_mode,
                           max_message_size=settings.max_message_size,
-                          task_lease=settings.task_lease)
+                          task_lease=settings.task_lease,
+                          trusted_reply_users=settings.trusted_reply_users)
             comm = Communicator(ctx, message_exchange=settings.message_exchange,
                                 task_exchange=settings.task_exchange,
                                 task_queue=settings.task_queue,
@@ -280,10 +301,15 @@ class Communicator:
 
     @property
     def connection_state(self) -> ConnectionState:
-        """``CONNECTED``, ``RECONNECTING``..., ``CLOSED`` once the communicator is closed."""
+        """``CONNECTED``, ``BLOCKED`` (the broker holds back publishing), ``RECONNECTING``...,
+        ``CLOSED`` once the communicator is closed."""
         if self._ctx.closed:
             return ConnectionState.CLOSED
-        return getattr(self._ctx.session, "state", ConnectionState.CONNECTED)
+        session = self._ctx.session
+        state: ConnectionState = getattr(session, "state", ConnectionState.CONNECTED)
+        if state is ConnectionState.CONNECTED and session.blocked_reason is not None:
+            return ConnectionState.BLOCKED
+        return state
 
     @property
     def server_properties(self) -> Mapping[str, Any]:

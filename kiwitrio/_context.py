@@ -87,6 +87,8 @@ class Context:
     max_message_size: int = 64 * 1024 * 1024
     #: A task still running after this many seconds moves onto a lease (see _leases).
     task_lease: float | None = None
+    #: Replies are accepted only from these logins (the broker-checked ``user_id``), if set.
+    trusted_reply_users: frozenset[str] | None = None
     #: Declares the communicator's exchanges again (after someone deleted one).
     redeclare_exchanges: Callable[[], Awaitable[None]] | None = None
     closed: bool = False

@@ -79,7 +79,8 @@ async def open_memory_session(url: str) -> AsyncIterator[Session]:
     broker = _broker_for(url)
     # Connecting is a checkpoint with a real broker; keep the same shape here.
     await trio.lowlevel.checkpoint()
-    session = _MemorySession(broker)
+    session = _MemorySession(
+        broker, urllib.parse.unquote(urllib.parse.urlsplit(url).username or "guest"))
     try:
         async with trio.open_nursery() as nursery:
             # Messages expire even in queues nobody touches (a lease queue whose owner is
@@ -114,11 +115,12 @@ def _broker_for(url: str) -> _Broker:
 
 
 def _broker_key(url: str) -> str:
-    """Identify a broker by host and path, so ``memory://x`` and ``memory://x/`` are the same."""
+    """Identify a broker by host and path, so ``memory://x`` and ``memory://x/`` are the same
+    (and ``memory://alice@x`` too: the user is the session's, not the broker's)."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "memory":
         raise ValueError(f"not a memory:// URL: {url!r}")
-    return parts.netloc + parts.path.rstrip("/")
+    return parts.netloc.rpartition("@")[2] + parts.path.rstrip("/")
 
 
 # --- Routing ---------------------------------------------------------------------------------
@@ -186,6 +188,8 @@ class _Message:
     exchange: str
     routing_key: str
     redelivered: bool = False
+    #: The publishing session's login (as RabbitMQ checks a ``user_id``).
+    user_id: str | None = None
     #: The AMQP ``expiration`` property, kept for ``x-death``'s ``original-expiration``.
     expiration_ms: int | None = None
     #: Trio time after which the message is dead; ``None`` for no TTL.
@@ -193,7 +197,8 @@ class _Message:
 
     @classmethod
     def published(
-        cls, exchange: str, routing_key: str, message: OutgoingMessage, now: float
+        cls, exchange: str, routing_key: str, message: OutgoingMessage, now: float,
+        user_id: str | None = None,
     ) -> _Message:
         """Snapshot an outgoing message, so later changes to the caller's headers don't leak in."""
         ttl = message.expiration_ms
@@ -205,6 +210,7 @@ class _Message:
             headers=copy.deepcopy(dict(message.headers)),
             exchange=exchange,
             routing_key=routing_key,
+            user_id=user_id,
             expiration_ms=ttl,
             expires_at=None if ttl is None else now + ttl / 1000,
         )
@@ -573,8 +579,11 @@ class _MemorySession(Session):
     nothing and a call that returned did everything (a published message is enqueued).
     """
 
-    def __init__(self, broker: _Broker) -> None:
+    def __init__(self, broker: _Broker, login: str = "guest") -> None:
         self.server_properties = {"product": _PRODUCT, "version": __version__}
+        #: The user in the URL (``memory://alice@name``), ``guest`` by default: stamped as
+        #: each published message's ``user_id``, as RabbitMQ does for a checked one.
+        self.login = login
         self._broker = broker
         self._closed = False
         self._consumers: dict[_MemoryConsumer, None] = {}
@@ -644,7 +653,7 @@ class _MemorySession(Session):
         if mandatory and not targets:
             raise UnroutableError(f"no queue for routing key {routing_key!r} on {exchange!r}")
         now = trio.current_time()
-        stored = _Message.published(exchange, routing_key, message, now)
+        stored = _Message.published(exchange, routing_key, message, now, self.login)
         for queue in targets:
             self._broker.enqueue(queue, stored, now)
 
@@ -828,6 +837,7 @@ class _MemoryDelivery(Delivery):
         self.redelivered = message.redelivered
         self.exchange = message.exchange
         self.routing_key = message.routing_key
+        self.user_id = message.user_id
         self._message = message
         self._queue = queue
         self._session = session

@@ -59,6 +59,9 @@ class ConnectionState(enum.Enum):
 
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    #: Connected, but the broker holds back publishing (a memory or disk alarm: RabbitMQ's
+    #: ``connection.blocked``). Sends wait until it lifts; the caller's deadline still holds.
+    BLOCKED = "blocked"
     RECONNECTING = "reconnecting"
     #: The reconnection policy gave up: the communicator raises ConnectionFailed.
     GIVEN_UP = "given up"
@@ -252,11 +255,22 @@ class ResilientSession(Session):
         for consumer in list(self._consumers):
             await consumer.attach(inner)
 
+    @property
+    def blocked_reason(self) -> str | None:  # type: ignore[override]
+        return None if self._current is None else self._current.blocked_reason
+
+    def _flow_changed(self, inner: Session) -> None:
+        if self.is_current(inner):
+            self._set_state(ConnectionState.BLOCKED if inner.blocked_reason is not None
+                            else ConnectionState.CONNECTED)
+
     def _attach(self, inner: Session) -> None:
         self._current = inner
         self.generation += 1
         self.server_properties = dict(inner.server_properties)
-        self._set_state(ConnectionState.CONNECTED)
+        inner.on_flow_control = lambda: self._flow_changed(inner)
+        self._set_state(ConnectionState.BLOCKED if inner.blocked_reason is not None
+                        else ConnectionState.CONNECTED)
         self._connected.set()
         if self.generation > 1:
             logger.warning("reconnected to %s", redact_url(self._url))

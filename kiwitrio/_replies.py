@@ -107,10 +107,12 @@ class ResultHandle:
     If the remote subscriber was registered with ``pending_replies=True`` and its outcome was
     a future, "pending" replies come before the final one: :attr:`pending_replies` counts
     them and :meth:`add_pending_callback` is told of each.
+
+    :attr:`replied_by` is the broker-checked login (``user_id``) of whoever sent the reply.
     """
 
     __slots__ = ("__weakref__", "_callbacks", "_error", "_event", "_pending_callbacks",
-                 "_pending_replies", "_value", "correlation_id")
+                 "_pending_replies", "_value", "correlation_id", "replied_by")
 
     def __init__(self, correlation_id: str | None) -> None:
         self.correlation_id = correlation_id
@@ -120,6 +122,9 @@ class ResultHandle:
         self._callbacks: list[Callable[[ResultHandle], None]] = []
         self._pending_replies = 0
         self._pending_callbacks: list[Callable[[ResultHandle], None]] = []
+        #: The ``user_id`` of the reply that settled this handle (``None``: unset, or not
+        #: settled by a reply).
+        self.replied_by: str | None = None
 
     @classmethod
     def completed(cls, value: Any) -> ResultHandle:
@@ -264,6 +269,14 @@ class ReplyRouter:
             await delivery.ack()
 
     async def _resolve(self, delivery: Delivery) -> None:
+        trusted = self._ctx.trusted_reply_users
+        if trusted is not None and delivery.user_id not in trusted:
+            # Not decoded, not resolving anything: the genuine reply may still come.
+            logger.warning("dropping a reply on %s for correlation id %s from user %s, who is "
+                           "not in trusted_reply_users", self.queue_name,
+                           safe_repr(delivery.correlation_id, 80),
+                           safe_repr(delivery.user_id, 80))
+            return
         # Decode first: a bad reply is reported whether or not anyone waits for it.
         bad = False
         try:
@@ -291,6 +304,7 @@ class ReplyRouter:
                                "communicator did not ask for (or too long ago)",
                                self.queue_name, safe_repr(delivery.correlation_id, 80))
             return
+        handle.replied_by = delivery.user_id
         handle._set(value, error)
 
     async def delete_queue(self) -> None:

@@ -300,7 +300,8 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         as :class:`~kiwitrio_sync.Communicator` does; then the close callbacks run (in this
         thread). Idempotent."""
         was_open = not self._runtime.closed
-        connected = (self.connection_state is kiwitrio.ConnectionState.CONNECTED
+        connected = (self.connection_state in (kiwitrio.ConnectionState.CONNECTED,
+                                               kiwitrio.ConnectionState.BLOCKED)
                      and not self._close_callbacks.reported_loss)
         portal = self._runtime.portal
         in_subscriber = getattr(_subscriber_thread, "active", False)
@@ -466,7 +467,7 @@ def _connection_state_changed(
     if state is kiwitrio.ConnectionState.RECONNECTING:
         communicator._close_callbacks.fire(
             communicator, ConnectionLost("the connection to the broker was lost; reconnecting"))
-    elif state is kiwitrio.ConnectionState.CONNECTED:
+    elif state in (kiwitrio.ConnectionState.CONNECTED, kiwitrio.ConnectionState.BLOCKED):
         communicator._close_callbacks.reported_loss = False
 
 

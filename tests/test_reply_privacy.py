@@ -111,3 +111,63 @@ async def test_reply_queue_is_consumed_exclusively_again_after_a_reconnection(
                 await thief._ctx.session.consume(reply_queue, prefetch_count=20)
             handle = await caller.rpc_send("echo", "after the cut")
             assert await handle == "after the cut"
+
+
+def _connection(session: object) -> object:
+    """The connection under a reconnecting session (the session itself otherwise)."""
+    return getattr(session, "_current", None) or session
+
+
+async def test_replies_say_who_sent_them(open_comm: OpenComm) -> None:
+    """Every publish carries its connection's login as user_id (checked by RabbitMQ)."""
+    async with open_comm() as caller, open_comm() as worker:
+        await worker.add_rpc_subscriber(lambda _c, msg: msg, identifier="echo")
+        await worker.add_task_subscriber(lambda _c, task: task)
+        with trio.fail_after(DEADLINE):
+            for handle in (await caller.rpc_send("echo", 1), await caller.task_send(2)):
+                await handle
+                assert handle.replied_by == "guest"
+
+
+async def test_untrusted_replies_are_dropped_and_the_genuine_one_resolves(
+    open_comm: OpenComm, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With trusted_reply_users, a reply without a trusted user_id (here: none at all, as a
+    client that does not set one sends) resolves nothing, though its correlation id is the
+    one the caller waits for; the genuine reply, behind it, does."""
+    async with open_comm(trusted_reply_users={"guest"}) as caller, open_comm() as forger:
+        reply_queue, waiting = await caller._replies.expect()
+        forger_connection = _connection(forger._ctx.session)
+        forger_connection.login = None  # type: ignore[attr-defined]
+        await forger._ctx.session.publish("", reply_queue, OutgoingMessage(
+            kiwitrio.cbor_encode({"result": "forged"}), CBOR,
+            correlation_id=waiting.correlation_id), mandatory=True)
+        forger_connection.login = "guest"  # type: ignore[attr-defined]
+        await forger._ctx.session.publish("", reply_queue, OutgoingMessage(
+            kiwitrio.cbor_encode({"result": "genuine"}), CBOR,
+            correlation_id=waiting.correlation_id), mandatory=True)
+        with trio.fail_after(DEADLINE):
+            assert await waiting == "genuine"
+        assert waiting.replied_by == "guest"
+    dropped = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+               and "not in trusted_reply_users" in r.getMessage()]
+    assert len(dropped) == 1, dropped
+    assert waiting.correlation_id in dropped[0]
+
+
+async def test_the_broker_refuses_a_user_id_that_is_not_the_publishers() -> None:
+    """What makes user_id worth checking: RabbitMQ refuses a message whose user_id is not
+    the login of the connection publishing it (the shared broker's guest is no impersonator)."""
+    async with kiwitrio.open_communicator(AMQP_URL, reconnect=None) as comm:
+        _connection(comm._ctx.session).login = "mallory"  # type: ignore[attr-defined]
+        with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.DeliveryFailed,
+                                                      match="user_id"):
+            await comm._ctx.session.publish("", "amq.rabbitmq.reply-to.nobody", OutgoingMessage(
+                b"x", CBOR), mandatory=False)
+
+
+@pytest.mark.parametrize("users", ["guest", ["guest", 1]])
+async def test_trusted_reply_users_must_be_logins(users: object) -> None:
+    with pytest.raises(TypeError, match="trusted_reply_users"):
+        async with kiwitrio.open_communicator("memory://", trusted_reply_users=users):  # type: ignore[arg-type]
+            pass
