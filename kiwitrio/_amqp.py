@@ -17,6 +17,7 @@ requeues another's deliveries.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import urllib.parse
@@ -328,7 +329,8 @@ class _AmqpSession(Session):
                        ) -> tuple[aio_pika.abc.AbstractConnection, Mapping[str, Any]]:
         # asyncio side. Heartbeats are negotiated in whole seconds; 0 turns them off.
         connection = await aio_pika.connect(
-            self.url, heartbeat=math.ceil(heartbeat) if heartbeat else 0)
+            self.url, heartbeat=math.ceil(heartbeat) if heartbeat else 0,
+            connection_class=_Connection)
         connection.close_callbacks.add(self._on_connection_closed)
         transport = connection.transport
         if transport is not None:
@@ -545,6 +547,36 @@ class _AmqpSession(Session):
 
 
 # -- asyncio side --------------------------------------------------------------------------------
+
+class _Connection(aio_pika.Connection):
+    """aio-pika's connection, safe to garbage-collect in any thread.
+
+    aio-pika's ``__del__`` closes an unclosed connection with ``ensure_future(self.close())``
+    on the collecting thread's loop. kiwitrio closes every connection it got; the ones left
+    unclosed are those abandoned mid-connect (an attempt that timed out), and those may be
+    collected in the Trio thread, where that makes a ``close()`` coroutine that never runs
+    (a RuntimeWarning). Here whatever such a connection holds is closed on its own loop.
+    """
+
+    def __del__(self) -> None:
+        transport = getattr(self, "transport", None)
+        if transport is None:
+            return  # never connected, or closed: nothing to release
+        try:
+            self.loop.call_soon_threadsafe(_close_abandoned, transport)
+        except RuntimeError:
+            pass  # the loop is closed: the bridge aborted its sockets already
+
+
+#: The closing of abandoned connections, referenced while they run (asyncio keeps weak ones).
+_closing_abandoned: set[asyncio.Task[Any]] = set()
+
+
+def _close_abandoned(transport: aio_pika.abc.UnderlayConnection) -> None:
+    task = asyncio.ensure_future(transport.close(None))
+    _closing_abandoned.add(task)
+    task.add_done_callback(_closing_abandoned.discard)
+
 
 async def _on_underlay(channel: aio_pika.abc.AbstractChannel,
                        fn: Callable[[aiormq.abc.AbstractChannel], Awaitable[T]]) -> T:

@@ -38,7 +38,9 @@ from ..hostile import Payload, envelope, payload, payload_names
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(300)]
 
 CBOR = kiwitrio.CBOR_CONTENT_TYPE
-MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Below RabbitMQ 4's own limit (16 MiB; 3.x: 128 MiB), so that the broker takes the
+#: oversized body and kiwitrio's limit is what refuses it.
+MAX_MESSAGE_SIZE = 15 * 1024 * 1024
 #: The stated bound: peak resident memory of this process (three communicators, the
 #: in-memory broker's storage and the payloads' buffered copies) above its level before.
 MEMORY_BOUND_MB = 400
