@@ -250,8 +250,16 @@ class _AmqpConsumer(Consumer):
             return
         try:
             self._send.send_nowait(_AmqpDelivery(self._session, message, self))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            # Cannot happen while the broker honours prefetch; requeue rather than drop.
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # The stream was ended (the connection closing, at Ctrl-C say) while this
+            # delivery was on its way over from asyncio: normal, and the broker has it back
+            # once the channel closes; reject it in case the channel outlives us.
+            logger.debug("consumer of %r got a delivery after its stream ended; requeued",
+                         self.queue)
+            self._give_back(message)
+        except trio.WouldBlock:
+            # The buffer holds a full prefetch window: cannot happen while the broker
+            # honours prefetch; requeue rather than drop.
             logger.error("consumer of %r got a delivery beyond its prefetch window", self.queue)
             self._give_back(message)
 

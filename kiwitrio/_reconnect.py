@@ -487,20 +487,32 @@ class _ResilientConsumer(Consumer):
 
     async def _consume_again(self, inner_session: Session) -> None:
         """The broker closed our channel (a delivery unacknowledged past its consumer
-        timeout, the queue deleted...) while the connection lives on: consume again."""
-        logger.warning("the broker stopped the consumer of %r; consuming again", self.queue)
+        timeout, the queue deleted...) while the connection lives on: consume again.
+
+        The stream also ends when the whole connection is lost, and this may run before the
+        supervisor has heard of it. Then consuming again fails with ConnectionFailed and
+        nothing is said here: the loss is reported once, by the session. So the line about
+        the broker comes only once the connection proved alive.
+        """
         delay = 0.1
+        said = False
         while not self._cancelled and self._session.is_current(inner_session):
             try:
                 await self.attach(inner_session)
+                said = said or self._say_stopped()
                 return
             except (DeliveryFailed, QueueInUse) as exc:
+                said = said or self._say_stopped()
                 logger.warning("cannot consume %r yet (%s); retrying in %.1f s",
                                self.queue, exc, delay)
             except (ConnectionFailed, CommunicatorClosed):
                 return  # the connection is going: the supervisor reattaches us
             await trio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _say_stopped(self) -> bool:
+        logger.warning("the broker stopped the consumer of %r; consuming again", self.queue)
+        return True
 
     async def cancel(self) -> None:
         if self._cancelled:
