@@ -21,6 +21,7 @@ from ._context import DeliveryInfo, current_delivery
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
+    ConnectionRefusedByBroker,
     DecodeError,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
@@ -47,6 +48,7 @@ __all__ = [
     "Communicator",
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionRefusedByBroker",
     "ConnectionState",
     "DecodeError",
     "DecodeLimits",

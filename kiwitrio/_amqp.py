@@ -47,6 +47,7 @@ from ._bridge import AsyncioBridge, open_bridge
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
+    ConnectionRefusedByBroker,
     DeliveryFailed,
     SendOutcomeUnknown,
     UnroutableError,
@@ -328,6 +329,9 @@ class _AmqpSession(Session):
         try:
             session._connection, props = await bridge.run(session._connect, heartbeat)
         except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            refusal = _refusal(url, exc)
+            if refusal is not None:
+                raise refusal from exc
             raise ConnectionFailed(f"cannot connect to {redact_url(url)}: {exc}") from exc
         session.server_properties = _decode_server_properties(props)
         return session
@@ -550,6 +554,40 @@ class _AmqpSession(Session):
             await self.bridge.run(self._connection.close)
         except Exception as exc:
             logger.debug("error while closing the connection: %r", exc)
+
+
+def _refusal(url: str, exc: BaseException) -> ConnectionRefusedByBroker | None:
+    """The broker's refusal of the login or the vhost, said plainly; None for other errors."""
+    parts = urllib.parse.urlsplit(url)
+    user = urllib.parse.unquote(parts.username or "guest")
+    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    where = f"the broker at {redact_url(url)} (vhost {vhost!r})"
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        hint = (" (RabbitMQ lets guest log in only from localhost)"
+                if user == "guest" and parts.hostname not in ("localhost", "127.0.0.1", "::1")
+                else "")
+        return ConnectionRefusedByBroker(
+            f"{where} refused the login of user {user!r}: check the user name and "
+            f"password{hint}")
+    if _closed_at_open(exc):
+        # RabbitMQ answers connection.open with connection.close (530 NOT_ALLOWED) when the
+        # vhost does not exist and when the user has no permissions on it. aiormq 7 keeps
+        # only the frame's repr, so the two cannot be told apart here.
+        return ConnectionRefusedByBroker(
+            f"{where} refused to open the vhost for user {user!r}: the vhost does not exist "
+            f"(create it with rabbitmqctl add_vhost {vhost}) or the user may not use it "
+            f"(rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*')")
+    return None
+
+
+def _closed_at_open(exc: BaseException) -> bool:
+    if isinstance(exc, aiormq.exceptions.ConnectionClosed):
+        # aiormq raises this with the close frame's code when it reads it as an answer.
+        return bool(exc.args) and exc.args[0] == 530
+    # aiormq 7: the close frame came where connection.open-ok was expected.
+    text = str(exc)
+    return (isinstance(exc, aiormq.exceptions.InvalidFrameError)
+            and "Connection.OpenOk" in text and "Connection.Close" in text)
 
 
 # -- asyncio side --------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ Errors print one line, ``kiwitrio: error: ...``, on stderr (a traceback only wit
 Exit codes:
 
     0    success (``worker`` and ``listen`` stopped by SIGINT/SIGTERM also exit 0)
-    1    a task or RPC failed remotely (RemoteException), or another kiwitrio error
-    2    usage error: bad arguments, bad JSON, MODULE:FUNCTION not importable
+    1    a task or RPC failed remotely (RemoteException), the broker refused the login or
+         the vhost (ConnectionRefusedByBroker), or another kiwitrio error
+    2    usage error: bad arguments (a URL that cannot be parsed, a subject over 255 bytes),
+         bad JSON, MODULE:FUNCTION not importable
     3    unroutable: no RPC subscriber with that identifier, or no such task queue
     4    the broker cannot be reached (ConnectionFailed)
     5    timeout (``--timeout`` expired)
@@ -97,8 +99,10 @@ logger = logging.getLogger(__name__)
 EPILOG = """\
 exit codes:
   0    success (worker and listen stopped by SIGINT/SIGTERM also exit 0)
-  1    a task or RPC failed remotely (RemoteException), or another kiwitrio error
-  2    usage error: bad arguments, bad JSON, MODULE:FUNCTION not importable
+  1    a task or RPC failed remotely, the broker refused the login or the vhost, or
+       another kiwitrio error
+  2    usage error: bad arguments (a URL that cannot be parsed, a subject over 255
+       bytes), bad JSON, MODULE:FUNCTION not importable
   3    unroutable: no RPC subscriber with that identifier, or no such task queue
   4    the broker cannot be reached
   5    timeout (--timeout expired)
@@ -152,6 +156,18 @@ def _non_negative_seconds(text: str) -> float:
     if not value >= 0 or math.isinf(value):
         raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
     return value
+
+
+#: AMQP's limit on a routing key, hence on a broadcast subject and a subject pattern.
+MAX_SUBJECT_BYTES = 255
+
+
+def _subject(text: str) -> str:
+    size = len(text.encode())
+    if size > MAX_SUBJECT_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SUBJECT_BYTES} bytes (AMQP's limit on routing keys), not {size}")
+    return text
 
 
 def _global_options() -> argparse.ArgumentParser:
@@ -250,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     broadcast = command("broadcast", "send a broadcast")
     broadcast.add_argument("body", metavar="BODY")
-    broadcast.add_argument("--subject", help="the subject (also the routing key)")
+    broadcast.add_argument("--subject", type=_subject,
+                           help="the subject (also the routing key; at most 255 bytes)")
     broadcast.add_argument("--sender", help="the sender")
     broadcast.add_argument("--correlation-id", help="a correlation id")
     broadcast.add_argument("--json", action="store_true", help="parse BODY as JSON")
@@ -262,7 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         "PATTERNs use * for any run of characters. Exits 5 if --timeout expires before "
         "--count broadcasts came, else 0.",
     )
-    listen.add_argument("--subject", metavar="PATTERN", help="only broadcasts with this subject")
+    listen.add_argument("--subject", metavar="PATTERN", type=_subject,
+                        help="only broadcasts with this subject")
     listen.add_argument("--sender", metavar="PATTERN", help="only broadcasts from this sender")
     listen.add_argument("--count", type=_positive_int, metavar="N", help="stop after N")
     listen.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds")
@@ -711,6 +729,9 @@ def _error(exc: BaseException) -> tuple[int, str]:
     leaf = next((leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)), leaves[0])
     if isinstance(leaf, CliError):
         return leaf.code, str(leaf)
+    if isinstance(leaf, kiwitrio.ConnectionRefusedByBroker):
+        # Reached, and refused: a setting to fix (its message says which), not an outage.
+        return EXIT_FAILURE, str(leaf)
     if isinstance(leaf, kiwitrio.ConnectionFailed):
         return EXIT_CONNECTION_FAILED, str(leaf)
     if isinstance(leaf, kiwitrio.UnroutableError):
@@ -722,6 +743,10 @@ def _error(exc: BaseException) -> tuple[int, str]:
     if isinstance(leaf, kiwitrio.KiwitrioError):
         return EXIT_FAILURE, f"{type(leaf).__name__}: {leaf}"
     if isinstance(leaf, TypeError) and "encode" in str(leaf):
+        return EXIT_USAGE, str(leaf)
+    if isinstance(leaf, ValueError):
+        # kiwitrio refuses values it cannot use with ValueError (a URL it cannot parse, an
+        # identifier, sender or message too long): given on the command line, a usage error.
         return EXIT_USAGE, str(leaf)
     return EXIT_FAILURE, f"unexpected {type(leaf).__name__}: {leaf}"
 

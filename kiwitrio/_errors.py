@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = [
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionRefusedByBroker",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -33,6 +34,16 @@ class ConnectionFailed(KiwitrioError):
     """The broker could not be reached or the connection was lost.
 
     The message names the broker URL with its password removed.
+    """
+
+
+class ConnectionRefusedByBroker(ConnectionFailed):
+    """The broker answered and refused the connection: a wrong user name or password
+    (``ACCESS_REFUSED``), a vhost that does not exist or that the user may not use
+    (``NOT_ALLOWED``).
+
+    Trying again would get the same answer, so the first connection is not retried. The
+    message is one line: the URL without its password, the vhost, and what to do.
     """
 
 

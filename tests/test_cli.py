@@ -244,6 +244,41 @@ def test_unreachable_broker_exits_4_without_traceback(cli_env: dict[str, str]) -
     assert "ConnectionFailed" in result.stderr
 
 
+def test_a_wrong_password_exits_1_at_once_in_one_line(cli_env: dict[str, str]) -> None:
+    # A long --connect-timeout: a refusal must not be retried until it runs out.
+    wrong = AMQP_URL.replace("guest:guest@", "guest:not-the-password@")
+    result = run(cli_env, "-v", "status", "--url", wrong, "--connect-timeout", "600")
+    assert result.returncode == 1, result
+    assert "failed (attempt" not in result.stderr  # one attempt
+    result = run(cli_env, "status", "--url", wrong, "--connect-timeout", "600")
+    assert_clean_error(result, 1, "check the user name and password", "127.0.0.1:5672")
+    assert "not-the-password" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_missing_vhost_exits_1_saying_how_to_make_it(names: Names,
+                                                      cli_env: dict[str, str]) -> None:
+    vhost = f"{names.prefix}-no-such-vhost"
+    result = run(cli_env, "send", "x", "--url", f"{AMQP_URL}{vhost}", "--connect-timeout", "600")
+    assert_clean_error(result, 1, f"rabbitmqctl add_vhost {vhost}")
+    assert "Expected one of" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["send", "x", "--url", "amqp://h:notaport/"], ["bad broker URL", "notaport"]),
+    (["broadcast", "--subject", "s" * 256, "body"], ["--subject", "255 bytes"]),
+    (["listen", "--subject", "s" * 256, "--count", "1"], ["--subject", "255 bytes"]),
+    (["broadcast", "--sender", "s" * 1025, "body"], ["sender", "1024"]),  # found connected
+], ids=["url-port", "subject", "listen-subject", "sender"])
+def test_values_kiwitrio_refuses_are_usage_errors(names: Names, cli_env: dict[str, str],
+                                                  args: list[str], words: list[str]) -> None:
+    result = run(cli_env, *flags(names), *args)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
 def test_send_wait_times_out_with_exit_5(names: Names, cli_env: dict[str, str]) -> None:
     result = run(cli_env, "send", "--wait", "--timeout", "1", "nobody works", *flags(names))
     assert_clean_error(result, 5, "timed out", "0 of 1")
