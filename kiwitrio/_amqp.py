@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -48,6 +49,7 @@ from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
     ConnectionRefusedByBroker,
+    DeclarationMismatch,
     DeliveryFailed,
     SendOutcomeUnknown,
     UnroutableError,
@@ -437,7 +439,8 @@ class _AmqpSession(Session):
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise EntityNotFound(f"the broker refused: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
-            raise DeliveryFailed(f"the broker refused: {exc}") from exc
+            raise (declaration_mismatch(str(exc))
+                   or DeliveryFailed(f"the broker refused: {exc}")) from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError) as exc:
             raise self._connection_error(exc) from exc
@@ -554,6 +557,35 @@ class _AmqpSession(Session):
             await self.bridge.run(self._connection.close)
         except Exception as exc:
             logger.debug("error while closing the connection: %r", exc)
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) '(?P<name>.*)' "
+    r"in vhost '(?P<vhost>.*)': received (?P<received>.*) but current is (?P<current>.*)$",
+    re.DOTALL)
+#: Arguments that testing_mode sets (auto-delete exchanges, expiring queues).
+_TESTING_MODE_ARGUMENTS = frozenset({"auto_delete", "x-expires"})
+
+
+def declaration_mismatch(text: str) -> DeclarationMismatch | None:
+    """RabbitMQ's "inequivalent arg" refusal of a declaration, with the likely cause."""
+    match = _INEQUIVALENT.search(text)
+    if match is None:
+        return None
+    argument, kind, name = match["argument"], match["kind"], match["name"]
+    if argument == "x-queue-type":
+        hint = ("the queue exists with another queue type (classic, quorum, stream): use "
+                "the same type, or delete the queue (rabbitmqctl delete_queue) to change it")
+    elif argument in _TESTING_MODE_ARGUMENTS:
+        hint = ("if one side runs with testing_mode (auto-delete exchanges, expiring queues; "
+                "the CLI's --testing) and the other does not, use the same testing_mode")
+    else:
+        hint = (f"declare it the same way everywhere, or delete the {kind} to change it: "
+                "the broker never changes the arguments of an existing one")
+    return DeclarationMismatch(
+        f"the {kind} {name!r} exists with other settings: {argument!r} is "
+        f"{match['current']} on the broker but {match['received']} here; {hint}",
+        kind=kind, name=name, argument=argument)
 
 
 def _refusal(url: str, exc: BaseException) -> ConnectionRefusedByBroker | None:

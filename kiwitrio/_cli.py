@@ -192,9 +192,11 @@ def _global_options() -> argparse.ArgumentParser:
     group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="log more (-v: kiwitrio info, -vv: debug, -vvv: everything) and "
                             "show tracebacks on errors")
-    # Tests and demos: auto-delete exchanges, expiring queues (testing_mode=True).
     group.add_argument("--testing", action="store_true", default=argparse.SUPPRESS,
-                       help=argparse.SUPPRESS)
+                       help="testing mode (testing_mode=True): auto-delete exchanges and "
+                            "expiring queues, so that tests and demos leave nothing behind. "
+                            "Every side must agree: a queue or exchange declared with it "
+                            "cannot be declared without it (and the other way round)")
     return common
 
 

@@ -10,6 +10,7 @@ __all__ = [
     "CommunicatorClosed",
     "ConnectionFailed",
     "ConnectionRefusedByBroker",
+    "DeclarationMismatch",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -61,6 +62,27 @@ class SendOutcomeUnknown(ConnectionFailed):
 
 class DeliveryFailed(KiwitrioError):
     """The broker did not accept a message (negative publisher confirm, closed channel...)."""
+
+
+class DeclarationMismatch(DeliveryFailed):
+    """A queue or exchange of that name exists on the broker with other settings
+    (RabbitMQ's ``PRECONDITION_FAILED - inequivalent arg ...``).
+
+    The message says which argument differs, both values, and the likely cause. Attributes:
+    ``kind`` (``"queue"`` or ``"exchange"``), ``name``, ``argument`` (e.g. ``"auto_delete"``,
+    ``"x-expires"``, ``"x-queue-type"``).
+    """
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "",
+                 argument: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.argument = argument
+
+    def __reduce__(self) -> tuple[type[DeclarationMismatch], tuple[str], dict[str, str]]:
+        return (type(self), (str(self),),
+                {"kind": self.kind, "name": self.name, "argument": self.argument})
 
 
 class UnroutableError(DeliveryFailed):

@@ -1,6 +1,6 @@
 """The ``kiwitrio`` command line, run as subprocesses (``python -m kiwitrio``) on the real broker.
 
-Every process gets this test's unique names (``--message-exchange``... and the hidden
+Every process gets this test's unique names (``--message-exchange``... and the
 ``--testing`` flag), and a deadline. Background processes (workers, listeners) write to files
 that the tests poll, with a deadline, for the line they wait for.
 """
@@ -277,6 +277,16 @@ def test_values_kiwitrio_refuses_are_usage_errors(names: Names, cli_env: dict[st
     assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
     for word in words:
         assert word in result.stderr, result.stderr
+
+
+def test_testing_on_one_side_only_is_explained(names: Names, cli_env: dict[str, str]) -> None:
+    assert "--testing" in run(cli_env, "--help").stdout
+    without_testing = [arg for arg in flags(names) if arg != "--testing"]
+    # The exchanges made here without --testing are durable; the names fixture deletes them.
+    assert run(cli_env, "broadcast", "first", *without_testing).returncode == 0
+    result = run(cli_env, "broadcast", "second", *flags(names))
+    assert_clean_error(result, 1, "DeclarationMismatch", "'auto_delete'",
+                       "use the same testing_mode", "--testing")
 
 
 def test_send_wait_times_out_with_exit_5(names: Names, cli_env: dict[str, str]) -> None:
