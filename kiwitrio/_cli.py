@@ -64,7 +64,7 @@ from ._communicator import (
 )
 from ._groups import BaseExceptionGroup
 from ._invoke import call_subscriber
-from ._saferepr import safe_repr
+from ._saferepr import describe_error, safe_repr
 
 __all__ = [
     "EXIT_CONNECTION_FAILED",
@@ -449,24 +449,68 @@ def load_function(spec: str) -> Callable[..., Any]:
 # -- commands ----------------------------------------------------------------------------------
 
 
-async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> int:
-    queue = args.queue or args.task_queue
-    done = failed = rejected = 0
+class _WorkerCounts:
+    """What ``kiwitrio worker`` did with its tasks, for its last line."""
 
+    def __init__(self) -> None:
+        self.done = self.failed = self.rejected = self.given_back = 0
+
+    def summary(self) -> str:
+        extra = "".join(f", {count} {what}" for count, what in (
+            (self.rejected, "rejected"), (self.given_back, "given back")) if count)
+        return f"{_plural(self.done, 'task')} done, {self.failed} failed{extra}"
+
+
+def _task_identity(task: Any) -> str:
+    """How the worker's log lines name a task: its id (the sender's correlation id), and
+    a bounded look at the task itself."""
+    try:
+        task_id = kiwitrio.current_delivery().correlation_id
+    except LookupError:
+        task_id = None
+    return f"task {task_id or '(sent with no_reply)'} ({safe_repr(task, 80)})"
+
+
+class _WorkerReportsFailures(logging.Filter):
+    """Drops the core's own line about a failed task: the worker says it once, louder."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("task subscriber raised")
+
+
+def _task_runner(function: Callable[..., Any], counts: _WorkerCounts,
+                 verbose: int) -> Callable[..., Any]:
     async def run_task(comm: kiwitrio.Communicator, task: Any) -> Any:
-        nonlocal done, failed, rejected
         try:
             result = await call_subscriber(function, comm, task)
+            # Encoded here too, so that a result that cannot be sent counts (and is told)
+            # as the failure it is for the sender, not as done.
+            try:
+                kiwitrio.cbor_encode(result)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"the result cannot be encoded: {exc}") from exc
         except kiwitrio.TaskRejected:
-            rejected += 1
+            counts.rejected += 1
+            raise
+        except trio.Cancelled:
+            counts.given_back += 1  # stopping (SIGINT/SIGTERM): it goes back to the queue
             raise
         except Exception as exc:
-            failed += 1
-            logger.info("task failed: %s: %s", type(exc).__qualname__, exc)
+            counts.failed += 1
+            logger.warning("%s failed: %s", _task_identity(task), describe_error(exc),
+                           exc_info=exc if verbose else None)
             raise
-        done += 1
-        logger.info("task done")
+        counts.done += 1
+        logger.info("%s done", _task_identity(task))
         return result
+
+    return run_task
+
+
+async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> int:
+    queue = args.queue or args.task_queue
+    counts = _WorkerCounts()
+    run_task = _task_runner(function, counts, args.verbose)
 
     stopped_by = "?"
     ready = False
@@ -499,9 +543,7 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                           f"{redact(args.url)})", flush=True)
                     await stop.wait()
             nursery.cancel_scope.cancel()
-    extra = f", {rejected} rejected" if rejected else ""
-    print(f"kiwitrio worker stopped ({stopped_by}): {_plural(done, 'task')} done, "
-          f"{failed} failed{extra}", flush=True)
+    print(f"kiwitrio worker stopped ({stopped_by}): {counts.summary()}", flush=True)
     return EXIT_OK
 
 
@@ -708,6 +750,8 @@ def _configure_logging(verbose: int, command: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
                         else "kiwitrio: %(levelname)s: %(name)s: %(message)s")
     logging.getLogger("kiwitrio").setLevel(ours)
+    if command == "worker":
+        logging.getLogger("kiwitrio._tasks").addFilter(_WorkerReportsFailures())
     if not verbose:
         # Their errors are kiwitrio's errors too, and reported as such: not twice.
         for name in ("aiormq", "aio_pika"):

@@ -46,6 +46,11 @@ def square(comm, task):
     return task * task
 
 
+def unencodable(comm, task):
+    """A result CBOR cannot encode for the task "bad"."""
+    return object() if task == "bad" else task
+
+
 async def stuck_or_done(comm, task):
     """With KT_ROLE=stuck: say so in KT_MARKER and never finish. Else: answer."""
     if os.environ.get("KT_ROLE") == "stuck":
@@ -178,8 +183,33 @@ def test_worker_and_send_round_trip_then_sigterm(
     assert result.stdout == ""
 
     assert worker.stop(signal.SIGTERM) == 0, worker.describe()
-    assert "kiwitrio worker stopped (SIGTERM): 3 tasks done, 1 failed" in worker.stdout()
+    assert "kiwitrio worker stopped (SIGTERM): 3 tasks done, 1 failed\n" in worker.stdout()
     assert "Traceback" not in worker.stderr()
+    # The failure, once, as a warning naming the task and the exception.
+    failures = [line for line in worker.stderr().splitlines() if "failed" in line]
+    assert len(failures) == 1, worker.describe()
+    assert "WARNING" in failures[0] and "('oops')" in failures[0], worker.describe()
+    assert "ValueError: not a number: 'oops'" in failures[0], worker.describe()
+
+
+def test_worker_counts_an_unencodable_result_as_failed_and_shows_tracebacks_under_v(
+    names: Names, cli_env: dict[str, str], background: Callable[..., Background],
+) -> None:
+    worker = background("worker", "-v", "worker", "kt_cli_tasks:unencodable", *flags(names))
+    worker.wait_for("kiwitrio worker ready")
+    result = run(cli_env, "send", "--wait", "bad", "fine", *flags(names))
+    assert result.returncode == 1, result
+    assert "cannot be encoded" in result.stderr, result.stderr
+    assert result.stdout.split() == ['"fine"'], result
+    assert worker.stop(signal.SIGTERM) == 0, worker.describe()
+    assert "stopped (SIGTERM): 1 task done, 1 failed\n" in worker.stdout(), worker.describe()
+    stderr = worker.stderr()
+    assert "Traceback" in stderr, worker.describe()  # -v: the traceback too
+    # Log lines (not the traceback's) about it: the worker's warning, not also the core's.
+    about_it = [line for line in stderr.splitlines()
+                if re.match(r"\S+ \S+ [A-Z]+ kiwitrio", line) and "cannot be encoded" in line]
+    assert len(about_it) == 1, worker.describe()
+    assert "WARNING" in about_it[0] and "('bad')" in about_it[0], worker.describe()
 
 
 def test_worker_stopped_mid_task_gives_it_back(
@@ -197,7 +227,7 @@ def test_worker_stopped_mid_task_gives_it_back(
         assert time.monotonic() < deadline, stuck.describe() + sender.describe()
         time.sleep(0.05)
     assert stuck.stop(signal.SIGINT) == 0, stuck.describe()
-    assert "stopped (SIGINT): 0 tasks done, 0 failed" in stuck.stdout()
+    assert "stopped (SIGINT): 0 tasks done, 0 failed, 1 given back" in stuck.stdout()
 
     # The unfinished task went back to the queue: another worker does it.
     fine = background("fine", "worker", "kt_cli_tasks:stuck_or_done", *flags(names),
