@@ -23,6 +23,7 @@ import trio
 
 import kiwitrio
 from kiwitrio import BroadcastFilter, CommunicatorClosed, QueueEmpty, ResultHandle
+from kiwitrio._bridge import block_process_signals
 from kiwitrio._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
 from kiwitrio._tasks import IncomingTask as CoreIncomingTask
 from kiwitrio._tasks import TaskQueue as CoreTaskQueue
@@ -190,6 +191,9 @@ class BlockingBase:
         this = weakref.ref(self)  # subscribers must not keep the communicator alive
 
         def call_with_sync_communicator(_core: Any, *args: Any) -> Any:
+            # Trio's worker threads are shared by every Trio run of the process: this one
+            # may have been started by the main thread's, without the portal's signal mask.
+            block_process_signals()
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")

@@ -39,6 +39,7 @@ import trio.testing
 
 import kiwitrio
 from kiwitrio import CommunicatorClosed, ConnectionFailed, QueueEmpty, ResultHandle, TaskRejected
+from kiwitrio._bridge import block_process_signals
 from kiwitrio._communicator import (
     DEFAULT_MESSAGE_EXCHANGE,
     DEFAULT_TASK_EXCHANGE,
@@ -274,6 +275,7 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         in_flight = self._in_flight
 
         def call_in_thread(*args: Any) -> Any:
+            block_process_signals()  # in a shared Trio worker thread: see _communicator._wrap
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")
