@@ -21,6 +21,8 @@ from ._context import DeliveryInfo, current_delivery
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
+    ConnectionRefusedByBroker,
+    DeclarationMismatch,
     DecodeError,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
@@ -47,7 +49,9 @@ __all__ = [
     "Communicator",
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionRefusedByBroker",
     "ConnectionState",
+    "DeclarationMismatch",
     "DecodeError",
     "DecodeLimits",
     "Decoder",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -48,6 +49,8 @@ from ._bridge import AsyncioBridge, open_bridge
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
+    ConnectionRefusedByBroker,
+    DeclarationMismatch,
     DeliveryFailed,
     SendOutcomeUnknown,
     UnroutableError,
@@ -251,8 +254,16 @@ class _AmqpConsumer(Consumer):
             return
         try:
             self._send.send_nowait(_AmqpDelivery(self._session, message, self))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            # Cannot happen while the broker honours prefetch; requeue rather than drop.
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            # The stream was ended (the connection closing, at Ctrl-C say) while this
+            # delivery was on its way over from asyncio: normal, and the broker has it back
+            # once the channel closes; reject it in case the channel outlives us.
+            logger.debug("consumer of %r got a delivery after its stream ended; requeued",
+                         self.queue)
+            self._give_back(message)
+        except trio.WouldBlock:
+            # The buffer holds a full prefetch window: cannot happen while the broker
+            # honours prefetch; requeue rather than drop.
             logger.error("consumer of %r got a delivery beyond its prefetch window", self.queue)
             self._give_back(message)
 
@@ -321,6 +332,9 @@ class _AmqpSession(Session):
         try:
             session._connection, props = await bridge.run(session._connect, heartbeat)
         except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+            refusal = _refusal(url, exc)
+            if refusal is not None:
+                raise refusal from exc
             raise ConnectionFailed(f"cannot connect to {redact_url(url)}: {exc}") from exc
         session.server_properties = _decode_server_properties(props)
         return session
@@ -427,7 +441,8 @@ class _AmqpSession(Session):
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise EntityNotFound(f"the broker refused: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
-            raise DeliveryFailed(f"the broker refused: {exc}") from exc
+            raise (declaration_mismatch(str(exc))
+                   or DeliveryFailed(f"the broker refused: {exc}")) from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError) as exc:
             raise self._connection_error(exc) from exc
@@ -544,6 +559,69 @@ class _AmqpSession(Session):
             await self.bridge.run(self._connection.close)
         except Exception as exc:
             logger.debug("error while closing the connection: %r", exc)
+
+
+_INEQUIVALENT = re.compile(
+    r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) '(?P<name>.*)' "
+    r"in vhost '(?P<vhost>.*)': received (?P<received>.*) but current is (?P<current>.*)$",
+    re.DOTALL)
+#: Arguments that testing_mode sets (auto-delete exchanges, expiring queues).
+_TESTING_MODE_ARGUMENTS = frozenset({"auto_delete", "x-expires"})
+
+
+def declaration_mismatch(text: str) -> DeclarationMismatch | None:
+    """RabbitMQ's "inequivalent arg" refusal of a declaration, with the likely cause."""
+    match = _INEQUIVALENT.search(text)
+    if match is None:
+        return None
+    argument, kind, name = match["argument"], match["kind"], match["name"]
+    if argument == "x-queue-type":
+        hint = ("the queue exists with another queue type (classic, quorum, stream): use "
+                "the same type, or delete the queue (rabbitmqctl delete_queue) to change it")
+    elif argument in _TESTING_MODE_ARGUMENTS:
+        hint = ("if one side runs with testing_mode (auto-delete exchanges, expiring queues; "
+                "the CLI's --testing) and the other does not, use the same testing_mode")
+    else:
+        hint = (f"declare it the same way everywhere, or delete the {kind} to change it: "
+                "the broker never changes the arguments of an existing one")
+    return DeclarationMismatch(
+        f"the {kind} {name!r} exists with other settings: {argument!r} is "
+        f"{match['current']} on the broker but {match['received']} here; {hint}",
+        kind=kind, name=name, argument=argument)
+
+
+def _refusal(url: str, exc: BaseException) -> ConnectionRefusedByBroker | None:
+    """The broker's refusal of the login or the vhost, said plainly; None for other errors."""
+    parts = urllib.parse.urlsplit(url)
+    user = urllib.parse.unquote(parts.username or "guest")
+    vhost = urllib.parse.unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+    where = f"the broker at {redact_url(url)} (vhost {vhost!r})"
+    if isinstance(exc, aiormq.exceptions.ProbableAuthenticationError):
+        hint = (" (RabbitMQ lets guest log in only from localhost)"
+                if user == "guest" and parts.hostname not in ("localhost", "127.0.0.1", "::1")
+                else "")
+        return ConnectionRefusedByBroker(
+            f"{where} refused the login of user {user!r}: check the user name and "
+            f"password{hint}")
+    if _closed_at_open(exc):
+        # RabbitMQ answers connection.open with connection.close (530 NOT_ALLOWED) when the
+        # vhost does not exist and when the user has no permissions on it. aiormq 7 keeps
+        # only the frame's repr, so the two cannot be told apart here.
+        return ConnectionRefusedByBroker(
+            f"{where} refused to open the vhost for user {user!r}: the vhost does not exist "
+            f"(create it with rabbitmqctl add_vhost {vhost}) or the user may not use it "
+            f"(rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*')")
+    return None
+
+
+def _closed_at_open(exc: BaseException) -> bool:
+    if isinstance(exc, aiormq.exceptions.ConnectionClosed):
+        # aiormq raises this with the close frame's code when it reads it as an answer.
+        return bool(exc.args) and exc.args[0] == 530
+    # aiormq 7: the close frame came where connection.open-ok was expected.
+    text = str(exc)
+    return (isinstance(exc, aiormq.exceptions.InvalidFrameError)
+            and "Connection.OpenOk" in text and "Connection.Close" in text)
 
 
 # -- asyncio side --------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from ._backend import (
 )
 from ._context import Context
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier
-from ._invoke import call_subscriber
+from ._invoke import call_subscriber, check_subscriber_signature
 from ._saferepr import safe_repr
 
 __all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
@@ -185,6 +185,14 @@ def _rejects(filters: list[_Matcher], value: Any) -> bool:
     return value is not None and bool(filters) and not any(f(value) for f in filters)
 
 
+def check_broadcast_subscriber(subscriber: BroadcastSubscriber) -> None:
+    """TypeError now if ``subscriber`` (or the one a filter wraps) has the wrong signature."""
+    # A filter itself takes anything; what matters is what it hands the broadcast on to.
+    while isinstance(subscriber, BroadcastFilter):
+        subscriber = subscriber.subscriber
+    check_subscriber_signature(subscriber, "broadcast")
+
+
 def binding_keys(subscriber: BroadcastSubscriber) -> set[str]:
     if isinstance(subscriber, BroadcastFilter):
         return subscriber.binding_keys()
@@ -245,6 +253,7 @@ class BroadcastHub:
     async def add(self, subscriber: BroadcastSubscriber, identifier: Any = None, *,
                   ordered: bool = False) -> Any:
         self._ctx.check_open()
+        check_broadcast_subscriber(subscriber)
         if identifier is None:
             identifier = f"broadcast-subscriber-{next(self._ids)}"
         async with self._lock:

@@ -21,8 +21,10 @@ Errors print one line, ``kiwitrio: error: ...``, on stderr (a traceback only wit
 Exit codes:
 
     0    success (``worker`` and ``listen`` stopped by SIGINT/SIGTERM also exit 0)
-    1    a task or RPC failed remotely (RemoteException), or another kiwitrio error
-    2    usage error: bad arguments, bad JSON, MODULE:FUNCTION not importable
+    1    a task or RPC failed remotely (RemoteException), the broker refused the login or
+         the vhost (ConnectionRefusedByBroker), or another kiwitrio error
+    2    usage error: bad arguments (a URL that cannot be parsed, a subject over 255 bytes),
+         bad JSON, MODULE:FUNCTION not importable
     3    unroutable: no RPC subscriber with that identifier, or no such task queue
     4    the broker cannot be reached (ConnectionFailed)
     5    timeout (``--timeout`` expired)
@@ -62,7 +64,7 @@ from ._communicator import (
 )
 from ._groups import BaseExceptionGroup
 from ._invoke import call_subscriber
-from ._saferepr import safe_repr
+from ._saferepr import describe_error, safe_repr
 
 __all__ = [
     "EXIT_CONNECTION_FAILED",
@@ -97,8 +99,10 @@ logger = logging.getLogger(__name__)
 EPILOG = """\
 exit codes:
   0    success (worker and listen stopped by SIGINT/SIGTERM also exit 0)
-  1    a task or RPC failed remotely (RemoteException), or another kiwitrio error
-  2    usage error: bad arguments, bad JSON, MODULE:FUNCTION not importable
+  1    a task or RPC failed remotely, the broker refused the login or the vhost, or
+       another kiwitrio error
+  2    usage error: bad arguments (a URL that cannot be parsed, a subject over 255
+       bytes), bad JSON, MODULE:FUNCTION not importable
   3    unroutable: no RPC subscriber with that identifier, or no such task queue
   4    the broker cannot be reached
   5    timeout (--timeout expired)
@@ -154,6 +158,18 @@ def _non_negative_seconds(text: str) -> float:
     return value
 
 
+#: AMQP's limit on a routing key, hence on a broadcast subject and a subject pattern.
+MAX_SUBJECT_BYTES = 255
+
+
+def _subject(text: str) -> str:
+    size = len(text.encode())
+    if size > MAX_SUBJECT_BYTES:
+        raise argparse.ArgumentTypeError(
+            f"at most {MAX_SUBJECT_BYTES} bytes (AMQP's limit on routing keys), not {size}")
+    return text
+
+
 def _global_options() -> argparse.ArgumentParser:
     """Options accepted before and after the command (``default=SUPPRESS``, see _defaults)."""
     common = argparse.ArgumentParser(add_help=False)
@@ -176,9 +192,11 @@ def _global_options() -> argparse.ArgumentParser:
     group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="log more (-v: kiwitrio info, -vv: debug, -vvv: everything) and "
                             "show tracebacks on errors")
-    # Tests and demos: auto-delete exchanges, expiring queues (testing_mode=True).
     group.add_argument("--testing", action="store_true", default=argparse.SUPPRESS,
-                       help=argparse.SUPPRESS)
+                       help="testing mode (testing_mode=True): auto-delete exchanges and "
+                            "expiring queues, so that tests and demos leave nothing behind. "
+                            "Every side must agree: a queue or exchange declared with it "
+                            "cannot be declared without it (and the other way round)")
     return common
 
 
@@ -250,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     broadcast = command("broadcast", "send a broadcast")
     broadcast.add_argument("body", metavar="BODY")
-    broadcast.add_argument("--subject", help="the subject (also the routing key)")
+    broadcast.add_argument("--subject", type=_subject,
+                           help="the subject (also the routing key; at most 255 bytes)")
     broadcast.add_argument("--sender", help="the sender")
     broadcast.add_argument("--correlation-id", help="a correlation id")
     broadcast.add_argument("--json", action="store_true", help="parse BODY as JSON")
@@ -262,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
         "PATTERNs use * for any run of characters. Exits 5 if --timeout expires before "
         "--count broadcasts came, else 0.",
     )
-    listen.add_argument("--subject", metavar="PATTERN", help="only broadcasts with this subject")
+    listen.add_argument("--subject", metavar="PATTERN", type=_subject,
+                        help="only broadcasts with this subject")
     listen.add_argument("--sender", metavar="PATTERN", help="only broadcasts from this sender")
     listen.add_argument("--count", type=_positive_int, metavar="N", help="stop after N")
     listen.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds")
@@ -429,24 +449,68 @@ def load_function(spec: str) -> Callable[..., Any]:
 # -- commands ----------------------------------------------------------------------------------
 
 
-async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> int:
-    queue = args.queue or args.task_queue
-    done = failed = rejected = 0
+class _WorkerCounts:
+    """What ``kiwitrio worker`` did with its tasks, for its last line."""
 
+    def __init__(self) -> None:
+        self.done = self.failed = self.rejected = self.given_back = 0
+
+    def summary(self) -> str:
+        extra = "".join(f", {count} {what}" for count, what in (
+            (self.rejected, "rejected"), (self.given_back, "given back")) if count)
+        return f"{_plural(self.done, 'task')} done, {self.failed} failed{extra}"
+
+
+def _task_identity(task: Any) -> str:
+    """How the worker's log lines name a task: its id (the sender's correlation id), and
+    a bounded look at the task itself."""
+    try:
+        task_id = kiwitrio.current_delivery().correlation_id
+    except LookupError:
+        task_id = None
+    return f"task {task_id or '(sent with no_reply)'} ({safe_repr(task, 80)})"
+
+
+class _WorkerReportsFailures(logging.Filter):
+    """Drops the core's own line about a failed task: the worker says it once, louder."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("task subscriber raised")
+
+
+def _task_runner(function: Callable[..., Any], counts: _WorkerCounts,
+                 verbose: int) -> Callable[..., Any]:
     async def run_task(comm: kiwitrio.Communicator, task: Any) -> Any:
-        nonlocal done, failed, rejected
         try:
             result = await call_subscriber(function, comm, task)
+            # Encoded here too, so that a result that cannot be sent counts (and is told)
+            # as the failure it is for the sender, not as done.
+            try:
+                kiwitrio.cbor_encode(result)
+            except (TypeError, ValueError) as exc:
+                raise TypeError(f"the result cannot be encoded: {exc}") from exc
         except kiwitrio.TaskRejected:
-            rejected += 1
+            counts.rejected += 1
+            raise
+        except trio.Cancelled:
+            counts.given_back += 1  # stopping (SIGINT/SIGTERM): it goes back to the queue
             raise
         except Exception as exc:
-            failed += 1
-            logger.info("task failed: %s: %s", type(exc).__qualname__, exc)
+            counts.failed += 1
+            logger.warning("%s failed: %s", _task_identity(task), describe_error(exc),
+                           exc_info=exc if verbose else None)
             raise
-        done += 1
-        logger.info("task done")
+        counts.done += 1
+        logger.info("%s done", _task_identity(task))
         return result
+
+    return run_task
+
+
+async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> int:
+    queue = args.queue or args.task_queue
+    counts = _WorkerCounts()
+    run_task = _task_runner(function, counts, args.verbose)
 
     stopped_by = "?"
     ready = False
@@ -479,9 +543,7 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                           f"{redact(args.url)})", flush=True)
                     await stop.wait()
             nursery.cancel_scope.cancel()
-    extra = f", {rejected} rejected" if rejected else ""
-    print(f"kiwitrio worker stopped ({stopped_by}): {_plural(done, 'task')} done, "
-          f"{failed} failed{extra}", flush=True)
+    print(f"kiwitrio worker stopped ({stopped_by}): {counts.summary()}", flush=True)
     return EXIT_OK
 
 
@@ -688,6 +750,8 @@ def _configure_logging(verbose: int, command: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s" if verbose
                         else "kiwitrio: %(levelname)s: %(name)s: %(message)s")
     logging.getLogger("kiwitrio").setLevel(ours)
+    if command == "worker":
+        logging.getLogger("kiwitrio._tasks").addFilter(_WorkerReportsFailures())
     if not verbose:
         # Their errors are kiwitrio's errors too, and reported as such: not twice.
         for name in ("aiormq", "aio_pika"):
@@ -711,6 +775,9 @@ def _error(exc: BaseException) -> tuple[int, str]:
     leaf = next((leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)), leaves[0])
     if isinstance(leaf, CliError):
         return leaf.code, str(leaf)
+    if isinstance(leaf, kiwitrio.ConnectionRefusedByBroker):
+        # Reached, and refused: a setting to fix (its message says which), not an outage.
+        return EXIT_FAILURE, str(leaf)
     if isinstance(leaf, kiwitrio.ConnectionFailed):
         return EXIT_CONNECTION_FAILED, str(leaf)
     if isinstance(leaf, kiwitrio.UnroutableError):
@@ -722,6 +789,10 @@ def _error(exc: BaseException) -> tuple[int, str]:
     if isinstance(leaf, kiwitrio.KiwitrioError):
         return EXIT_FAILURE, f"{type(leaf).__name__}: {leaf}"
     if isinstance(leaf, TypeError) and "encode" in str(leaf):
+        return EXIT_USAGE, str(leaf)
+    if isinstance(leaf, ValueError):
+        # kiwitrio refuses values it cannot use with ValueError (a URL it cannot parse, an
+        # identifier, sender or message too long): given on the command line, a usage error.
         return EXIT_USAGE, str(leaf)
     return EXIT_FAILURE, f"unexpected {type(leaf).__name__}: {leaf}"
 

@@ -21,6 +21,7 @@ from ._reconnect import ConnectionState, ReconnectPolicy, open_resilient_session
 from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
 from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
+from ._urls import check_broker_url
 
 __all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
 
@@ -208,6 +209,8 @@ async def _open_session(
         return
     if not all(u.startswith(("amqp:", "amqps:")) for u in urls):
         raise ValueError(f"unsupported broker URL in {urls!r}: use amqp://, amqps:// or memory://")
+    for one_url in urls:
+        check_broker_url(one_url)
     from ._amqp import open_amqp_session
 
     if reconnect is None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "CommunicatorClosed",
     "ConnectionFailed",
+    "ConnectionRefusedByBroker",
+    "DeclarationMismatch",
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
@@ -36,6 +38,16 @@ class ConnectionFailed(KiwitrioError):
     """
 
 
+class ConnectionRefusedByBroker(ConnectionFailed):
+    """The broker answered and refused the connection: a wrong user name or password
+    (``ACCESS_REFUSED``), a vhost that does not exist or that the user may not use
+    (``NOT_ALLOWED``).
+
+    Trying again would get the same answer, so the first connection is not retried. The
+    message is one line: the URL without its password, the vhost, and what to do.
+    """
+
+
 class SendOutcomeUnknown(ConnectionFailed):
     """The connection went (or the communicator closed) after a message was handed to it and
     before the broker confirmed it: the message may or may not have been stored.
@@ -50,6 +62,27 @@ class SendOutcomeUnknown(ConnectionFailed):
 
 class DeliveryFailed(KiwitrioError):
     """The broker did not accept a message (negative publisher confirm, closed channel...)."""
+
+
+class DeclarationMismatch(DeliveryFailed):
+    """A queue or exchange of that name exists on the broker with other settings
+    (RabbitMQ's ``PRECONDITION_FAILED - inequivalent arg ...``).
+
+    The message says which argument differs, both values, and the likely cause. Attributes:
+    ``kind`` (``"queue"`` or ``"exchange"``), ``name``, ``argument`` (e.g. ``"auto_delete"``,
+    ``"x-expires"``, ``"x-queue-type"``).
+    """
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "",
+                 argument: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.argument = argument
+
+    def __reduce__(self) -> tuple[type[DeclarationMismatch], tuple[str], dict[str, str]]:
+        return (type(self), (str(self),),
+                {"kind": self.kind, "name": self.name, "argument": self.argument})
 
 
 class UnroutableError(DeliveryFailed):

@@ -14,11 +14,26 @@ import concurrent.futures
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
-__all__ = ["call_subscriber", "is_async_callable", "wait_concurrent_future"]
+__all__ = [
+    "SubscriberKind",
+    "call_subscriber",
+    "check_subscriber_signature",
+    "is_async_callable",
+    "wait_concurrent_future",
+]
+
+SubscriberKind = Literal["task", "RPC", "broadcast"]
+
+#: How each kind of subscriber is called (positionally), as said in error messages.
+_PARAMETERS: dict[SubscriberKind, tuple[str, ...]] = {
+    "task": ("communicator", "task"),
+    "RPC": ("communicator", "msg"),
+    "broadcast": ("communicator", "body", "sender", "subject", "correlation_id"),
+}
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -29,6 +44,34 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
         return True
     call = getattr(fn, "__call__", None)  # noqa: B004 - we want the method, not callable()
     return call is not None and inspect.iscoroutinefunction(call)
+
+
+def check_subscriber_signature(fn: Callable[..., Any], kind: SubscriberKind) -> None:
+    """Raise TypeError now if ``fn`` cannot be called as a ``kind`` subscriber is.
+
+    Found when the subscriber is added rather than at its first message, where the error
+    would only show as a failed task or RPC on the sender's side, or a log line for a
+    broadcast. A callable whose signature cannot be read (some builtins and C callables)
+    is accepted: it gets its chance at the first message.
+    """
+    if not callable(fn):
+        raise TypeError(f"a {kind} subscriber must be callable, not {type(fn).__name__}")
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return
+    parameters = _PARAMETERS[kind]
+    try:
+        signature.bind(*parameters)
+    except TypeError as exc:
+        expected = f"fn({', '.join(parameters)})"
+        raise TypeError(f"{kind} subscriber {_name(fn)} cannot be called as {expected}: its "
+                        f"signature is {signature} ({exc})") from None
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return repr(name)
 
 
 #: Awaited when a subscriber's outcome is still to come (a future or an awaitable).

@@ -38,7 +38,7 @@ from ._backend import (
     Session,
     drain,
 )
-from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed
+from ._errors import CommunicatorClosed, ConnectionFailed, ConnectionRefusedByBroker, DeliveryFailed
 from ._urls import redact_url
 
 __all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
@@ -108,13 +108,19 @@ class ReconnectPolicy:
             logger.warning("connecting to %s failed (attempt %d): %s; next try in %.1f s",
                            describe(), state.attempt_number, error, wait)
 
+        retry: tenacity.retry_base = tenacity.retry_if_exception_type(
+            (ConnectionFailed, DeliveryFailed, QueueInUse, OSError))
+        if startup:
+            # A wrong password or a missing vhost at start is a mistake to fix, not an outage
+            # to wait out. Later (a broker restarting, users being provisioned again) the
+            # same answer may be passing, so an outage keeps trying.
+            retry = retry & tenacity.retry_if_not_exception_type(ConnectionRefusedByBroker)
         return tenacity.AsyncRetrying(
             stop=stop,
             wait=tenacity.wait_exponential(multiplier=self.initial_delay, exp_base=self.multiplier,
                                            max=self.max_delay)
             + tenacity.wait_random(0, self.jitter),
-            retry=tenacity.retry_if_exception_type((ConnectionFailed, DeliveryFailed, QueueInUse,
-                                                    OSError)),
+            retry=retry,
             before_sleep=log_attempt,
             sleep=trio.sleep,
             reraise=True,
@@ -181,7 +187,10 @@ class ResilientSession(Session):
             try:
                 stack, inner = await self._connect(startup)
             except Exception as exc:
-                raise self._give_up(exc, startup) from exc
+                error = self._give_up(exc, startup)
+                if error is exc:
+                    raise
+                raise error from exc
             async with stack:
                 self._attach(inner)
                 if startup:
@@ -283,10 +292,14 @@ class ResilientSession(Session):
         self._set_state(ConnectionState.RECONNECTING)
 
     def _give_up(self, exc: Exception, startup: bool) -> ConnectionFailed:
-        when = "could not connect to" if startup else "gave up reconnecting to"
-        # The last attempt's own error, without a second "cannot connect to URL".
-        reason = exc.__cause__ if isinstance(exc, ConnectionFailed) and exc.__cause__ else exc
-        error = ConnectionFailed(f"{when} {', '.join(_redacted(self._urls))}: {reason}")
+        error: ConnectionFailed
+        if startup and isinstance(exc, ConnectionRefusedByBroker):
+            error = exc  # one line already, naming the URL and what to do
+        else:
+            when = "could not connect to" if startup else "gave up reconnecting to"
+            # The last attempt's own error, without a second "cannot connect to URL".
+            reason = exc.__cause__ if isinstance(exc, ConnectionFailed) and exc.__cause__ else exc
+            error = ConnectionFailed(f"{when} {', '.join(_redacted(self._urls))}: {reason}")
         self._given_up = error
         self._set_state(ConnectionState.GIVEN_UP)
         self._connected.set()  # wake the waiters: they raise
@@ -487,20 +500,32 @@ class _ResilientConsumer(Consumer):
 
     async def _consume_again(self, inner_session: Session) -> None:
         """The broker closed our channel (a delivery unacknowledged past its consumer
-        timeout, the queue deleted...) while the connection lives on: consume again."""
-        logger.warning("the broker stopped the consumer of %r; consuming again", self.queue)
+        timeout, the queue deleted...) while the connection lives on: consume again.
+
+        The stream also ends when the whole connection is lost, and this may run before the
+        supervisor has heard of it. Then consuming again fails with ConnectionFailed and
+        nothing is said here: the loss is reported once, by the session. So the line about
+        the broker comes only once the connection proved alive.
+        """
         delay = 0.1
+        said = False
         while not self._cancelled and self._session.is_current(inner_session):
             try:
                 await self.attach(inner_session)
+                said = said or self._say_stopped()
                 return
             except (DeliveryFailed, QueueInUse) as exc:
+                said = said or self._say_stopped()
                 logger.warning("cannot consume %r yet (%s); retrying in %.1f s",
                                self.queue, exc, delay)
             except (ConnectionFailed, CommunicatorClosed):
                 return  # the connection is going: the supervisor reattaches us
             await trio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+    def _say_stopped(self) -> bool:
+        logger.warning("the broker stopped the consumer of %r; consuming again", self.queue)
+        return True
 
     async def cancel(self) -> None:
         if self._cancelled:

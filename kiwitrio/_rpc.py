@@ -26,7 +26,7 @@ import trio
 from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
 from ._context import Context, handling
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
-from ._invoke import call_subscriber
+from ._invoke import call_subscriber, check_subscriber_signature
 from ._replies import (
     ReplyRouter,
     ResultHandle,
@@ -79,6 +79,7 @@ class RpcHub:
     async def add(self, subscriber: RpcSubscriber, identifier: str, *,
                   pending_replies: bool = False) -> str:
         self._ctx.check_open()
+        check_subscriber_signature(subscriber, "RPC")
         queue = self.queue_name(identifier)
         if identifier in self._registrations:
             raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} exists")

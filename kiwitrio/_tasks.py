@@ -36,7 +36,7 @@ from ._errors import (
     QueueEmpty,
     TaskRejected,
 )
-from ._invoke import call_subscriber
+from ._invoke import call_subscriber, check_subscriber_signature
 from ._leases import LeaseKeeper, TaskLease
 from ._replies import (
     ReplyRouter,
@@ -253,6 +253,7 @@ class TaskQueue:
         :attr:`ResultHandle.pending_replies`).
         """
         self.ctx.check_open()
+        check_subscriber_signature(subscriber, "task")
         if identifier is None:
             identifier = f"task-subscriber-{id(subscriber):x}-{len(self._subscribers)}"
             while identifier in self._subscribers:

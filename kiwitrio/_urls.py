@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["redact_url"]
+__all__ = ["check_broker_url", "redact_url"]
 
 
 def redact_url(url: str) -> str:
@@ -15,3 +15,26 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)
     userinfo = netloc[0].split(":", 1)[0] + ":***"
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{netloc[1]}"))
+
+
+def check_broker_url(url: str) -> None:
+    """Raise ValueError, naming ``url`` without its password, if it cannot be parsed.
+
+    Checked before connecting: otherwise a typo (``amqp://host:567x/``) is only found by
+    each connection attempt in turn, and reported as a broker that cannot be reached.
+    """
+    try:
+        urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ValueError(f"bad broker URL {_redact_unparsed(url)}: {exc}") from None
+
+
+def _redact_unparsed(url: str) -> str:
+    """:func:`redact_url`, also for a URL that urlsplit refuses (then all before ``@`` goes)."""
+    try:
+        return redact_url(url)
+    except ValueError:
+        scheme, sep, rest = url.partition("://")
+        if "@" in rest:
+            rest = "***@" + rest.rsplit("@", 1)[1]
+        return f"{scheme}{sep}{rest}"

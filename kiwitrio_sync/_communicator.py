@@ -23,7 +23,8 @@ import trio
 
 import kiwitrio
 from kiwitrio import BroadcastFilter, CommunicatorClosed, QueueEmpty, ResultHandle
-from kiwitrio._invoke import is_async_callable
+from kiwitrio._bridge import block_process_signals
+from kiwitrio._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
 from kiwitrio._tasks import IncomingTask as CoreIncomingTask
 from kiwitrio._tasks import TaskQueue as CoreTaskQueue
 
@@ -174,10 +175,10 @@ class BlockingBase:
         self._core  # noqa: B018 - raises CommunicatorClosed if closed
         return self._runtime.portal.call(fn, *args)
 
-    def _wrap(self, subscriber: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap(self, subscriber: Callable[..., Any], kind: SubscriberKind) -> Callable[..., Any]:
         """Make ``subscriber(self, ...)`` callable by the core (as ``fn(core, ...)``)."""
         if isinstance(subscriber, BroadcastFilter):
-            wrapped = subscriber.with_subscriber(self._wrap(subscriber.subscriber))
+            wrapped = subscriber.with_subscriber(self._wrap(subscriber.subscriber, kind))
             subscriber._subscribed = True  # its filters are now fixed, as in the core
             return wrapped
         if is_async_callable(subscriber):
@@ -185,9 +186,14 @@ class BlockingBase:
                 "kiwitrio_sync subscribers must be plain functions (they run in worker "
                 "threads); use kiwitrio's async Communicator for async subscribers"
             )
+        # The core sees only the wrapper below, which takes anything: check the user's own.
+        check_subscriber_signature(subscriber, kind)
         this = weakref.ref(self)  # subscribers must not keep the communicator alive
 
         def call_with_sync_communicator(_core: Any, *args: Any) -> Any:
+            # Trio's worker threads are shared by every Trio run of the process: this one
+            # may have been started by the main thread's, without the portal's signal mask.
+            block_process_signals()
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")
@@ -277,7 +283,7 @@ class Communicator(BlockingBase):
         """Answer RPCs to ``identifier`` (a new unique one if ``None``, as in kiwiPy)."""
         if identifier is None:
             identifier = f"rpc-{uuid.uuid4().hex}"
-        result: str = self._call(self._core.add_rpc_subscriber, self._wrap(subscriber),
+        result: str = self._call(self._core.add_rpc_subscriber, self._wrap(subscriber, "RPC"),
                                  identifier)
         return result
 
@@ -295,7 +301,7 @@ class Communicator(BlockingBase):
 
     def add_broadcast_subscriber(self, subscriber: Callable[..., Any],
                                  identifier: Any = None) -> Any:
-        return self._call(self._core.add_broadcast_subscriber, self._wrap(subscriber),
+        return self._call(self._core.add_broadcast_subscriber, self._wrap(subscriber, "broadcast"),
                           identifier)
 
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
@@ -359,7 +365,8 @@ class TaskQueue:
     def add_task_subscriber(self, subscriber: Callable[..., Any],
                             identifier: Any = None) -> Any:
         return self._communicator._call(
-            self._queue.add_task_subscriber, self._communicator._wrap(subscriber), identifier
+            self._queue.add_task_subscriber, self._communicator._wrap(subscriber, "task"),
+            identifier
         )
 
     def remove_task_subscriber(self, identifier: Any) -> None:

@@ -39,12 +39,13 @@ import trio.testing
 
 import kiwitrio
 from kiwitrio import CommunicatorClosed, ConnectionFailed, QueueEmpty, ResultHandle, TaskRejected
+from kiwitrio._bridge import block_process_signals
 from kiwitrio._communicator import (
     DEFAULT_MESSAGE_EXCHANGE,
     DEFAULT_TASK_EXCHANGE,
     DEFAULT_TASK_QUEUE,
 )
-from kiwitrio._invoke import is_async_callable
+from kiwitrio._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
 from kiwitrio._tasks import IncomingTask as CoreIncomingTask
 from kiwitrio._tasks import TaskQueue as CoreTaskQueue
 
@@ -247,7 +248,7 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
             future.cancel()  # interrupted (Ctrl-C): nothing goes on for a caller that left
             raise
 
-    def _wrap_kiwipy(self, subscriber: Any, *, kind: str) -> Callable[..., Any]:
+    def _wrap_kiwipy(self, subscriber: Any, *, kind: SubscriberKind) -> Callable[..., Any]:
         """``subscriber(self, ...)`` for the core, run in a worker thread.
 
         A returned future is relayed level by level: that keeps the subscriber's own future
@@ -267,11 +268,14 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
             raise TypeError(
                 "kiwitrio_sync subscribers must be plain functions (they run in worker "
                 "threads); use kiwitrio's async Communicator for async subscribers")
+        # The core sees only the wrapper below, which takes anything: check the user's own.
+        check_subscriber_signature(subscriber, kind)
         this = weakref.ref(self)
         on_cancel = _reject_task if kind == "task" else _cancel
         in_flight = self._in_flight
 
         def call_in_thread(*args: Any) -> Any:
+            block_process_signals()  # in a shared Trio worker thread: see _communicator._wrap
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")
@@ -370,7 +374,7 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         name = f"rpc-{uuid.uuid4().hex}" if identifier is None else str(identifier)
         result: str = self._call(
             functools.partial(core.add_rpc_subscriber, pending_replies=True),
-            self._wrap_kiwipy(subscriber, kind="rpc"), name)
+            self._wrap_kiwipy(subscriber, kind="RPC"), name)
         return result
 
     def remove_rpc_subscriber(self, identifier: Any) -> None:

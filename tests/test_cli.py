@@ -1,6 +1,6 @@
 """The ``kiwitrio`` command line, run as subprocesses (``python -m kiwitrio``) on the real broker.
 
-Every process gets this test's unique names (``--message-exchange``... and the hidden
+Every process gets this test's unique names (``--message-exchange``... and the
 ``--testing`` flag), and a deadline. Background processes (workers, listeners) write to files
 that the tests poll, with a deadline, for the line they wait for.
 """
@@ -44,6 +44,11 @@ def square(comm, task):
     if not isinstance(task, int):
         raise ValueError(f"not a number: {task!r}")
     return task * task
+
+
+def unencodable(comm, task):
+    """A result CBOR cannot encode for the task "bad"."""
+    return object() if task == "bad" else task
 
 
 async def stuck_or_done(comm, task):
@@ -178,8 +183,33 @@ def test_worker_and_send_round_trip_then_sigterm(
     assert result.stdout == ""
 
     assert worker.stop(signal.SIGTERM) == 0, worker.describe()
-    assert "kiwitrio worker stopped (SIGTERM): 3 tasks done, 1 failed" in worker.stdout()
+    assert "kiwitrio worker stopped (SIGTERM): 3 tasks done, 1 failed\n" in worker.stdout()
     assert "Traceback" not in worker.stderr()
+    # The failure, once, as a warning naming the task and the exception.
+    failures = [line for line in worker.stderr().splitlines() if "failed" in line]
+    assert len(failures) == 1, worker.describe()
+    assert "WARNING" in failures[0] and "('oops')" in failures[0], worker.describe()
+    assert "ValueError: not a number: 'oops'" in failures[0], worker.describe()
+
+
+def test_worker_counts_an_unencodable_result_as_failed_and_shows_tracebacks_under_v(
+    names: Names, cli_env: dict[str, str], background: Callable[..., Background],
+) -> None:
+    worker = background("worker", "-v", "worker", "kt_cli_tasks:unencodable", *flags(names))
+    worker.wait_for("kiwitrio worker ready")
+    result = run(cli_env, "send", "--wait", "bad", "fine", *flags(names))
+    assert result.returncode == 1, result
+    assert "cannot be encoded" in result.stderr, result.stderr
+    assert result.stdout.split() == ['"fine"'], result
+    assert worker.stop(signal.SIGTERM) == 0, worker.describe()
+    assert "stopped (SIGTERM): 1 task done, 1 failed\n" in worker.stdout(), worker.describe()
+    stderr = worker.stderr()
+    assert "Traceback" in stderr, worker.describe()  # -v: the traceback too
+    # Log lines (not the traceback's) about it: the worker's warning, not also the core's.
+    about_it = [line for line in stderr.splitlines()
+                if re.match(r"\S+ \S+ [A-Z]+ kiwitrio", line) and "cannot be encoded" in line]
+    assert len(about_it) == 1, worker.describe()
+    assert "WARNING" in about_it[0] and "('bad')" in about_it[0], worker.describe()
 
 
 def test_worker_stopped_mid_task_gives_it_back(
@@ -197,7 +227,7 @@ def test_worker_stopped_mid_task_gives_it_back(
         assert time.monotonic() < deadline, stuck.describe() + sender.describe()
         time.sleep(0.05)
     assert stuck.stop(signal.SIGINT) == 0, stuck.describe()
-    assert "stopped (SIGINT): 0 tasks done, 0 failed" in stuck.stdout()
+    assert "stopped (SIGINT): 0 tasks done, 0 failed, 1 given back" in stuck.stdout()
 
     # The unfinished task went back to the queue: another worker does it.
     fine = background("fine", "worker", "kt_cli_tasks:stuck_or_done", *flags(names),
@@ -242,6 +272,51 @@ def test_unreachable_broker_exits_4_without_traceback(cli_env: dict[str, str]) -
     assert result.returncode == 4
     assert "Traceback" in result.stderr
     assert "ConnectionFailed" in result.stderr
+
+
+def test_a_wrong_password_exits_1_at_once_in_one_line(cli_env: dict[str, str]) -> None:
+    # A long --connect-timeout: a refusal must not be retried until it runs out.
+    wrong = AMQP_URL.replace("guest:guest@", "guest:not-the-password@")
+    result = run(cli_env, "-v", "status", "--url", wrong, "--connect-timeout", "600")
+    assert result.returncode == 1, result
+    assert "failed (attempt" not in result.stderr  # one attempt
+    result = run(cli_env, "status", "--url", wrong, "--connect-timeout", "600")
+    assert_clean_error(result, 1, "check the user name and password", "127.0.0.1:5672")
+    assert "not-the-password" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_missing_vhost_exits_1_saying_how_to_make_it(names: Names,
+                                                      cli_env: dict[str, str]) -> None:
+    vhost = f"{names.prefix}-no-such-vhost"
+    result = run(cli_env, "send", "x", "--url", f"{AMQP_URL}{vhost}", "--connect-timeout", "600")
+    assert_clean_error(result, 1, f"rabbitmqctl add_vhost {vhost}")
+    assert "Expected one of" not in result.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["send", "x", "--url", "amqp://h:notaport/"], ["bad broker URL", "notaport"]),
+    (["broadcast", "--subject", "s" * 256, "body"], ["--subject", "255 bytes"]),
+    (["listen", "--subject", "s" * 256, "--count", "1"], ["--subject", "255 bytes"]),
+    (["broadcast", "--sender", "s" * 1025, "body"], ["sender", "1024"]),  # found connected
+], ids=["url-port", "subject", "listen-subject", "sender"])
+def test_values_kiwitrio_refuses_are_usage_errors(names: Names, cli_env: dict[str, str],
+                                                  args: list[str], words: list[str]) -> None:
+    result = run(cli_env, *flags(names), *args)
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr and "unexpected" not in result.stderr, result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
+
+
+def test_testing_on_one_side_only_is_explained(names: Names, cli_env: dict[str, str]) -> None:
+    assert "--testing" in run(cli_env, "--help").stdout
+    without_testing = [arg for arg in flags(names) if arg != "--testing"]
+    # The exchanges made here without --testing are durable; the names fixture deletes them.
+    assert run(cli_env, "broadcast", "first", *without_testing).returncode == 0
+    result = run(cli_env, "broadcast", "second", *flags(names))
+    assert_clean_error(result, 1, "DeclarationMismatch", "'auto_delete'",
+                       "use the same testing_mode", "--testing")
 
 
 def test_send_wait_times_out_with_exit_5(names: Names, cli_env: dict[str, str]) -> None:

@@ -228,3 +228,37 @@ def test_helper_threads_leave_ctrl_c_to_the_main_thread(connect: Connect) -> Non
     blocked = comm.rpc_send("mask", "?").result(timeout=TIMEOUT)
     assert signal.SIGINT in blocked and signal.SIGTERM in blocked
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+#: Trio's worker threads are shared by every Trio run of a process. Here, a run in the main
+#: thread (signals unblocked) leaves the only idle one, which the portal then reuses for the
+#: subscriber. A fresh process, so that no idle worker of earlier tests is reused instead.
+PROGRAM_WITH_A_MAIN_THREAD_WORKER = """
+import concurrent.futures, signal, sys
+import trio
+import kiwitrio_sync
+if sys.argv[1] == "kiwipy":
+    comm = kiwitrio_sync.RmqThreadCommunicator.connect(connection_params="memory://mask")
+else:
+    comm = kiwitrio_sync.connect("memory://mask")
+comm.add_rpc_subscriber(lambda _c, _m: sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])),
+                        "mask")
+async def start_a_worker_thread_here():
+    await trio.to_thread.run_sync(lambda: None)
+trio.run(start_a_worker_thread_here)
+blocked = comm.rpc_send("mask", "?").result(timeout=10)
+while isinstance(blocked, concurrent.futures.Future):  # the kiwiPy face nests them
+    blocked = blocked.result(timeout=10)
+comm.close()
+print(int(signal.SIGINT in blocked and signal.SIGTERM in blocked))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("face", ["kiwitrio_sync", "kiwipy"])
+def test_subscribers_block_signals_in_shared_worker_threads(face: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PROGRAM_WITH_A_MAIN_THREAD_WORKER), face],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1", result
