@@ -39,6 +39,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -67,8 +68,10 @@ class Worker:
         self._log = log
         self._block_slow = block_slow
         self._log_starts = log_starts
-        #: Set by a ``release`` line on stdin (``--hold-until-released``).
+        #: Set by a ``release`` line on stdin (``--hold-until-released``); the second one
+        #: for the plain function, which waits in its thread.
         self.released = trio.Event()
+        self.released_sync = threading.Event()
 
     async def on_task(self, _comm: kiwitrio.Communicator, task: Any) -> dict[str, int]:
         task_id = int(task["id"])
@@ -87,6 +90,8 @@ class Worker:
         task_id = int(task["id"])
         if task.get("slow") or self._log_starts:
             self._log.append(f"started {task_id}")
+        if task.get("hold"):
+            self.released_sync.wait()
         if task.get("sleep"):
             time.sleep(float(task["sleep"]))
         return self._done(task_id)
@@ -128,6 +133,7 @@ async def _read_stdin(worker: Worker, log: TaskLog, scope: trio.CancelScope, *,
             *lines, pending = (pending + chunk).split(b"\n")
             if b"release" in lines:
                 worker.released.set()
+                worker.released_sync.set()
     if exit_on_eof:
         log.append("stopped stdin-eof")
         scope.cancel()
@@ -218,8 +224,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.sync and args.block_slow:
         parser.error("--block-slow needs the async subscriber (not --sync)")
-    if args.sync and args.hold_until_released:
-        parser.error("--hold-until-released needs the async subscriber (not --sync)")
     return args
 
 

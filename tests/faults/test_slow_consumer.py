@@ -1,10 +1,11 @@
 """Scenario 5: slow, blocking subscribers with a full prefetch window, and 1 s heartbeats.
 
 Three worker processes subscribe a plain (blocking) function with prefetch 4 and heartbeat
-1 s. The first wave of tasks blocks for 2.5 s each (more than twice the heartbeat interval),
-filling every worker's prefetch window; while every window is full, another communicator's
-RPCs to each worker must be answered promptly. Then 600 quick tasks follow, with a blocking
-one now and then.
+1 s. The first wave of tasks blocks its threads until the test releases them, then for 2.5 s
+more (more than twice the heartbeat interval), filling every worker's prefetch window; while
+every window is full (held there, whatever the machine's load), another communicator's RPCs
+to each worker must be answered promptly. Then 600 quick tasks follow, with a blocking one now
+and then.
 
 Promised: blocking subscribers run in threads, so the connection's heartbeats go on (each
 worker stays CONNECTED throughout), nobody starves (every task completes, RPCs are answered
@@ -50,8 +51,10 @@ RESULTS_DEADLINE = 60.0
 
 
 def make_task(task_id: int) -> dict[str, Any]:
-    blocking = task_id < FIRST_WAVE or task_id % BLOCK_EVERY == 0
-    return {"id": task_id, "sleep": BLOCK_SECONDS if blocking else QUICK_SECONDS}
+    first_wave = task_id < FIRST_WAVE
+    blocking = first_wave or task_id % BLOCK_EVERY == 0
+    return {"id": task_id, "sleep": BLOCK_SECONDS if blocking else QUICK_SECONDS,
+            "hold": first_wave}
 
 
 def window_full(worker: WorkerProc) -> bool:
@@ -67,7 +70,8 @@ async def test_blocking_subscribers_keep_heartbeats_and_nobody_starves(
     prompt_rpcs: list[float] = []
     full_windows_still_full = False
     workers = await fleet.spawn_many(N_WORKERS, AMQP_URL, prefetch=PREFETCH, sync=True,
-                                     heartbeat=HEARTBEAT, reconnect_fast=False)
+                                     heartbeat=HEARTBEAT, reconnect_fast=False,
+                                     hold_until_released=True)
     async with open_senders(AMQP_URL, names, N_SENDERS, fleet, heartbeat=HEARTBEAT,
                             on_connection_state=sender_states.append) as senders, \
             open_senders(AMQP_URL, names, 1, fleet, heartbeat=HEARTBEAT) as (caller,), \
@@ -88,6 +92,8 @@ async def test_blocking_subscribers_keep_heartbeats_and_nobody_starves(
                     assert answer == {"echo": n, "pid": worker.pid}
                     prompt_rpcs.append(time.monotonic() - sent_at)
             full_windows_still_full = all(window_full(worker) for worker in workers)
+            for worker in workers:
+                await worker.release()
         await book.wait_all(RESULTS_DEADLINE)
     returncodes = await fleet.stop_all()
 
