@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import aio_pika
 import aiormq
 import aiormq.exceptions
+import pamqp.exceptions
 import trio
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
@@ -331,7 +332,9 @@ class _AmqpSession(Session):
         session = cls(bridge, url)
         try:
             session._connection, props = await bridge.run(session._connect, heartbeat)
-        except (OSError, aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except (OSError, aiormq.exceptions.AMQPError, ConnectionError,
+                pamqp.exceptions.PAMQPException) as exc:
+            # (aiormq 6 lets pamqp's AMQPInternalError through for a close at connection.open.)
             refusal = _refusal(url, exc)
             if refusal is not None:
                 raise refusal from exc
@@ -352,25 +355,32 @@ class _AmqpSession(Session):
         return connection, (transport.connection.server_properties if transport else {})
 
     def _watch_flow_control(self, amqp: aiormq.abc.AbstractConnection) -> None:
-        # asyncio side. aiormq acts on connection.blocked / unblocked (its writer holds the
-        # frames back) but offers no hook, only a log line. Its two handlers are looked up
-        # on the instance when a frame comes, so wrapping them there tells us too. Found by
-        # their name-mangled names; if a future aiormq renames them, blocking goes unseen
-        # here (tests/faults/test_flow_control.py notices) but still works.
-        for name, blocked in (("_Connection__handle_connection_blocked", True),
-                              ("_Connection__handle_connection_unblocked", False)):
-            original = getattr(amqp, name, None)
-            if original is None:
-                logger.debug("aiormq has no %s: connection.blocked is not reported", name)
-                continue
+        # asyncio side. aiormq acts on connection.blocked / unblocked by clearing and setting
+        # an asyncio.Event that its writer waits on, and offers no hook, only a log line.
+        # That event is an instance attribute looked up at each use (aiormq 6 and 7), so an
+        # Event that also tells us takes its place. Found by its name-mangled name; if a
+        # future aiormq renames it, blocking goes unseen here (tests/faults/
+        # test_flow_control.py notices) but still works.
+        unblocked = getattr(amqp, "_Connection__connection_unblocked", None)
+        if not isinstance(unblocked, asyncio.Event) or not unblocked.is_set():
+            logger.debug("cannot watch aiormq's connection.blocked: not reported")
+            return
+        reasons: list[str] = []
+        # The reason is in the frame only. aiormq 7 looks its handler up per frame, so a
+        # wrapper sees it first; aiormq 6 bound its handlers earlier (then no reason).
+        handle_blocked = getattr(amqp, "_Connection__handle_connection_blocked", None)
+        if handle_blocked is not None:
+            async def remember_reason(frame: Any) -> None:
+                reasons[:] = [str(getattr(frame, "reason", "") or "")]
+                await handle_blocked(frame)
 
-            async def handler(frame: Any, _original: Any = original,
-                              _blocked: bool = blocked) -> None:
-                await _original(frame)
-                reason = str(getattr(frame, "reason", "") or "no reason given")
-                self.bridge.call_in_trio(self._flow_control, reason if _blocked else None)
+            setattr(amqp, "_Connection__handle_connection_blocked", remember_reason)  # noqa: B010
 
-            setattr(amqp, name, handler)
+        def changed(blocked: bool) -> None:
+            reason = (reasons[0] if reasons and reasons[0] else "a resource alarm")
+            self.bridge.call_in_trio(self._flow_control, reason if blocked else None)
+
+        setattr(amqp, "_Connection__connection_unblocked", _FlowEvent(changed))  # noqa: B010
 
     def _flow_control(self, reason: str | None) -> None:
         # Trio side. One line per change (aiormq logs its own too).
@@ -618,6 +628,10 @@ def _closed_at_open(exc: BaseException) -> bool:
     if isinstance(exc, aiormq.exceptions.ConnectionClosed):
         # aiormq raises this with the close frame's code when it reads it as an answer.
         return bool(exc.args) and exc.args[0] == 530
+    # aiormq 6: AMQPInternalError("Connection.OpenOk", <the close frame>).
+    for arg in exc.args:
+        if isinstance(arg, spec.Connection.Close):
+            return arg.reply_code == 530
     # aiormq 7: the close frame came where connection.open-ok was expected.
     text = str(exc)
     return (isinstance(exc, aiormq.exceptions.InvalidFrameError)
@@ -625,6 +639,25 @@ def _closed_at_open(exc: BaseException) -> bool:
 
 
 # -- asyncio side --------------------------------------------------------------------------------
+
+class _FlowEvent(asyncio.Event):
+    """aiormq's "connection unblocked" event, telling ``changed(blocked)`` of each change."""
+
+    def __init__(self, changed: Callable[[bool], None]) -> None:
+        super().__init__()
+        super().set()  # replaces an event that was set: the connection is not blocked
+        self._changed = changed
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            self._changed(False)
+
+    def clear(self) -> None:
+        if self.is_set():
+            super().clear()
+            self._changed(True)
+
 
 class _Connection(aio_pika.Connection):
     """aio-pika's connection, safe to garbage-collect in any thread.
