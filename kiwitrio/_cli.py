@@ -149,6 +149,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {value}")
+    return value
+
+
 def _non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -243,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", metavar="NAME", help="task queue (default: --task-queue)")
     worker.add_argument("--concurrency", type=_positive_int, default=1, metavar="N",
                         help="tasks worked on at once (the prefetch count; default 1)")
+    worker.add_argument("--metrics-port", type=_port, metavar="N",
+                        help="serve Prometheus metrics on port N of every interface (0: any "
+                             "free port); needs prometheus_client: pip install "
+                             "'kiwitrio[metrics]'")
 
     send = command(
         "send", "send tasks; with --wait, print their results",
@@ -457,6 +471,28 @@ def load_function(spec: str) -> Callable[..., Any]:
         raise CliError(f"{spec} must take two arguments (communicator, task); its signature "
                        f"is {signature}", EXIT_USAGE) from None
     return obj  # type: ignore[no-any-return]
+
+
+def start_metrics(port: int | None) -> Any:
+    """Serve the worker's metrics on ``port`` (None: no metrics); returns the server.
+
+    prometheus_client is imported here only: without ``--metrics-port`` it is never needed.
+    """
+    if port is None:
+        return None
+    try:
+        from . import _prometheus
+    except ImportError as exc:
+        if not (exc.name or "").startswith("prometheus_client"):
+            raise
+        raise CliError("--metrics-port needs prometheus_client, which is not installed: "
+                       "pip install 'kiwitrio[metrics]'", EXIT_USAGE) from exc
+    try:
+        server, bound = _prometheus.serve(port)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on port {port}: {exc}") from exc
+    eprint(f"kiwitrio: metrics on http://0.0.0.0:{bound}/metrics")
+    return server
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -853,7 +889,13 @@ def _error(exc: BaseException) -> tuple[int, str]:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "worker":
         function = load_function(args.function)
-        return trio.run(cmd_worker, args, function)
+        metrics = start_metrics(args.metrics_port)
+        try:
+            return trio.run(cmd_worker, args, function)
+        finally:
+            if metrics is not None:
+                metrics.shutdown()
+                metrics.server_close()
     if args.command == "send":
         return trio.run(cmd_send, args, read_tasks(args))
     if args.command == "rpc":
