@@ -33,6 +33,7 @@ from ._errors import (
     TaskRejected,
     UnroutableError,
 )
+from ._gather import ResultsAsCompleted, as_completed
 from ._reconnect import ConnectionState, ReconnectPolicy
 from ._replies import ResultHandle
 from ._tasks import IncomingTask, TaskOutcome, TaskQueue
@@ -65,12 +66,14 @@ __all__ = [
     "ReconnectPolicy",
     "RemoteException",
     "ResultHandle",
+    "ResultsAsCompleted",
     "SendOutcomeUnknown",
     "TaskOutcome",
     "TaskQueue",
     "TaskRejected",
     "UnroutableError",
     "__version__",
+    "as_completed",
     "cbor_decode",
     "cbor_decoder",
     "cbor_encode",

@@ -29,6 +29,7 @@ from typing import Any
 
 import trio
 
+from . import _metrics
 from ._backend import (
     Consumer,
     Delivery,
@@ -227,8 +228,10 @@ class BroadcastHub:
                     "correlation_id": correlation_id}
         message = OutgoingMessage(self._ctx.encode(envelope), self._ctx.content_type,
                                   expiration_ms=BROADCAST_TTL_MS)
+        started = _metrics.now()
         try:
             await self._publish(routing_key, message)
+            _metrics.record_sent("broadcast", started)
         except DeliveryFailed as exc:
             if not is_negative_ack(exc):
                 raise
@@ -342,6 +345,7 @@ class BroadcastHub:
         await delivery.ack()
 
     async def _call(self, subscriber: BroadcastSubscriber, envelope: dict[str, Any]) -> None:
+        started = _metrics.now()
         try:
             # The filter too: it sees the sender's values (a regex filter, an == filter).
             if isinstance(subscriber, BroadcastFilter):
@@ -351,8 +355,10 @@ class BroadcastHub:
             await call_subscriber(subscriber, self._ctx.communicator, envelope["body"],
                                   envelope["sender"], envelope["subject"],
                                   envelope["correlation_id"])
+            _metrics.record_handled("broadcast", "done", started)
         except Exception:
             logger.exception("broadcast subscriber %r raised", subscriber)
+            _metrics.record_handled("broadcast", "failed", started)
 
 
 class _OrderedFeed:

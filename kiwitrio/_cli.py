@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import importlib
 import importlib.util
 import inspect
@@ -148,6 +149,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {value}")
+    return value
+
+
 def _non_negative_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -242,12 +253,17 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--queue", metavar="NAME", help="task queue (default: --task-queue)")
     worker.add_argument("--concurrency", type=_positive_int, default=1, metavar="N",
                         help="tasks worked on at once (the prefetch count; default 1)")
+    worker.add_argument("--metrics-port", type=_port, metavar="N",
+                        help="serve Prometheus metrics on port N of every interface (0: any "
+                             "free port); needs prometheus_client: pip install "
+                             "'kiwitrio[metrics]'")
 
     send = command(
         "send", "send tasks; with --wait, print their results",
         "Send each TASK (or, with none given, each non-empty line of stdin) as a task. "
-        "With --wait, print each result as one JSON line, in the order they arrive; a task "
-        "that raised is reported on stderr and makes the exit code 1.",
+        "With --wait, print each result as one JSON line, in the order they arrive (with "
+        "--ordered: in the order of the tasks; with --with-task: together with its task); a "
+        "task that raised is reported on stderr and makes the exit code 1.",
     )
     send.add_argument("tasks", nargs="*", metavar="TASK")
     send.add_argument("--queue", metavar="NAME", help="task queue (default: --task-queue)")
@@ -258,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ask for no results (what happens anyway without --wait)")
     send.add_argument("--timeout", type=_seconds, metavar="S",
                       help="give up S seconds after connecting (exit code 5)")
+    send.add_argument("--ordered", action="store_true",
+                      help="with --wait: print the results in the order of the tasks")
+    send.add_argument("--with-task", action="store_true",
+                      help='with --wait: print {"task": TASK, "result": RESULT} lines, and '
+                           'failures as {"task": TASK, "error": {"type": ..., "message": ...}} '
+                           "(on stdout too)")
 
     rpc = command("rpc", "call an RPC subscriber and print its answer (as JSON)")
     rpc.add_argument("identifier", metavar="ID")
@@ -299,6 +321,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if extra and args.command not in ("demo", "bench"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
+    if args.command == "send" and not args.wait:
+        given = [flag for flag, on in (("--ordered", args.ordered),
+                                       ("--with-task", args.with_task)) if on]
+        if given:
+            parser.error(f"{' and '.join(given)} need --wait")
     for name, value in _defaults().items():
         if not hasattr(args, name):
             setattr(args, name, value)
@@ -446,6 +473,28 @@ def load_function(spec: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+def start_metrics(port: int | None) -> Any:
+    """Serve the worker's metrics on ``port`` (None: no metrics); returns the server.
+
+    prometheus_client is imported here only: without ``--metrics-port`` it is never needed.
+    """
+    if port is None:
+        return None
+    try:
+        from . import _prometheus
+    except ImportError as exc:
+        if not (exc.name or "").startswith("prometheus_client"):
+            raise
+        raise CliError("--metrics-port needs prometheus_client, which is not installed: "
+                       "pip install 'kiwitrio[metrics]'", EXIT_USAGE) from exc
+    try:
+        server, bound = _prometheus.serve(port)
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on port {port}: {exc}") from exc
+    eprint(f"kiwitrio: metrics on http://0.0.0.0:{bound}/metrics")
+    return server
+
+
 # -- commands ----------------------------------------------------------------------------------
 
 
@@ -563,27 +612,67 @@ def read_tasks(args: argparse.Namespace) -> list[Any]:
     return [parse_value(text, args.json, f"task {i}") for i, text in enumerate(texts, 1)]
 
 
+class _InOrder:
+    """Runs each task's report once it is due: at once, or (``ordered``) once the reports
+    of every task before it ran, so that output follows the order of the tasks."""
+
+    def __init__(self, ordered: bool) -> None:
+        self._ordered = ordered
+        self._held: dict[int, Callable[[], None]] = {}
+        self._next = 1
+
+    def put(self, index: int, report: Callable[[], None]) -> None:
+        if not self._ordered:
+            report()
+            return
+        self._held[index] = report
+        while self._next in self._held:
+            self._held.pop(self._next)()
+            self._next += 1
+
+
+def _result_line(args: argparse.Namespace, task: Any, result: Any) -> str:
+    return to_json({"task": task, "result": result} if args.with_task else result)
+
+
+def _error_line(task: Any, exc: kiwitrio.RemoteException) -> str:
+    return to_json({"task": task, "error": {"type": exc.remote_type,
+                                            "message": exc.remote_message}})
+
+
 async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
     queue = args.queue or args.task_queue
     show_progress = len(tasks) > PROGRESS_MIN_TASKS and sys.stderr.isatty()
     progress = Progress(len(tasks), "results" if args.wait else "sent", show_progress)
     failures = arrived = 0
     stdout_is_terminal = sys.stdout.isatty()
+    reports = _InOrder(args.ordered)
+
+    def report_failure(index: int, task: Any, exc: kiwitrio.RemoteException) -> None:
+        progress.clear()
+        eprint(f"kiwitrio: task {index} failed: {exc.remote_type}: {exc.remote_message}")
+        if args.verbose and exc.remote_traceback:
+            eprint(exc.remote_traceback.rstrip())
+        if args.with_task:
+            print(_error_line(task, exc), flush=True)
+
+    def report_result(task: Any, result: Any) -> None:
+        if stdout_is_terminal:  # the bar and the results share the screen
+            progress.clear()
+        print(_result_line(args, task, result), flush=True)
 
     async def wait_for(index: int, handle: kiwitrio.ResultHandle) -> None:
         nonlocal failures, arrived
+        task = tasks[index - 1]
         try:
             result = await handle
         except kiwitrio.RemoteException as exc:
             failures += 1
-            progress.clear()
-            eprint(f"kiwitrio: task {index} failed: {exc.remote_type}: {exc.remote_message}")
-            if args.verbose and exc.remote_traceback:
-                eprint(exc.remote_traceback.rstrip())
+            # partial, not a lambda: the name exc is gone when the except block ends, and
+            # an ordered report may run later.
+            reports.put(index, functools.partial(report_failure, index, task, exc))
         else:
-            if stdout_is_terminal:  # the bar and the results share the screen
-                progress.clear()
-            print(to_json(result), flush=True)
+            reports.put(index, functools.partial(report_result, task, result))
         arrived += 1
         progress.update(arrived)
 
@@ -800,7 +889,13 @@ def _error(exc: BaseException) -> tuple[int, str]:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "worker":
         function = load_function(args.function)
-        return trio.run(cmd_worker, args, function)
+        metrics = start_metrics(args.metrics_port)
+        try:
+            return trio.run(cmd_worker, args, function)
+        finally:
+            if metrics is not None:
+                metrics.shutdown()
+                metrics.server_close()
     if args.command == "send":
         return trio.run(cmd_send, args, read_tasks(args))
     if args.command == "rpc":

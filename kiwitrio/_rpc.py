@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from . import _metrics
 from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
 from ._context import Context, handling
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
@@ -112,6 +113,7 @@ class RpcHub:
         reply_to, handle = await self._replies.expect()
         message = OutgoingMessage(body, self._ctx.content_type,
                                   correlation_id=handle.correlation_id, reply_to=reply_to)
+        started = _metrics.now()
         try:
             await self._ctx.session.publish("", queue, message, mandatory=True)
         except UnroutableError:
@@ -129,6 +131,7 @@ class RpcHub:
         except BaseException:
             self._replies.forget(handle)
             raise
+        _metrics.record_sent("rpc", started)
         return handle
 
     async def _queue_gone(self, queue: str) -> bool:
@@ -172,6 +175,7 @@ class RpcHub:
         async def tell_pending() -> None:
             await self._replies.send(delivery, pending_envelope())
 
+        started = _metrics.now()
         try:
             with handling(delivery):
                 result = await call_subscriber(
@@ -182,6 +186,8 @@ class RpcHub:
             raise
         except Exception as exc:
             envelope = exception_envelope(exc)
+            _metrics.record_handled("rpc", "failed", started)
         else:
             envelope = result_envelope(result)
+            _metrics.record_handled("rpc", "done", started)
         await self._ctx.finish(delivery, self._replies.send(delivery, envelope))

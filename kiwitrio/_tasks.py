@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from . import _metrics
 from ._backend import (
     DEAD_LETTER_EXCHANGE,
     Consumer,
@@ -212,8 +213,10 @@ class TaskQueue:
         """
         self.ctx.check_open()
         body = self.ctx.encode(task)
+        started = _metrics.now()
         if no_reply:
             await self._publish(OutgoingMessage(body, self.ctx.content_type, persistent=True))
+            _metrics.record_sent("task", started)
             return ResultHandle.completed(None)
         reply_to, handle = await self.replies.expect()
         message = OutgoingMessage(
@@ -225,6 +228,7 @@ class TaskQueue:
         except BaseException:
             self.replies.forget(handle)
             raise
+        _metrics.record_sent("task", started)
         return handle
 
     async def _publish(self, message: OutgoingMessage) -> None:
@@ -335,6 +339,7 @@ class TaskQueue:
         async def tell_pending() -> None:
             await self.replies.send(delivery, pending_envelope(), persistent=True)
 
+        started = _metrics.now()
         for identifier, subscriber in list(self._subscribers.items()):
             pending = tell_pending if identifier in self._pending_replies else None
             try:
@@ -345,8 +350,11 @@ class TaskQueue:
             except Exception as exc:
                 logger.info("task subscriber raised %s; sending it back to the sender",
                             describe_error(exc))
+                _metrics.record_handled("task", "failed", started)
                 return exception_envelope(exc)
+            _metrics.record_handled("task", "done", started)
             return result_envelope(result)
+        _metrics.record_handled("task", "rejected", started)
         return None
 
     async def _reject_undecodable(self, delivery: Delivery, reason: DecodeError) -> None:

@@ -7,6 +7,7 @@ that the tests poll, with a deadline, for the line they wait for.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -57,6 +58,19 @@ async def stuck_or_done(comm, task):
         pathlib.Path(os.environ["KT_MARKER"]).write_text(str(task))
         await trio.sleep_forever()
     return f"{task} done by {os.environ.get('KT_ROLE')}"
+
+
+async def last_first(comm, task):
+    """Tasks 1..KT_LAST, all at once: each finishes after the one after it (so the results
+    come back last first); 2 raises."""
+    here = pathlib.Path(os.environ["KT_DIR"])
+    if task < int(os.environ["KT_LAST"]):
+        while not (here / f"done-{task + 1}").exists():
+            await trio.sleep(0.02)
+    (here / f"done-{task}").write_text("")
+    if task == 2:
+        raise ValueError("two is right out")
+    return task * task
 '''
 
 
@@ -317,6 +331,44 @@ def test_testing_on_one_side_only_is_explained(names: Names, cli_env: dict[str, 
     result = run(cli_env, "broadcast", "second", *flags(names))
     assert_clean_error(result, 1, "DeclarationMismatch", "'auto_delete'",
                        "use the same testing_mode", "--testing")
+
+
+def test_send_ordered_with_task_prints_inputs_with_results_in_input_order(
+    names: Names, tmp_path: Path, cli_env: dict[str, str],
+    background: Callable[..., Background],
+) -> None:
+    env = {**cli_env, "KT_DIR": str(tmp_path), "KT_LAST": "4"}
+    worker = background("worker", "worker", "kt_cli_tasks:last_first", "--concurrency", "4",
+                        *flags(names), env=env)
+    worker.wait_for("kiwitrio worker ready")
+    result = run(cli_env, "send", "--json", "--wait", "--ordered", "--with-task",
+                 *flags(names), stdin="1\n2\n3\n4\n")
+    assert result.returncode == 1, result
+    assert result.stdout.splitlines() == [
+        '{"task": 1, "result": 1}',
+        '{"task": 2, "error": {"type": "ValueError", "message": "two is right out"}}',
+        '{"task": 3, "result": 9}',
+        '{"task": 4, "result": 16}',
+    ], result
+    assert "kiwitrio: task 2 failed: ValueError: two is right out" in result.stderr, result
+
+
+@pytest.mark.parametrize("flag", ["--ordered", "--with-task"])
+def test_send_ordered_and_with_task_need_wait(cli_env: dict[str, str], flag: str) -> None:
+    result = run(cli_env, "send", flag, "1", "--url", UNREACHABLE_URL)
+    assert result.returncode == 2, result
+    assert f"{flag} need --wait" in result.stderr, result
+
+
+def test_send_reports_follow_the_tasks_with_ordered_only() -> None:
+    from kiwitrio._cli import _InOrder
+
+    for ordered, expected in ((True, [1, 2, 3]), (False, [3, 1, 2])):
+        ran: list[int] = []
+        reports = _InOrder(ordered)
+        for index in (3, 1, 2):
+            reports.put(index, functools.partial(ran.append, index))
+        assert ran == expected
 
 
 def test_send_wait_times_out_with_exit_5(names: Names, cli_env: dict[str, str]) -> None:
