@@ -60,7 +60,7 @@ from ._urls import redact_url
 
 __all__ = ["open_amqp_session", "redact_url"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.connection")  # a public name (docs/configuration.md#logging)
 
 T = TypeVar("T")
 

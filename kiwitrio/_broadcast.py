@@ -46,7 +46,7 @@ from ._saferepr import safe_repr
 
 __all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.broadcasts")  # a public name (docs/configuration.md#logging)
 
 BroadcastSubscriber = Callable[[Any, Any, Any, Any, Any], Any]
 

@@ -95,7 +95,7 @@ ONE_SHOT_COMMANDS = ("send", "rpc", "broadcast")
 #: ``send`` shows a progress bar (on a terminal) for more tasks than this.
 PROGRESS_MIN_TASKS = 20
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.cli")  # a public name (docs/configuration.md#logging)
 
 EPILOG = """\
 exit codes:
@@ -840,14 +840,14 @@ def _configure_logging(verbose: int, command: str) -> None:
                         else "kiwitrio: %(levelname)s: %(name)s: %(message)s")
     logging.getLogger("kiwitrio").setLevel(ours)
     if command == "worker":
-        logging.getLogger("kiwitrio._tasks").addFilter(_WorkerReportsFailures())
+        logging.getLogger("kiwitrio.tasks").addFilter(_WorkerReportsFailures())
     if not verbose:
         # Their errors are kiwitrio's errors too, and reported as such: not twice.
         for name in ("aiormq", "aio_pika"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
         if command in ONE_SHOT_COMMANDS:
             # A line per connection attempt is news for a worker, noise for a quick command.
-            logging.getLogger("kiwitrio._reconnect").setLevel(logging.ERROR)
+            logging.getLogger("kiwitrio.reconnect").setLevel(logging.ERROR)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -25,7 +25,7 @@ from ._urls import check_broker_url
 
 __all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio")  # a public name (docs/configuration.md#logging)
 
 DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_MESSAGE_EXCHANGE = "kiwitrio.messages"

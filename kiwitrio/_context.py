@@ -18,7 +18,7 @@ from ._saferepr import describe_error, safe_repr, safe_str_of_exception
 
 __all__ = ["Context", "DeliveryInfo", "current_delivery"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.messages")  # a public name (docs/configuration.md#logging)
 
 #: Bodies larger than this are decoded in a worker thread.
 OFF_THREAD_BYTES = 64 * 1024

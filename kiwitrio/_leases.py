@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LeaseKeeper", "TaskLease"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.tasks")  # a public name (docs/configuration.md#logging)
 
 CYCLE_HEADER = "kiwitrio-lease-cycle"
 LEASE_HEADER = "kiwitrio-lease"

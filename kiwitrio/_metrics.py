@@ -16,7 +16,7 @@ from typing import Protocol
 
 __all__ = ["Sink", "now", "record_handled", "record_sent", "set_sink"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.metrics")  # a public name (docs/configuration.md#logging)
 
 
 class Sink(Protocol):

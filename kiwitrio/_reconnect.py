@@ -43,7 +43,7 @@ from ._urls import redact_url
 
 __all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.reconnect")  # a public name (docs/configuration.md#logging)
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from ._saferepr import describe_error, safe_repr, safe_str_of_exception
 __all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "pending_envelope",
            "result_envelope"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.replies")  # a public name (docs/configuration.md#logging)
 
 _REPLY_PREFETCH = 256
 #: How many of the latest correlation ids a reply router remembers (see _issued).

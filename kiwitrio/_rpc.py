@@ -38,7 +38,7 @@ from ._replies import (
 
 __all__ = ["RpcHub", "RpcSubscriber"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.rpc")  # a public name (docs/configuration.md#logging)
 
 RpcSubscriber = Callable[[Any, Any], Any]
 

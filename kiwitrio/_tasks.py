@@ -50,7 +50,7 @@ from ._saferepr import describe_error
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.tasks")  # a public name (docs/configuration.md#logging)
 
 TaskSubscriber = Callable[[Any, Any], Any]
 

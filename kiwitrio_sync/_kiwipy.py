@@ -64,7 +64,7 @@ __all__ = [
     "connect",
 ]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("kiwitrio.sync")  # a public name (docs/configuration.md#logging)
 
 #: kiwiPy's wait for each blocking call (``async_task_timeout``).
 TASK_TIMEOUT = 5.0

@@ -55,7 +55,7 @@ def test_a_delivery_after_the_stream_ended_is_requeued_quietly(
     consumer.end()
     with caplog.at_level(logging.DEBUG, logger="kiwitrio"):
         consumer._deliver(_message(7))
-    assert [r.levelname for r in caplog.records if r.name == "kiwitrio._amqp"] == ["DEBUG"]
+    assert [r.levelname for r in caplog.records if r.name == "kiwitrio.connection"] == ["DEBUG"]
     assert [(fn, args[-1]) for fn, *args in bridge.started] == [(_amqp._reject_quietly, 7)]
     assert consumer._unsettled == 0
 
@@ -66,7 +66,7 @@ def test_a_delivery_beyond_the_prefetch_window_is_an_error(
     with caplog.at_level(logging.DEBUG, logger="kiwitrio"):
         consumer._deliver(_message(1))
         consumer._deliver(_message(2))  # the broker ignored prefetch: should never happen
-    assert [r.levelname for r in caplog.records if r.name == "kiwitrio._amqp"] == ["ERROR"]
+    assert [r.levelname for r in caplog.records if r.name == "kiwitrio.connection"] == ["ERROR"]
     assert [args[-1] for _fn, *args in bridge.started] == [2]
 
 

@@ -14,3 +14,23 @@ async def test_task_round_trip(open_comm: OpenComm) -> None:
 
 async def test_version_is_exported() -> None:
     assert kiwitrio.__version__
+
+
+def test_loggers_have_public_names() -> None:
+    """Log lines name documented loggers (docs/configuration.md#logging), never a module."""
+    import importlib
+    import logging
+    import pkgutil
+
+    import kiwitrio_sync
+
+    for package in (kiwitrio, kiwitrio_sync):
+        for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if module.name.endswith(("_prometheus", "_trio_asyncio")):
+                continue  # optional extras; their loggers are checked where they import
+            importlib.import_module(module.name)
+    names = [name for name in logging.Logger.manager.loggerDict
+             if name.split(".")[0] in ("kiwitrio", "kiwitrio_sync")]
+    private = [name for name in names if any(part.startswith("_") for part in name.split("."))]
+    assert "kiwitrio.tasks" in names
+    assert private == []

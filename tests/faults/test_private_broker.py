@@ -234,7 +234,7 @@ async def test_broker_sigkilled_mid_workload_and_restarted(
 
 
 def connection_attempts(records: list[logging.LogRecord]) -> int:
-    return sum(1 for r in records if r.name == "kiwitrio._reconnect"
+    return sum(1 for r in records if r.name == "kiwitrio.reconnect"
                and "failed (attempt" in r.getMessage())
 
 
