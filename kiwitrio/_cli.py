@@ -288,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds")
 
     command("status", "check the connection; show the broker and the queues")
+    from . import _cli_inspect  # here: it imports this module
+
+    _cli_inspect.add_commands(command)
     command("demo", "run the end-to-end demo (examples/demo.py; extra options go to it)")
     command("bench", "run the benchmark suite (benchmarks/run.py; extra options go to it)")
     return parser
@@ -811,6 +814,10 @@ def _run(args: argparse.Namespace) -> int:
         return trio.run(cmd_listen, args)
     if args.command == "status":
         return trio.run(cmd_status, args)
+    from . import _cli_inspect
+
+    if args.command in _cli_inspect.COMMANDS:
+        return trio.run(_cli_inspect.run, args)
     if args.command == "demo":
         return run_repository_script(args, "examples/demo.py", "bash scripts/demo.sh")
     if args.command == "bench":
