@@ -538,6 +538,14 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                 async with communicator(args, task_queue=queue,
                                         task_prefetch_count=args.concurrency) as comm:
                     await comm.add_task_subscriber(run_task)
+
+                    def control_shutdown() -> None:  # kiwitrio control shutdown: as SIGTERM
+                        nonlocal stopped_by
+                        if not stop.is_set():
+                            stopped_by = "control shutdown"
+                            stop.set()
+
+                    comm.on_control_shutdown(control_shutdown)
                     ready = True
                     props = comm.server_properties
                     print(f"kiwitrio worker ready: {args.function} on queue {queue!r} "

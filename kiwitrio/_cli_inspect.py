@@ -35,12 +35,15 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     inspect.add_argument("--json", action="store_true",
                          help="print a JSON array of objects (keys identity, host, pid, "
                               "rpc_subscribers, task_queues, in_flight)")
-    control = command("control", "ping the live communicators",
+    control = command("control", "ping the live communicators, or stop kiwitrio workers",
                       "ping: print the identity (host:pid:random) of each live communicator "
-                      "that answered within --timeout, one per line.")
-    control.add_argument("action", choices=["ping"], help="what to ask")
+                      "that answered within --timeout, one per line. shutdown: ask kiwitrio "
+                      "workers to stop as SIGTERM does (their unfinished tasks go back to the "
+                      "queue); other communicators answer that they ignore it. Exit code 3 if "
+                      "nobody answered.")
+    control.add_argument("action", choices=["ping", "shutdown"], help="what to ask")
     control.add_argument("--id", metavar="PID-or-IDENTITY",
-                         help="only the communicators with this pid or identity")
+                         help="only the communicators with this pid or identity (default: all)")
     _collect_options(control)
 
 
@@ -57,6 +60,8 @@ async def run(args: argparse.Namespace) -> int:
     async with _cli.communicator(args, reconnect=policy) as comm:
         if args.command == "inspect":
             infos = await comm.inspect(timeout=args.timeout)
+        elif args.action == "shutdown":
+            accepted = await comm.control_shutdown(args.id, timeout=args.timeout)
         else:
             identities = await comm.ping(timeout=args.timeout)
     if args.command == "inspect":
@@ -64,10 +69,23 @@ async def run(args: argparse.Namespace) -> int:
         if not infos and not args.json:
             _cli.eprint(f"kiwitrio: no communicator answered within {args.timeout:g} s")
         return _cli.EXIT_OK
+    if args.action == "shutdown":
+        return _report_shutdown(args, accepted)
     chosen = [identity for identity in identities if _chosen(identity, args.id)]
     for identity in chosen:
         print(identity, flush=True)
     if not chosen:
+        raise _cli.CliError(f"no communicator answered within {args.timeout:g} s"
+                            + (f" with id {args.id!r}" if args.id else ""),
+                            _cli.EXIT_UNROUTABLE)
+    return _cli.EXIT_OK
+
+
+def _report_shutdown(args: argparse.Namespace, accepted: dict[str, bool]) -> int:
+    for identity, stopping in sorted(accepted.items()):
+        print(f"{identity}: {'stopping' if stopping else 'ignored (not a kiwitrio worker)'}",
+              flush=True)
+    if not accepted:
         raise _cli.CliError(f"no communicator answered within {args.timeout:g} s"
                             + (f" with id {args.id!r}" if args.id else ""),
                             _cli.EXIT_UNROUTABLE)

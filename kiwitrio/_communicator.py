@@ -367,6 +367,35 @@ class Communicator:
                 logger.warning("ignoring a ping answer: %s", safe_repr(answer, 80))
         return sorted(identities)
 
+    def on_control_shutdown(self, hook: Callable[[], None] | None) -> None:
+        """Call ``hook()`` (in the Trio thread) when ``kiwitrio control shutdown`` (or
+        :meth:`control_shutdown`) asks this communicator to stop; ``None`` removes it.
+
+        Opt-in: without a hook, shutdown requests are answered "not accepted" and ignored.
+        ``kiwitrio worker`` registers one that stops it as SIGTERM does. Anyone who can
+        publish on the vhost can send the request, as they can send tasks.
+        """
+        self._control.on_shutdown = hook
+
+    async def control_shutdown(self, target: str | None = None,
+                               timeout: float = 1.5,  # noqa: ASYNC109 (see inspect)
+                               ) -> dict[str, bool]:
+        """Ask the communicators named by ``target`` (a pid or :attr:`identity`; ``None``:
+        all) to shut down; returns {identity: whether it accepted} for those that answered
+        within ``timeout`` seconds."""
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+        answers: dict[str, bool] = {}
+        for answer in await self._control.ask("shutdown", timeout, target):
+            identity = answer.get("identity") if isinstance(answer, dict) else None
+            accepted = answer.get("accepted") if isinstance(answer, dict) else None
+            if (isinstance(identity, str) and len(identity) <= MAX_FIELD
+                    and isinstance(accepted, bool)):
+                answers[identity] = accepted
+            else:
+                logger.warning("ignoring a shutdown answer: %s", safe_repr(answer, 80))
+        return answers
+
     def _describe(self) -> dict[str, Any]:
         queues = list(self._task_queues.values())
         return {

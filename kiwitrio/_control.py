@@ -39,7 +39,7 @@ __all__ = ["CommunicatorInfo", "ControlHub", "InFlightTask", "control_exchange_n
 
 logger = logging.getLogger(__name__)
 
-COMMANDS = ("inspect", "ping")
+COMMANDS = ("inspect", "ping", "shutdown")
 #: Requests handled at once by one communicator's control listener.
 CONTROL_PREFETCH = 8
 #: Control requests not consumed within this time are dropped by the broker: an inspect
@@ -161,14 +161,26 @@ def parse_info(value: Any) -> CommunicatorInfo:
     )
 
 
-def parse_request(body: Any) -> str:
-    """The command of a control request, or :class:`DecodeError` (it gets dead-lettered)."""
+def parse_request(body: Any) -> tuple[str, str | None]:
+    """The command and target (a pid or identity, or None: everyone) of a control request,
+    or :class:`DecodeError` (it gets dead-lettered)."""
     if not isinstance(body, dict) or len(body) > 8:
         raise DecodeError(f"not a control request: {safe_repr(body, 80)}")
-    command = body.get("command")
+    command, target = body.get("command"), body.get("target")
     if command not in COMMANDS:
         raise DecodeError(f"unknown control command {safe_repr(command, 80)}")
-    return str(command)
+    if target is not None and not (isinstance(target, str) and len(target) <= MAX_FIELD):
+        raise DecodeError(f"a control target that is not a short str: {safe_repr(target, 80)}")
+    return str(command), target
+
+
+def is_target(identity: str, target: str | None) -> bool:
+    """Whether ``target`` (None: everyone; a pid; an identity ``host:pid:random``) names the
+    communicator ``identity``."""
+    if target is None:
+        return True
+    parts = identity.split(":")
+    return target == identity or (len(parts) >= 3 and parts[-2] == target)
 
 
 class ControlHub:
@@ -182,6 +194,8 @@ class ControlHub:
         self._describe = describe
         self.identity = new_identity()
         self._queue = f"{self.exchange}.{uuid.uuid4().hex}"
+        #: Called on a shutdown request (None: such requests are answered, and ignored).
+        self.on_shutdown: Callable[[], None] | None = None
 
     async def start(self) -> None:
         """Listen for control requests (the exchange is declared with the others)."""
@@ -200,13 +214,31 @@ class ControlHub:
 
     async def _handle(self, delivery: Delivery) -> None:
         try:
-            command = parse_request(await self._ctx.decode(delivery))
+            command, target = parse_request(await self._ctx.decode(delivery))
         except DecodeError as exc:
             await self._ctx.reject_visibly(delivery, "control request", exc)
             return
-        answer: dict[str, Any] = ({"identity": self.identity} if command == "ping"
-                                  else self.info())
+        if not is_target(self.identity, target):
+            await delivery.ack()  # for someone else
+            return
+        answer: dict[str, Any] = (self.info() if command == "inspect"
+                                  else {"identity": self.identity})
+        if command == "shutdown":
+            answer["accepted"] = self._shut_down()
         await self._ctx.finish(delivery, self._replies.send(delivery, result_envelope(answer)))
+
+    def _shut_down(self) -> bool:
+        """Run the shutdown hook, if there is one; whether it was run without error."""
+        if self.on_shutdown is None:
+            logger.info("ignoring a control shutdown request: no on_control_shutdown hook")
+            return False
+        logger.warning("control shutdown requested")
+        try:
+            self.on_shutdown()
+        except Exception:
+            logger.exception("the on_control_shutdown hook raised")
+            return False
+        return True
 
     def info(self) -> dict[str, Any]:
         """This communicator's inspect answer, with every list bounded."""
@@ -218,13 +250,14 @@ class ControlHub:
             "in_flight": [task.as_dict() for task in _bounded(described["in_flight"])],
         }
 
-    async def ask(self, command: str, collect_for: float) -> list[Any]:
+    async def ask(self, command: str, collect_for: float, target: str | None = None,
+                  ) -> list[Any]:
         """Send ``command`` to every communicator; the answers that came within
         ``collect_for`` seconds (this communicator's own excepted)."""
         self._ctx.check_open()
         reply_to, correlation_id, answers = await self._replies.collect(MAX_ANSWERS)
         try:
-            message = OutgoingMessage(self._ctx.encode({"command": command}),
+            message = OutgoingMessage(self._ctx.encode({"command": command, "target": target}),
                                       self._ctx.content_type, correlation_id=correlation_id,
                                       reply_to=reply_to, expiration_ms=CONTROL_TTL_MS)
             await self._ctx.session.publish(self.exchange, "", message, mandatory=False)

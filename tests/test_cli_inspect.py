@@ -76,3 +76,39 @@ def test_ping_of_an_absent_id_exits_3(names: Names, cli_env: dict[str, str]) -> 
                  *flags(names))
     assert result.returncode == 3, result
     assert "no communicator answered" in result.stderr and "'nobody'" in result.stderr
+
+
+def test_control_shutdown_stops_a_worker_which_gives_its_task_back(
+    names: Names, tmp_path: Path, cli_env: dict[str, str],
+    background: Callable[..., Background],
+) -> None:
+    marker = tmp_path / "started"
+    worker = background("worker", "worker", "kt_cli_tasks:stuck_or_done", *flags(names),
+                        env={**cli_env, "KT_ROLE": "stuck", "KT_MARKER": str(marker)})
+    worker.wait_for("kiwitrio worker ready")
+    listener = background("listen", "listen", *flags(names))  # a plain communicator
+    listener.wait_for("listening", stream="stderr")
+    sender = background("send", "send", "--wait", "--timeout", "60", "job-1", *flags(names))
+    _wait_for_file(marker, worker, sender)
+
+    result = run(cli_env, "control", "shutdown", "--timeout", "2", *flags(names))
+    assert result.returncode == 0, result
+    assert worker.wait() == 0, worker.describe()
+    assert "stopped (control shutdown): 0 tasks done, 0 failed, 1 given back" in worker.stdout()
+    lines = sorted(result.stdout.splitlines())
+    assert len([line for line in lines if line.endswith(": stopping")]) == 1, lines
+    assert f":{worker.process.pid}:" in next(line for line in lines if "stopping" in line)
+    # The listener and the sender are no workers: they say so and go on.
+    assert len([line for line in lines if "ignored" in line]) == 2, lines
+    assert listener.process.poll() is None, listener.describe()
+    # The task went back: another worker does it.
+    background("fine", "worker", "kt_cli_tasks:stuck_or_done", *flags(names),
+               env={**cli_env, "KT_ROLE": "fine"})
+    assert sender.wait() == 0, sender.describe()
+    assert sender.stdout().strip() == '"job-1 done by fine"'
+
+
+def test_control_shutdown_of_an_absent_id_exits_3(names: Names, cli_env: dict[str, str]) -> None:
+    result = run(cli_env, "control", "shutdown", "--id", "1", "--timeout", "0.5",
+                 *flags(names))
+    assert result.returncode == 3, result

@@ -179,3 +179,18 @@ async def test_inspect_refuses_a_bad_timeout(open_comm: OpenComm) -> None:
         for bad in (0, -1, math.inf, math.nan):
             with pytest.raises(ValueError):
                 await comm.inspect(timeout=bad)
+
+
+async def test_control_shutdown_runs_the_hook_of_the_target_only(open_comm: OpenComm) -> None:
+    calls: list[str] = []
+    async with open_comm() as worker, open_comm() as plain, open_comm() as asker:
+        worker.on_control_shutdown(lambda: calls.append("worker"))
+        assert await asker.control_shutdown(timeout=COLLECT) == {
+            worker.identity: True, plain.identity: False}
+        assert calls == ["worker"]
+        assert await asker.control_shutdown(plain.identity, timeout=COLLECT) == {
+            plain.identity: False}
+        worker.on_control_shutdown(None)
+        assert await asker.control_shutdown(worker.identity, timeout=COLLECT) == {
+            worker.identity: False}
+    assert calls == ["worker"]
