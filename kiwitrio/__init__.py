@@ -18,6 +18,7 @@ from ._codec import (
 )
 from ._communicator import DEFAULT_URL, Communicator, open_communicator
 from ._context import DeliveryInfo, current_delivery
+from ._control import CommunicatorInfo, InFlightTask
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
@@ -49,6 +50,7 @@ __all__ = [
     "BroadcastFilter",
     "Communicator",
     "CommunicatorClosed",
+    "CommunicatorInfo",
     "ConnectionFailed",
     "ConnectionRefusedByBroker",
     "ConnectionState",
@@ -60,6 +62,7 @@ __all__ = [
     "DeliveryInfo",
     "DuplicateSubscriberIdentifier",
     "Encoder",
+    "InFlightTask",
     "IncomingTask",
     "KiwitrioError",
     "QueueEmpty",

@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds")
 
     command("status", "check the connection; show the broker and the queues")
+    from . import _cli_inspect  # here: it imports this module
+
+    _cli_inspect.add_commands(command)
     command("demo", "run the end-to-end demo (examples/demo.py; extra options go to it)")
     command("bench", "run the benchmark suite (benchmarks/run.py; extra options go to it)")
     return parser
@@ -584,6 +587,14 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                 async with communicator(args, task_queue=queue,
                                         task_prefetch_count=args.concurrency) as comm:
                     await comm.add_task_subscriber(run_task)
+
+                    def control_shutdown() -> None:  # kiwitrio control shutdown: as SIGTERM
+                        nonlocal stopped_by
+                        if not stop.is_set():
+                            stopped_by = "control shutdown"
+                            stop.set()
+
+                    comm.on_control_shutdown(control_shutdown)
                     ready = True
                     props = comm.server_properties
                     print(f"kiwitrio worker ready: {args.function} on queue {queue!r} "
@@ -906,6 +917,10 @@ def _run(args: argparse.Namespace) -> int:
         return trio.run(cmd_listen, args)
     if args.command == "status":
         return trio.run(cmd_status, args)
+    from . import _cli_inspect
+
+    if args.command in _cli_inspect.COMMANDS:
+        return trio.run(_cli_inspect.run, args)
     if args.command == "demo":
         return run_repository_script(args, "examples/demo.py", "bash scripts/demo.sh")
     if args.command == "bench":

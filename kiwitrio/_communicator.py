@@ -15,11 +15,13 @@ from ._bridge import BridgeChoice, resolve_bridge
 from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
 from ._context import SHUTDOWN_GRACE, Context
+from ._control import MAX_FIELD, CommunicatorInfo, ControlError, ControlHub, parse_info
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, KiwitrioError
 from ._groups import BaseExceptionGroup, single_leaf
 from ._reconnect import ConnectionState, ReconnectPolicy, open_resilient_session
 from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
+from ._saferepr import safe_repr
 from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
 from ._urls import check_broker_url
 
@@ -249,6 +251,8 @@ class Communicator:
         self._replies = ReplyRouter(ctx, prefix=message_exchange)
         self._rpc = RpcHub(ctx, self._replies, exchange=message_exchange)
         self._broadcasts = BroadcastHub(ctx, exchange=message_exchange)
+        self._control = ControlHub(ctx, self._replies, message_exchange=message_exchange,
+                                   describe=self._describe)
         self._task_queues: dict[str, TaskQueue] = {}
         self._default_queue = self._new_task_queue(task_queue, task_prefetch_count)
 
@@ -257,6 +261,7 @@ class Communicator:
     async def _declare(self) -> None:
         await self._declare_exchanges()
         await self._default_queue.declare()
+        await self._control.start()
 
     async def _declare_exchanges(self) -> None:
         session, auto_delete = self._ctx.session, self._ctx.testing_mode
@@ -266,6 +271,8 @@ class Communicator:
                                        auto_delete=auto_delete)
         await session.declare_exchange(dead_letter_exchange_name(self._task_exchange), "direct",
                                        durable=True, auto_delete=auto_delete)
+        await session.declare_exchange(self._control.exchange, "fanout", durable=True,
+                                       auto_delete=auto_delete)
 
     def _begin_shut_down(self) -> None:
         """Refuse new calls, fail pending results, and cancel all background work.
@@ -293,7 +300,8 @@ class Communicator:
         # An auto-delete exchange goes only when its last binding is removed, so one that was
         # never bound (a message exchange nobody subscribed to) would stay forever.
         for exchange in (self._message_exchange, self._task_exchange,
-                         dead_letter_exchange_name(self._task_exchange)):
+                         dead_letter_exchange_name(self._task_exchange),
+                         self._control.exchange):
             try:
                 await self._ctx.session.delete_exchange(exchange, if_unused=True)
             except DeliveryFailed:
@@ -318,6 +326,83 @@ class Communicator:
     def server_properties(self) -> Mapping[str, Any]:
         """What the broker said about itself; ``server_properties["version"]`` and so on."""
         return self._ctx.session.server_properties
+
+    # -- control ----------------------------------------------------------------------------
+
+    @property
+    def identity(self) -> str:
+        """This communicator's name in :meth:`inspect` answers: ``host:pid:random``."""
+        return self._control.identity
+
+    # The timeout is how long answers are collected, not a deadline: it always runs out.
+    async def inspect(self, timeout: float = 1.5) -> list[CommunicatorInfo]:  # noqa: ASYNC109
+        """Ask every live communicator on the broker (this one excepted) what it is doing.
+
+        Returns one :class:`~kiwitrio.CommunicatorInfo` per communicator that answered within
+        ``timeout`` seconds (always waits that long: nobody knows how many will answer), by
+        host and pid. Answers that are not what a kiwitrio communicator sends are logged and
+        left out. Communicators share the control exchange through their message exchange.
+        """
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+        infos = []
+        for answer in await self._control.ask("inspect", timeout):
+            try:
+                infos.append(parse_info(answer))
+            except ControlError as exc:
+                logger.warning("ignoring an inspect answer: %s", exc)
+        return sorted(infos, key=lambda info: (info.host, info.pid, info.identity))
+
+    async def ping(self, timeout: float = 1.5) -> list[str]:  # noqa: ASYNC109 (see inspect)
+        """The :attr:`identity` of every live communicator (this one excepted) that answered
+        within ``timeout`` seconds."""
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+        identities = []
+        for answer in await self._control.ask("ping", timeout):
+            identity = answer.get("identity") if isinstance(answer, dict) else None
+            if isinstance(identity, str) and len(identity) <= MAX_FIELD:
+                identities.append(identity)
+            else:
+                logger.warning("ignoring a ping answer: %s", safe_repr(answer, 80))
+        return sorted(identities)
+
+    def on_control_shutdown(self, hook: Callable[[], None] | None) -> None:
+        """Call ``hook()`` (in the Trio thread) when ``kiwitrio control shutdown`` (or
+        :meth:`control_shutdown`) asks this communicator to stop; ``None`` removes it.
+
+        Opt-in: without a hook, shutdown requests are answered "not accepted" and ignored.
+        ``kiwitrio worker`` registers one that stops it as SIGTERM does. Anyone who can
+        publish on the vhost can send the request, as they can send tasks.
+        """
+        self._control.on_shutdown = hook
+
+    async def control_shutdown(self, target: str | None = None,
+                               timeout: float = 1.5,  # noqa: ASYNC109 (see inspect)
+                               ) -> dict[str, bool]:
+        """Ask the communicators named by ``target`` (a pid or :attr:`identity`; ``None``:
+        all) to shut down; returns {identity: whether it accepted} for those that answered
+        within ``timeout`` seconds."""
+        if not timeout > 0 or timeout == float("inf"):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout}")
+        answers: dict[str, bool] = {}
+        for answer in await self._control.ask("shutdown", timeout, target):
+            identity = answer.get("identity") if isinstance(answer, dict) else None
+            accepted = answer.get("accepted") if isinstance(answer, dict) else None
+            if (isinstance(identity, str) and len(identity) <= MAX_FIELD
+                    and isinstance(accepted, bool)):
+                answers[identity] = accepted
+            else:
+                logger.warning("ignoring a shutdown answer: %s", safe_repr(answer, 80))
+        return answers
+
+    def _describe(self) -> dict[str, Any]:
+        queues = list(self._task_queues.values())
+        return {
+            "rpc_subscribers": self._rpc.identifiers(),
+            "task_queues": [queue.name for queue in queues if queue.consuming],
+            "in_flight": [task for queue in queues for task in queue.in_flight()],
+        }
 
     # -- tasks ------------------------------------------------------------------------------
 

@@ -214,6 +214,15 @@ class TaskLease:
         self._lock = trio.Lock()
         self.started = trio.current_time()
 
+    @property
+    def delivery(self) -> Delivery:
+        return self._delivery
+
+    @property
+    def leased(self) -> bool:
+        """True once the task was moved onto a lease."""
+        return self._lease_id is not None
+
     async def move_to_lease(self) -> None:
         """Move the task onto a lease (the keeper found it running for a lease time)."""
         if self._keeper is None:

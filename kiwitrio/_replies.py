@@ -223,6 +223,9 @@ class ReplyRouter:
         # The correlation ids handed out lately, to tell a late or duplicate reply (logged
         # at DEBUG) from one this communicator never asked for (WARNING). Bounded.
         self._issued: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # Requests answered by many (control requests): each correlation id's answers go to
+        # a bounded channel; answers beyond its room are dropped.
+        self._collectors: dict[str, trio.MemorySendChannel[Any]] = {}
 
     async def expect(self) -> tuple[str, ResultHandle]:
         """Register a new pending result; returns (reply queue, handle)."""
@@ -234,6 +237,38 @@ class ReplyRouter:
         if len(self._issued) > _REMEMBERED_IDS:
             self._issued.popitem(last=False)
         return queue, handle
+
+    async def collect(self, limit: int) -> tuple[str, str, trio.MemoryReceiveChannel[Any]]:
+        """Register a request that many may answer: returns (reply queue, correlation id,
+        the channel its results arrive on, at most ``limit`` of them)."""
+        queue = self._queue or await self._open()
+        correlation_id = uuid.uuid4().hex
+        send, receive = trio.open_memory_channel[Any](limit)
+        self._collectors[correlation_id] = send
+        return queue, correlation_id, receive
+
+    def stop_collecting(self, correlation_id: str) -> None:
+        """Later answers to ``correlation_id`` are dropped (at DEBUG)."""
+        collector = self._collectors.pop(correlation_id, None)
+        if collector is not None:
+            collector.close()
+
+    def _collected(self, correlation_id: str | None, value: Any,
+                   error: BaseException | None) -> bool:
+        """True if ``correlation_id`` belongs to a collector (which got the value, if it
+        had room and the answer was no error)."""
+        collector = self._collectors.get(correlation_id or "")
+        if collector is None:
+            return False
+        if error is not None:
+            logger.info("dropping an answer to control request %s: %s",
+                        safe_repr(correlation_id, 80), describe_error(error, 200))
+            return True
+        try:
+            collector.send_nowait(value)
+        except trio.WouldBlock:
+            logger.debug("dropping an answer to %s: too many", safe_repr(correlation_id, 80))
+        return True
 
     def forget(self, handle: ResultHandle) -> None:
         if handle.correlation_id is not None:
@@ -292,6 +327,8 @@ class ReplyRouter:
             logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
                          self.queue_name, exc)
             value, error, bad = None, exc, True
+        if self._collected(delivery.correlation_id, value, error):
+            return
         # Only a reply to a request this communicator sent, and still waits for, resolves
         # anything: the correlation id is looked up, never trusted.
         handle = self._pending.pop(delivery.correlation_id or "", None)
@@ -318,6 +355,9 @@ class ReplyRouter:
         """Fail every pending handle with CommunicatorClosed."""
         pending = list(self._pending.values())
         self._pending.clear()
+        for collector in self._collectors.values():
+            collector.close()
+        self._collectors.clear()
         for handle in pending:
             handle._set(None, CommunicatorClosed("the communicator closed before the reply came"))
 

@@ -77,6 +77,9 @@ class RpcHub:
             raise ValueError(f"RPC identifier {identifier!r:.50} is too long")
         return name
 
+    def identifiers(self) -> list[str]:
+        return list(self._registrations)
+
     async def add(self, subscriber: RpcSubscriber, identifier: str, *,
                   pending_replies: bool = False) -> str:
         self._ctx.check_open()

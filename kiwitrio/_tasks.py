@@ -30,6 +30,7 @@ from ._backend import (
     drain,
 )
 from ._context import Context, handling
+from ._control import InFlightTask
 from ._errors import (
     CommunicatorClosed,
     DecodeError,
@@ -102,6 +103,8 @@ class IncomingTask:
         #: The task itself, decoded.
         self.body = body
         self._outcome: TaskOutcome | None = None
+        #: When it was taken (trio.current_time()), for inspect's age.
+        self.started = trio.current_time()
 
     @property
     def redelivered(self) -> bool:
@@ -156,6 +159,12 @@ class IncomingTask:
             await self.requeue()
 
 
+def _task_id(delivery: Delivery) -> str:
+    """The sender's correlation id; for a task sent with no_reply (none), an id that stays
+    the same while this process holds the delivery."""
+    return delivery.correlation_id or f"no-reply-{id(delivery):x}"
+
+
 class TaskQueue:
     """A named, durable task queue: send tasks to it, subscribe to it, or pull from it.
 
@@ -178,6 +187,8 @@ class TaskQueue:
         self._consumer: Consumer | None = None
         #: Tasks taken in pull mode and not settled yet (settled at the latest on close).
         self._pulled: dict[IncomingTask, None] = {}
+        #: Tasks a subscriber works on now (what inspect reports, with the pulled ones).
+        self._running: dict[TaskLease, None] = {}
         self._lease_keeper = (
             None if ctx.task_lease is None else LeaseKeeper(self, ctx.task_lease))
         self._lock = trio.Lock()
@@ -321,6 +332,7 @@ class TaskQueue:
         lease = TaskLease(self.ctx, keeper, delivery)
         if keeper is not None:
             keeper.track(lease)
+        self._running[lease] = None
         try:
             with handling(delivery):
                 envelope = await self._run_subscribers(task, delivery)
@@ -328,12 +340,26 @@ class TaskQueue:
             await lease.give_back()
             raise
         finally:
+            self._running.pop(lease, None)
             if keeper is not None:
                 keeper.untrack(lease)
         if envelope is None:
             await lease.give_back()  # every subscriber declined
             return
         await lease.finish(self.replies.send(delivery, envelope, persistent=True))
+
+    @property
+    def consuming(self) -> bool:
+        """True while this queue has task subscribers (it consumes the queue)."""
+        return self._consumer is not None
+
+    def in_flight(self) -> list[InFlightTask]:
+        """The tasks this communicator holds from this queue now (for inspect)."""
+        now = trio.current_time()
+        held = [(lease.delivery, lease.started, lease.leased) for lease in self._running]
+        held += [(task._delivery, task.started, False) for task in self._pulled]
+        return [InFlightTask(self.name, _task_id(delivery), max(0.0, now - started), leased)
+                for delivery, started, leased in held]
 
     async def _run_subscribers(self, task: Any, delivery: Delivery) -> dict[str, Any] | None:
         async def tell_pending() -> None:

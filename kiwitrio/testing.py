@@ -129,7 +129,8 @@ class KiwitrioNames:
         return list(self._queues)
 
     def exchanges(self) -> list[str]:
-        return [self.message_exchange, self.task_exchange, f"{self.task_exchange}.dead-letter"]
+        return [self.message_exchange, self.task_exchange, f"{self.task_exchange}.dead-letter",
+                f"{self.message_exchange}.control"]
 
     def kwargs(self) -> dict[str, Any]:
         """Options for :func:`kiwitrio.open_communicator` or ``kiwitrio_sync.connect``."""
