@@ -9,10 +9,16 @@ import functools
 import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 import trio
 
 from .conftest import AMQP_URL
+
+
+def broker_target() -> tuple[str, int]:
+    """Host and port of the broker under test."""
+    return _url_target(AMQP_URL)
 
 
 def _url_target(url: str) -> tuple[str, int]:
@@ -91,7 +97,17 @@ async def open_tcp_proxy(target_host: str | None = None,
                          target_port: int | None = None) -> AsyncIterator[TcpProxy]:
     """A proxy to ``target_host:target_port``, by default the broker under test."""
     default_host, default_port = _url_target(AMQP_URL)
-    proxy = TcpProxy(target_host or default_host, target_port or default_port)
+    async with serve_proxy(TcpProxy(target_host or default_host,
+                                    target_port or default_port)) as proxy:
+        yield proxy
+
+
+P = TypeVar("P", bound=TcpProxy)
+
+
+@asynccontextmanager
+async def serve_proxy(proxy: P) -> AsyncIterator[P]:
+    """Listen on a free loopback port for ``proxy`` (any TcpProxy) for the block."""
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1")

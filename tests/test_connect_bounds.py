@@ -12,8 +12,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
@@ -24,7 +24,7 @@ import kiwitrio._communicator
 import kiwitrio_sync
 
 from .conftest import AMQP_URL, Names
-from .tcp_proxy import TcpProxy
+from .tcp_proxy import TcpProxy, broker_target, serve_proxy
 
 DEADLINE = 20
 
@@ -135,17 +135,8 @@ class PartitionableProxy(TcpProxy):
             await trio.sleep_forever()
 
 
-@asynccontextmanager
-async def open_partitionable_proxy() -> AsyncIterator[PartitionableProxy]:
-    proxy = PartitionableProxy("127.0.0.1", 5672)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
-        proxy.port = listeners[0].socket.getsockname()[1]
-        try:
-            yield proxy
-        finally:
-            nursery.cancel_scope.cancel()
+def open_partitionable_proxy() -> AbstractAsyncContextManager[PartitionableProxy]:
+    return serve_proxy(PartitionableProxy(*broker_target()))
 
 
 async def test_reconnecting_gives_up_in_time_even_while_attempts_hang(names: Names) -> None:
@@ -240,17 +231,8 @@ class FreezableProxy(TcpProxy):
             scope.cancel()
 
 
-@asynccontextmanager
-async def open_freezable_proxy() -> AsyncIterator[FreezableProxy]:
-    proxy = FreezableProxy("127.0.0.1", 5672)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(
-            functools.partial(trio.serve_tcp, proxy._handle, 0, host="127.0.0.1"))
-        proxy.port = listeners[0].socket.getsockname()[1]
-        try:
-            yield proxy
-        finally:
-            nursery.cancel_scope.cancel()
+def open_freezable_proxy() -> AbstractAsyncContextManager[FreezableProxy]:
+    return serve_proxy(FreezableProxy(*broker_target()))
 
 
 async def test_a_send_whose_fate_is_unknown_says_so(names: Names) -> None:
