@@ -6,6 +6,7 @@ the in-process broker) and use it inside the ``async with`` block.
 
 import logging as _logging
 
+from ._admin import QueueStatus
 from ._broadcast import BroadcastFilter
 from ._codec import (
     CBOR_CONTENT_TYPE,
@@ -27,6 +28,7 @@ from ._errors import (
     DecodeError,
     DeliveryFailed,
     DuplicateSubscriberIdentifier,
+    InUseError,
     KiwitrioError,
     QueueEmpty,
     RemoteException,
@@ -63,9 +65,11 @@ __all__ = [
     "DuplicateSubscriberIdentifier",
     "Encoder",
     "InFlightTask",
+    "InUseError",
     "IncomingTask",
     "KiwitrioError",
     "QueueEmpty",
+    "QueueStatus",
     "ReconnectPolicy",
     "RemoteException",
     "ResultHandle",

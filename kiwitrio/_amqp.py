@@ -53,6 +53,7 @@ from ._errors import (
     ConnectionRefusedByBroker,
     DeclarationMismatch,
     DeliveryFailed,
+    InUseError,
     SendOutcomeUnknown,
     UnroutableError,
 )
@@ -146,11 +147,23 @@ class _AmqpDelivery(Delivery):
         return self._message.channel.is_closed
 
     async def ack(self) -> None:
-        self._settle(lambda channel, tag: channel.basic_ack(tag, wait=False))
-        await trio.lowlevel.checkpoint()
+        await self._settle_now(lambda channel, tag: channel.basic_ack(tag, wait=False))
 
     async def reject(self, *, requeue: bool) -> None:
-        self.reject_soon(requeue=requeue)
+        await self._settle_now(
+            lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False))
+
+    async def _settle_now(self, op: _SettleOp) -> None:
+        if self._consumer is None and not self._settled and not self._message.channel.is_closed:
+            # A basic.get delivery: wait until the frame is written, so that a basic.get
+            # that follows on this channel finds a requeued message back in its queue (the
+            # catalogue of kiwitrio/_admin.py reads, gives back, and reads again). Not a hot
+            # path: consumers' deliveries are settled without the wait.
+            self._settled = True
+            await self._session.bridge.run(_settle_quietly, op, self._message.channel,
+                                           self._message.delivery_tag)
+            return
+        self._settle(op)
         await trio.lowlevel.checkpoint()
 
     def reject_soon(self, *, requeue: bool) -> None:
@@ -471,8 +484,20 @@ class _AmqpSession(Session):
         assert result.queue is not None
         return result.queue
 
-    async def delete_queue(self, name: str) -> None:
-        await self._admin_op(lambda ch: ch.queue_delete(name))
+    async def delete_queue(self, name: str, *, if_unused: bool = False) -> int:
+        try:
+            result = await self._admin_op(lambda ch: ch.queue_delete(name, if_unused=if_unused))
+        except DeliveryFailed as exc:
+            # RabbitMQ's refusal of if_unused is PRECONDITION_FAILED "... in use".
+            if if_unused and "in use" in str(exc):
+                raise InUseError(f"the queue {name!r} has consumers", kind="queue",
+                                 name=name) from exc
+            raise
+        return result.message_count or 0
+
+    async def purge_queue(self, name: str) -> int:
+        result = await self._admin_op(lambda ch: ch.queue_purge(name))
+        return result.message_count or 0
 
     async def inspect_queue(self, name: str) -> QueueStats | None:
         try:
@@ -587,7 +612,7 @@ def declaration_mismatch(text: str) -> DeclarationMismatch | None:
     argument, kind, name = match["argument"], match["kind"], match["name"]
     if argument == "x-queue-type":
         hint = ("the queue exists with another queue type (classic, quorum, stream): use "
-                "the same type, or delete the queue (rabbitmqctl delete_queue) to change it")
+                "the same type, or delete the queue (kiwitrio delete QUEUE) to change it")
     elif argument in _TESTING_MODE_ARGUMENTS:
         hint = ("if one side runs with testing_mode (auto-delete exchanges, expiring queues; "
                 "the CLI's --testing) and the other does not, use the same testing_mode")

@@ -236,7 +236,17 @@ class Session(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def delete_queue(self, name: str) -> None: ...
+    async def delete_queue(self, name: str, *, if_unused: bool = False) -> int:
+        """Delete a queue if it exists; returns how many messages it held (0 if missing).
+
+        With ``if_unused``, a queue that has consumers is left alone and
+        :class:`~kiwitrio.InUseError` raised (checked by the broker, atomically).
+        """
+
+    @abc.abstractmethod
+    async def purge_queue(self, name: str) -> int:
+        """Remove the ready messages of a queue; returns how many. Unacknowledged ones stay
+        with their consumers. Raises EntityNotFound if the queue does not exist."""
 
     @abc.abstractmethod
     async def inspect_queue(self, name: str) -> QueueStats | None:

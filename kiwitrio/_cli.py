@@ -7,6 +7,7 @@
     kiwitrio broadcast --subject jobs.done '{"pk": 1}' --json
     kiwitrio listen --subject 'jobs.*' --count 10      # print broadcasts as JSON lines
     kiwitrio status                                    # is the broker there? which queues?
+    kiwitrio delete mytasks                            # a task queue and its dead letters
     kiwitrio demo                                      # the demo of a source checkout
     kiwitrio bench                                     # its benchmark
 
@@ -48,7 +49,7 @@ import sys
 import textwrap
 import traceback
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
@@ -61,7 +62,6 @@ from ._communicator import (
     DEFAULT_MESSAGE_EXCHANGE,
     DEFAULT_TASK_EXCHANGE,
     DEFAULT_TASK_QUEUE,
-    _open_session,
 )
 from ._groups import BaseExceptionGroup
 from ._invoke import call_subscriber
@@ -309,9 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--count", type=_positive_int, metavar="N", help="stop after N")
     listen.add_argument("--timeout", type=_seconds, metavar="S", help="stop after S seconds")
 
-    command("status", "check the connection; show the broker and the queues")
-    from . import _cli_inspect  # here: it imports this module
+    from . import _cli_inspect, _cli_queues  # here: they import this module
 
+    _cli_queues.add_commands(command)
     _cli_inspect.add_commands(command)
     command("demo", "run the end-to-end demo (examples/demo.py; extra options go to it)")
     command("bench", "run the benchmark suite (benchmarks/run.py; extra options go to it)")
@@ -791,28 +791,6 @@ async def cmd_listen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def cmd_status(args: argparse.Namespace) -> int:
-    async with _open_session(args.url, heartbeat=0) as session:
-        props: Mapping[str, Any] = session.server_properties
-        queues = [
-            (label, name, await session.inspect_queue(name))
-            for label, name in [("task queue", args.task_queue),
-                                ("dead-letter queue", f"{args.task_queue}.dead-letter")]
-        ]
-    print(f"kiwitrio {kiwitrio.__version__}")
-    print(f"broker: {redact(args.url)} (connected)")
-    print(f"server: {props.get('product', '?')} {props.get('version', '?')}"
-          + (f" on {props['platform']}" if props.get("platform") else ""))
-    print(f"message exchange: {args.message_exchange}")
-    print(f"task exchange: {args.task_exchange}")
-    for label, name, stats in queues:
-        if stats is None:
-            print(f"{label}: {name} (does not exist)")
-        else:
-            print(f"{label}: {name} ({stats.messages} waiting, {stats.consumers} consumers)")
-    return EXIT_OK
-
-
 def run_repository_script(args: argparse.Namespace, relative: str, how: str) -> int:
     """Run ``main()`` of a script of the source checkout this package lives in."""
     path = Path(__file__).resolve().parent.parent / relative
@@ -915,10 +893,10 @@ def _run(args: argparse.Namespace) -> int:
         return trio.run(cmd_broadcast, args, parse_value(args.body, args.json, "BODY"))
     if args.command == "listen":
         return trio.run(cmd_listen, args)
-    if args.command == "status":
-        return trio.run(cmd_status, args)
-    from . import _cli_inspect
+    from . import _cli_inspect, _cli_queues
 
+    if args.command in _cli_queues.COMMANDS:
+        return trio.run(_cli_queues.run, args)
     if args.command in _cli_inspect.COMMANDS:
         return trio.run(_cli_inspect.run, args)
     if args.command == "demo":

@@ -10,6 +10,8 @@ from typing import Any
 
 import trio
 
+from . import _admin
+from ._admin import QueueStatus
 from ._backend import Session
 from ._bridge import BridgeChoice, resolve_bridge
 from ._broadcast import BroadcastHub, BroadcastSubscriber
@@ -395,6 +397,35 @@ class Communicator:
             else:
                 logger.warning("ignoring a shutdown answer: %s", safe_repr(answer, 80))
         return answers
+
+    # -- queue administration (kiwitrio/_admin.py; the CLI's status, purge, delete) ----------
+
+    async def list_task_queues(self) -> list[QueueStatus]:
+        """Every task queue on the task exchange (kiwitrio's catalogue of them, and this
+        communicator's own), with how many tasks wait and how many dead letters it has."""
+        self._ctx.check_open()
+        return await _admin.task_queue_status(self._ctx.session, self._task_exchange,
+                                              also=self._task_queues)
+
+    async def purge_queue(self, name: str, *, force: bool = False) -> int:
+        """Drop the waiting messages of queue ``name``; returns how many. Raises
+        :class:`~kiwitrio.InUseError` if it has consumers, unless ``force``."""
+        self._ctx.check_open()
+        return await _admin.purge_queue(self._ctx.session, name, force=force)
+
+    async def delete_queue(self, name: str, *, force: bool = False) -> dict[str, int]:
+        """Delete queue ``name`` (a task queue with its dead-letter queue); returns {queue:
+        messages it held}. Raises :class:`~kiwitrio.InUseError` if one has consumers (this
+        communicator's count), unless ``force``."""
+        self._ctx.check_open()
+        return await _admin.delete_queue(self._ctx.session, self._task_exchange, name,
+                                         force=force)
+
+    async def delete_exchange(self, name: str, *, force: bool = False) -> None:
+        """Delete exchange ``name``; raises :class:`~kiwitrio.InUseError` if queues are bound
+        to it, unless ``force``."""
+        self._ctx.check_open()
+        await _admin.delete_exchange(self._ctx.session, name, force=force)
 
     def _describe(self) -> dict[str, Any]:
         queues = list(self._task_queues.values())

@@ -14,6 +14,7 @@ __all__ = [
     "DecodeError",
     "DeliveryFailed",
     "DuplicateSubscriberIdentifier",
+    "InUseError",
     "KiwitrioError",
     "QueueEmpty",
     "RemoteException",
@@ -92,6 +93,26 @@ class UnroutableError(DeliveryFailed):
     identifier, and by :meth:`~kiwitrio.Communicator.task_send` when the task queue
     does not exist.
     """
+
+
+class InUseError(KiwitrioError):
+    """A queue has consumers, or an exchange has bindings, and the operation (purge, delete)
+    was asked to leave one in use alone (``force=False``, the default).
+
+    ``kind`` is ``"queue"`` or ``"exchange"``, ``name`` its name, ``consumers`` how many
+    consumers the queue had when checked (0 for an exchange).
+    """
+
+    def __init__(self, message: str, *, kind: str = "", name: str = "",
+                 consumers: int = 0) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.name = name
+        self.consumers = consumers
+
+    def __reduce__(self) -> tuple[type[InUseError], tuple[str], dict[str, object]]:
+        return (type(self), (str(self),),
+                {"kind": self.kind, "name": self.name, "consumers": self.consumers})
 
 
 class TaskRejected(KiwitrioError):

@@ -49,7 +49,7 @@ from ._backend import (
     QueueStats,
     Session,
 )
-from ._errors import CommunicatorClosed, DeliveryFailed, UnroutableError
+from ._errors import CommunicatorClosed, DeliveryFailed, InUseError, UnroutableError
 from ._version import __version__
 
 __all__ = ["open_memory_session"]
@@ -615,13 +615,29 @@ class _MemorySession(Session):
             self._exclusive_queues[queue] = None
         return queue.name
 
-    async def delete_queue(self, name: str) -> None:
+    async def delete_queue(self, name: str, *, if_unused: bool = False) -> int:
         """Delete ``name`` if it exists (RabbitMQ's ``queue.delete`` is idempotent)."""
         await self._enter()
         queue = self._broker.queues.get(name)
-        if queue is not None:
-            queue.check_access(self)
-            self._broker.delete_queue(queue)
+        if queue is None:
+            return 0
+        queue.check_access(self)
+        if if_unused and queue.consumers:
+            raise InUseError(f"the queue {name!r} has consumers", kind="queue", name=name,
+                             consumers=len(queue.consumers))
+        count = len(queue.messages)
+        self._broker.delete_queue(queue)
+        return count
+
+    async def purge_queue(self, name: str) -> int:
+        await self._enter()
+        queue = self._broker.queues.get(name)
+        if queue is None:
+            raise EntityNotFound(f"NOT_FOUND: no queue {name!r}")
+        queue.check_access(self)
+        count = len(queue.messages)
+        queue.messages.clear()
+        return count
 
     async def inspect_queue(self, name: str) -> QueueStats | None:
         await self._enter()

@@ -376,9 +376,13 @@ class ResilientSession(Session):
         return await self._run_and_record(
             lambda s: s.declare_queue(spec), lambda: self._queues.__setitem__(name, spec))
 
-    async def delete_queue(self, name: str) -> None:
+    async def delete_queue(self, name: str, *, if_unused: bool = False) -> int:
+        count = await self._run(lambda s: s.delete_queue(name, if_unused=if_unused))
         self._forget_queue(name)
-        await self._run(lambda s: s.delete_queue(name))
+        return count
+
+    async def purge_queue(self, name: str) -> int:
+        return await self._run(lambda s: s.purge_queue(name))
 
     async def inspect_queue(self, name: str) -> QueueStats | None:
         return await self._run(lambda s: s.inspect_queue(name))

@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from . import _metrics
+from ._admin import record_task_queue
 from ._backend import (
     DEAD_LETTER_EXCHANGE,
     Consumer,
@@ -199,6 +200,8 @@ class TaskQueue:
         """Declare the queue, its dead-letter queue and their bindings (idempotent)."""
         extra = dict(self.ctx.testing_queue_arguments) if self.ctx.testing_mode else {}
         session = self.ctx.session
+        # Whoever creates the queue lists it in the catalogue (kiwitrio status reads it).
+        is_new = await session.inspect_queue(self.name) is None
         dlx = dead_letter_exchange_name(self.exchange)
         dead_letters = await session.declare_queue(
             QueueSpec(f"{self.name}.dead-letter", durable=True, arguments=extra)
@@ -208,6 +211,8 @@ class TaskQueue:
             self.name, durable=True, arguments={DEAD_LETTER_EXCHANGE: dlx, **extra}
         ))
         await session.bind_queue(self.name, self.exchange, self.name)
+        if is_new:
+            await record_task_queue(session, self.exchange, self.name, extra)
 
     # -- sending ----------------------------------------------------------------------------
 

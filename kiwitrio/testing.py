@@ -172,6 +172,7 @@ class KiwitrioNames:
                         for queue in self._queues:
                             await session.delete_queue(queue)
                             await session.delete_queue(f"{queue}.dead-letter")
+                        await session.delete_queue(f"{self.task_exchange}.catalogue")
                         for exchange in self.exchanges():
                             await session.delete_exchange(exchange)
             except kiwitrio.ConnectionFailed:

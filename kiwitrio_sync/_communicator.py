@@ -28,6 +28,7 @@ from kiwitrio._invoke import SubscriberKind, check_subscriber_signature, is_asyn
 from kiwitrio._tasks import IncomingTask as CoreIncomingTask
 from kiwitrio._tasks import TaskQueue as CoreTaskQueue
 
+from ._operations import Operations
 from ._portal import Portal
 
 __all__ = ["BlockingBase", "Communicator", "IncomingTask", "TaskQueue", "connect"]
@@ -139,8 +140,9 @@ def _close_all_at_exit() -> None:
 _B = TypeVar("_B", bound="BlockingBase")
 
 
-class BlockingBase:
-    """What the two blocking faces share: the portal, the core communicator, closing.
+class BlockingBase(Operations):
+    """What the two blocking faces share: the portal, the core communicator, closing, and
+    the operator's calls (inspect, ping, control_shutdown, the queues: :class:`Operations`).
 
     :class:`Communicator` (kiwitrio's semantics) and
     :class:`~kiwitrio_sync.RmqThreadCommunicator` (kiwiPy's) derive from it.

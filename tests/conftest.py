@@ -79,5 +79,7 @@ async def delete_queues(url: str, queues: set[str], names: Names | None = None) 
         for queue in queues:
             await session.delete_queue(queue)
             await session.delete_queue(f"{queue}.dead-letter")
+        if names:
+            await session.delete_queue(f"{names.task_exchange}.catalogue")
         for exchange in names.exchanges() if names else ():
             await session.delete_exchange(exchange)

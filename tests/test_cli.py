@@ -404,8 +404,7 @@ def test_status_prints_the_broker_version(names: Names, cli_env: dict[str, str])
     assert result.returncode == 0, result
     assert re.search(r"^server: RabbitMQ \d+\.\d+", result.stdout, re.MULTILINE), result.stdout
     # Nothing declared these names yet: status says so instead of inventing counts.
-    assert f"task queue: {names.task_queue} (does not exist)" in result.stdout
-    assert f"dead-letter queue: {names.task_queue}.dead-letter (does not exist)" in result.stdout
+    assert f"task queues (1):\n  {names.task_queue}: does not exist\n" in result.stdout
 
 
 def test_status_shows_queue_depth_and_consumers(names: Names,
@@ -418,7 +417,7 @@ def test_status_shows_queue_depth_and_consumers(names: Names,
     trio.run(two_waiting_tasks)
     result = run(cli_env, "status", *flags(names))
     assert result.returncode == 0, result
-    assert f"task queue: {names.task_queue} (2 waiting, 0 consumers)" in result.stdout
+    assert f"  {names.task_queue}: 2 waiting, 0 consumers, 0 dead letters\n" in result.stdout
 
 
 def test_status_of_an_unreachable_broker_exits_4(cli_env: dict[str, str]) -> None:
