@@ -25,7 +25,7 @@ from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
 from ._saferepr import safe_repr
 from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
-from ._urls import check_broker_url
+from ._urls import check_broker_scheme, check_broker_url
 
 __all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
 
@@ -211,9 +211,10 @@ async def _open_session(
         async with open_memory_session(urls[0]) as session:
             yield session
         return
-    if not all(u.startswith(("amqp:", "amqps:")) for u in urls):
-        raise ValueError(f"unsupported broker URL in {urls!r}: use amqp://, amqps:// or memory://")
     for one_url in urls:
+        check_broker_scheme(one_url)
+        if one_url.startswith("memory:"):
+            raise ValueError("memory:// cannot be mixed with other broker URLs")
         check_broker_url(one_url)
     from ._amqp import open_amqp_session
 

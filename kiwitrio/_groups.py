@@ -16,17 +16,18 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     from exceptiongroup import BaseExceptionGroup
 
-__all__ = ["BaseExceptionGroup", "single_leaf"]
+__all__ = ["BaseExceptionGroup", "leaves_of", "single_leaf"]
+
+
+def leaves_of(exc: BaseException) -> list[BaseException]:
+    """The non-group exceptions inside ``exc`` (however nested), in order; ``[exc]`` if it is
+    not a group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in leaves_of(inner)]
+    return [exc]
 
 
 def single_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
     """The only non-group exception inside ``group`` (however nested), or ``None``."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            leaves.append(exc)
+    leaves = leaves_of(group)
     return leaves[0] if len(leaves) == 1 else None

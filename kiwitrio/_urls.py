@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["check_broker_url", "redact_url"]
+__all__ = ["BROKER_SCHEMES", "check_broker_scheme", "check_broker_url", "redact_url"]
+
+#: The URL schemes open_communicator accepts.
+BROKER_SCHEMES = ("amqp", "amqps", "memory")
 
 
 def redact_url(url: str) -> str:
@@ -27,6 +30,14 @@ def check_broker_url(url: str) -> None:
         urlsplit(url).port  # noqa: B018 - raises ValueError for a port that is not a number
     except ValueError as exc:
         raise ValueError(f"bad broker URL {_redact_unparsed(url)}: {exc}") from None
+
+
+def check_broker_scheme(url: str) -> None:
+    """Raise ValueError, naming ``url`` without its password, unless it is one of
+    :data:`BROKER_SCHEMES`."""
+    if url.partition(":")[0] not in BROKER_SCHEMES:
+        raise ValueError(f"unsupported broker URL {_redact_unparsed(url)!r}: use amqp://, "
+                         "amqps:// or memory://")
 
 
 def _redact_unparsed(url: str) -> str:

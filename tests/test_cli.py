@@ -363,7 +363,7 @@ def test_send_ordered_and_with_task_need_wait(cli_env: dict[str, str], flag: str
 
 
 def test_send_reports_follow_the_tasks_with_ordered_only() -> None:
-    from kiwitrio._cli import _InOrder
+    from kiwitrio._cli._messages import _InOrder
 
     for ordered, expected in ((True, [1, 2, 3]), (False, [3, 1, 2])):
         ran: list[int] = []

@@ -1,7 +1,6 @@
 """``kiwitrio status``, ``purge`` and ``delete``: the task queues, their depths, cleaning up.
 
-Registered by kiwitrio._cli (:func:`add_commands`, :func:`run`); shares its options, errors
-and exit codes. These commands open a bare connection and declare nothing, so looking at or
+These commands open a bare connection and declare nothing, so looking at or
 removing a queue never creates one (a communicator would declare its default task queue).
 """
 
@@ -9,22 +8,24 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
+
+import trio
 
 import kiwitrio
 
-from . import _admin, _cli
-from ._backend import Session
-from ._communicator import _open_session
+from .. import _admin
+from .._backend import Session
+from .._communicator import _open_session
+from ._common import EXIT_OK, Command, plural, redact
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
 COMMANDS = ("status", "purge", "delete")
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the commands with ``command(name, help, description)`` (kiwitrio._cli's)."""
+def add_commands(command: Command) -> None:
     status = command(
         "status", "check the connection; show the broker and every task queue",
         "Connect once and print the broker's version and every task queue of the task "
@@ -62,18 +63,22 @@ def _force_option(parser: argparse.ArgumentParser) -> None:
                              "attached stop receiving tasks from it)")
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    return trio.run(_run, args)
+
+
+async def _run(args: argparse.Namespace) -> int:
     async with _open_session(args.url, heartbeat=0) as session:
         if args.command == "status":
             return await _status(args, session)
         if args.command == "purge":
             for queue in args.queues:
                 count = await _admin.purge_queue(session, queue, force=args.force)
-                print(f"{queue}: {_cli._plural(count, 'message')} removed", flush=True)
-            return _cli.EXIT_OK
+                print(f"{queue}: {plural(count, 'message')} removed", flush=True)
+            return EXIT_OK
         for name in args.names:
             await _delete(args, session, name)
-    return _cli.EXIT_OK
+    return EXIT_OK
 
 
 async def _delete(args: argparse.Namespace, session: Session, name: str) -> None:
@@ -85,7 +90,7 @@ async def _delete(args: argparse.Namespace, session: Session, name: str) -> None
     if not deleted:
         print(f"{name}: does not exist", flush=True)
     for queue, count in deleted.items():
-        print(f"{queue}: deleted ({_cli._plural(count, 'message')})", flush=True)
+        print(f"{queue}: deleted ({plural(count, 'message')})", flush=True)
 
 
 async def _status(args: argparse.Namespace, session: Session) -> int:
@@ -93,16 +98,16 @@ async def _status(args: argparse.Namespace, session: Session) -> int:
                                               also=[args.task_queue])
     if args.json:
         print(json.dumps([status.as_dict() for status in statuses], indent=2), flush=True)
-        return _cli.EXIT_OK
+        return EXIT_OK
     print(f"kiwitrio {kiwitrio.__version__}")
-    print(f"broker: {_cli.redact(args.url)} (connected)")
+    print(f"broker: {redact(args.url)} (connected)")
     print(_server_line(session.server_properties))
     print(f"message exchange: {args.message_exchange}")
     print(f"task exchange: {args.task_exchange}")
     print(f"task queues ({len(statuses)}):")
     for status in statuses:
         print(f"  {format_status(status)}")
-    return _cli.EXIT_OK
+    return EXIT_OK
 
 
 def _server_line(props: Mapping[str, Any]) -> str:
@@ -112,8 +117,8 @@ def _server_line(props: Mapping[str, Any]) -> str:
 
 def format_status(status: kiwitrio.QueueStatus) -> str:
     """``name: 3 waiting, 1 consumer, 0 dead letters`` (or ``name: does not exist``)."""
-    dead = _cli._plural(status.dead_letters, "dead letter")
+    dead = plural(status.dead_letters, "dead letter")
     if not status.exists:
         return f"{status.name}: does not exist" + (f" ({dead})" if status.dead_letters else "")
     return (f"{status.name}: {status.waiting} waiting, "
-            f"{_cli._plural(status.consumers, 'consumer')}, {dead}")
+            f"{plural(status.consumers, 'consumer')}, {dead}")

@@ -1,18 +1,25 @@
-"""``kiwitrio inspect`` and ``kiwitrio control ping``: see and steer the live communicators.
-
-Registered by kiwitrio._cli (:func:`add_commands`, :func:`run`); shares its options, errors
-and exit codes.
-"""
+"""``kiwitrio inspect`` and ``kiwitrio control ping``: see and steer the live communicators."""
 
 from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
+
+import trio
 
 import kiwitrio
 
-from . import _cli
+from ._common import (
+    EXIT_OK,
+    EXIT_UNROUTABLE,
+    ONE_SHOT_CONNECT_TIMEOUT,
+    CliError,
+    Command,
+    communicator,
+    eprint,
+    seconds_arg,
+    to_json,
+)
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -22,8 +29,7 @@ COMMANDS = ("inspect", "control")
 DEFAULT_COLLECT = 1.5
 
 
-def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
-    """Add the commands with ``command(name, help, description)`` (kiwitrio._cli's)."""
+def add_commands(command: Command) -> None:
     inspect = command(
         "inspect", "show every live communicator: RPC subscribers, task queues, tasks held",
         "Ask every live kiwitrio communicator on the broker (those sharing the message "
@@ -48,16 +54,20 @@ def add_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _collect_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--timeout", type=_cli._seconds, default=DEFAULT_COLLECT, metavar="S",
+    parser.add_argument("--timeout", type=seconds_arg, default=DEFAULT_COLLECT, metavar="S",
                         help=f"collect answers for S seconds (default {DEFAULT_COLLECT:g})")
 
 
-async def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    return trio.run(_run, args)
+
+
+async def _run(args: argparse.Namespace) -> int:
     connect_timeout = args.connect_timeout
     if connect_timeout is None:
-        connect_timeout = _cli.ONE_SHOT_CONNECT_TIMEOUT
+        connect_timeout = ONE_SHOT_CONNECT_TIMEOUT
     policy = kiwitrio.ReconnectPolicy(startup_give_up_after=connect_timeout)
-    async with _cli.communicator(args, reconnect=policy) as comm:
+    async with communicator(args, reconnect=policy) as comm:
         if args.command == "inspect":
             infos = await comm.inspect(timeout=args.timeout)
         elif args.action == "shutdown":
@@ -67,18 +77,18 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "inspect":
         print(format_infos(infos, as_json=args.json), flush=True)
         if not infos and not args.json:
-            _cli.eprint(f"kiwitrio: no communicator answered within {args.timeout:g} s")
-        return _cli.EXIT_OK
+            eprint(f"kiwitrio: no communicator answered within {args.timeout:g} s")
+        return EXIT_OK
     if args.action == "shutdown":
         return _report_shutdown(args, accepted)
     chosen = [identity for identity in identities if _chosen(identity, args.id)]
     for identity in chosen:
         print(identity, flush=True)
     if not chosen:
-        raise _cli.CliError(f"no communicator answered within {args.timeout:g} s"
+        raise CliError(f"no communicator answered within {args.timeout:g} s"
                             + (f" with id {args.id!r}" if args.id else ""),
-                            _cli.EXIT_UNROUTABLE)
-    return _cli.EXIT_OK
+                            EXIT_UNROUTABLE)
+    return EXIT_OK
 
 
 def _report_shutdown(args: argparse.Namespace, accepted: dict[str, bool]) -> int:
@@ -86,10 +96,10 @@ def _report_shutdown(args: argparse.Namespace, accepted: dict[str, bool]) -> int
         print(f"{identity}: {'stopping' if stopping else 'ignored (not a kiwitrio worker)'}",
               flush=True)
     if not accepted:
-        raise _cli.CliError(f"no communicator answered within {args.timeout:g} s"
+        raise CliError(f"no communicator answered within {args.timeout:g} s"
                             + (f" with id {args.id!r}" if args.id else ""),
-                            _cli.EXIT_UNROUTABLE)
-    return _cli.EXIT_OK
+                            EXIT_UNROUTABLE)
+    return EXIT_OK
 
 
 def _chosen(identity: str, wanted: str | None) -> bool:
@@ -108,12 +118,12 @@ def format_infos(infos: list[kiwitrio.CommunicatorInfo], *, as_json: bool) -> st
 
 def _format_info(info: kiwitrio.CommunicatorInfo) -> str:
     def listing(values: tuple[str, ...]) -> str:
-        return ", ".join(map(_cli.to_json, values)) if values else "-"
+        return ", ".join(map(to_json, values)) if values else "-"
 
     lines = [f"{info.host} pid {info.pid} ({info.identity})",
              f"  rpc subscribers: {listing(info.rpc_subscribers)}",
              f"  task queues: {listing(info.task_queues)}",
              f"  in flight: {len(info.in_flight)}"]
-    lines += [f"    {_cli.to_json(task.queue)} {task.task_id} {task.age:.1f} s"
+    lines += [f"    {to_json(task.queue)} {task.task_id} {task.age:.1f} s"
               + (" (on a lease)" if task.leased else "") for task in info.in_flight]
     return "\n".join(lines)
