@@ -7,6 +7,7 @@ the in-process broker) and use it inside the ``async with`` block.
 import logging as _logging
 
 from ._admin import QueueStatus
+from ._backends import ConnectionState, ReconnectPolicy
 from ._broadcast import BroadcastFilter
 from ._codec import (
     CBOR_CONTENT_TYPE,
@@ -37,7 +38,6 @@ from ._errors import (
     UnroutableError,
 )
 from ._gather import ResultsAsCompleted, as_completed
-from ._reconnect import ConnectionState, ReconnectPolicy
 from ._replies import ResultHandle
 from ._tasks import IncomingTask, TaskOutcome, TaskQueue
 from ._version import __version__

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ._backend import Delivery, EntityNotFound, NegativeAck, OutgoingMessage, QueueSpec, Session
+from ._backends import Delivery, EntityNotFound, NegativeAck, OutgoingMessage, QueueSpec, Session
 from ._errors import DeliveryFailed, InUseError
 
 __all__ = [

@@ -30,7 +30,7 @@ from typing import Any
 import trio
 
 from . import _metrics
-from ._backend import (
+from ._backends import (
     Consumer,
     Delivery,
     EntityNotFound,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +12,7 @@ import trio
 
 from . import _admin
 from ._admin import QueueStatus
-from ._backend import Session
+from ._backends import ConnectionState, ReconnectPolicy, Session, open_session
 from ._bridge import BridgeChoice, resolve_bridge
 from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
@@ -20,12 +20,10 @@ from ._context import SHUTDOWN_GRACE, Context
 from ._control import MAX_FIELD, CommunicatorInfo, ControlError, ControlHub, parse_info
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, KiwitrioError
 from ._groups import BaseExceptionGroup, single_leaf
-from ._reconnect import ConnectionState, ReconnectPolicy, open_resilient_session
 from ._replies import ReplyRouter, ResultHandle
 from ._rpc import RpcHub, RpcSubscriber
 from ._saferepr import safe_repr
 from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
-from ._urls import check_broker_scheme, check_broker_url
 
 __all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
 
@@ -37,8 +35,6 @@ DEFAULT_TASK_EXCHANGE = "kiwitrio.tasks"
 DEFAULT_TASK_QUEUE = "kiwitrio.tasks"
 DEFAULT_TASK_PREFETCH = 1
 DEFAULT_RECONNECT = ReconnectPolicy()
-#: Without a reconnect policy, connecting (TCP, TLS, AMQP handshake) may take this long.
-DEFAULT_CONNECT_TIMEOUT = DEFAULT_RECONNECT.connect_timeout
 #: Well under RabbitMQ's default consumer timeout (30 minutes).
 DEFAULT_TASK_LEASE = 10 * 60.0
 
@@ -122,8 +118,8 @@ async def open_communicator(
     )
     body_error: BaseException | None = None
     try:
-        async with _open_session(url, heartbeat=heartbeat, reconnect=reconnect,
-                                 on_state=on_connection_state, bridge=bridge) as session, \
+        async with open_session(url, heartbeat=heartbeat, reconnect=reconnect,
+                                on_state=on_connection_state, bridge=bridge) as session, \
                 _serve(session, settings) as comm:
             try:
                 yield comm
@@ -191,48 +187,6 @@ async def _serve(session: Session, settings: _Settings) -> AsyncIterator[Communi
         # requeues whatever is still unacknowledged.
         if comm is not None:
             await comm._clean_up(settings.testing_mode)
-
-
-@asynccontextmanager
-async def _open_session(
-    url: str | Sequence[str],
-    *,
-    heartbeat: float,
-    reconnect: ReconnectPolicy | None = None,
-    on_state: Callable[[ConnectionState], None] | None = None,
-    bridge: str = "auto",
-) -> AsyncIterator[Session]:
-    urls = [url] if isinstance(url, str) else list(url)
-    if not urls:
-        raise ValueError("no broker URL given")
-    if all(u.startswith("memory:") for u in urls):
-        from ._memory import open_memory_session
-
-        async with open_memory_session(urls[0]) as session:
-            yield session
-        return
-    for one_url in urls:
-        check_broker_scheme(one_url)
-        if one_url.startswith("memory:"):
-            raise ValueError("memory:// cannot be mixed with other broker URLs")
-        check_broker_url(one_url)
-    from ._amqp import open_amqp_session
-
-    if reconnect is None:
-        if len(urls) > 1:
-            raise ValueError("several broker URLs need a reconnect policy")
-        async with open_amqp_session(urls[0], heartbeat=heartbeat, bridge=bridge,
-                                     connect_timeout=DEFAULT_CONNECT_TIMEOUT) as session:
-            yield session
-        return
-
-    def opener(one_url: str, connect_timeout: float | None,
-               ) -> AbstractAsyncContextManager[Session]:
-        return open_amqp_session(one_url, heartbeat=heartbeat, bridge=bridge,
-                                 connect_timeout=connect_timeout)
-
-    async with open_resilient_session(urls, opener, reconnect, on_state) as session:
-        yield session
 
 
 class Communicator:

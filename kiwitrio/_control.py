@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
+from ._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
 from ._context import Context
 from ._errors import DecodeError, KiwitrioError
 from ._replies import ReplyRouter, result_envelope

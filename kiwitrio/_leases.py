@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from ._backend import (
+from ._backends import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_ROUTING_KEY,
     Delivery,

@@ -24,7 +24,7 @@ from typing import Any
 
 import trio
 
-from ._backend import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
+from ._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
 from ._context import Context
 from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
 from ._saferepr import describe_error, safe_repr, safe_str_of_exception

@@ -24,7 +24,7 @@ from typing import Any
 import trio
 
 from . import _metrics
-from ._backend import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
+from ._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
 from ._context import Context, handling
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from ._invoke import call_subscriber, check_subscriber_signature

@@ -21,7 +21,7 @@ import trio
 
 from . import _metrics
 from ._admin import record_task_queue
-from ._backend import (
+from ._backends import (
     DEAD_LETTER_EXCHANGE,
     Consumer,
     Delivery,

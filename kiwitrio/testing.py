@@ -57,7 +57,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._communicator import _open_session
+from kiwitrio._backends import open_session
 
 if TYPE_CHECKING:
     import kiwitrio_sync
@@ -168,7 +168,7 @@ class KiwitrioNames:
         for url in list(self._brokers):
             try:
                 with trio.fail_after(CLEANUP_TIMEOUT):
-                    async with _open_session(url, heartbeat=0) as session:
+                    async with open_session(url, heartbeat=0) as session:
                         for queue in self._queues:
                             await session.delete_queue(queue)
                             await session.delete_queue(f"{queue}.dead-letter")

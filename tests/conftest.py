@@ -16,7 +16,7 @@ import pytest
 
 import kiwitrio
 from kiwitrio._bridge import BRIDGE_ENV
-from kiwitrio._communicator import _open_session
+from kiwitrio.backends import open_session
 from kiwitrio.testing import KiwitrioNames
 
 AMQP_URL = os.environ.get("KIWITRIO_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -75,7 +75,7 @@ async def open_comm(broker_url: str, names: Names) -> AsyncIterator[OpenComm]:
 
 async def delete_queues(url: str, queues: set[str], names: Names | None = None) -> None:
     """Delete task queues (with their dead-letter queues) and, given names, the exchanges."""
-    async with _open_session(url, heartbeat=0) as session:
+    async with open_session(url, heartbeat=0) as session:
         for queue in queues:
             await session.delete_queue(queue)
             await session.delete_queue(f"{queue}.dead-letter")

@@ -18,7 +18,7 @@ import trio
 import kiwitrio
 import kiwitrio._cbor_bounded as bounded
 from kiwitrio import DecodeLimits, cbor_decode, cbor_decoder, cbor_encode
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 
 from .conftest import OpenComm
 from .hostile import array_of, payloads, tag

@@ -14,7 +14,7 @@ import trio
 from pamqp import commands as spec
 
 import kiwitrio
-from kiwitrio._backend import NegativeAck, OutgoingMessage
+from kiwitrio._backends import NegativeAck, OutgoingMessage
 from kiwitrio._broadcast import binding_keys
 
 from .conftest import OpenComm

@@ -20,7 +20,7 @@ import pytest
 import trio
 
 import kiwitrio
-import kiwitrio._communicator
+import kiwitrio._backends._factory
 import kiwitrio_sync
 
 from .conftest import AMQP_URL, Names
@@ -112,7 +112,7 @@ async def test_each_attempt_is_bounded_and_the_next_url_is_tried(
 async def test_without_a_policy_connecting_is_bounded(
     silent: SilentListener, names: Names, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(kiwitrio._communicator, "DEFAULT_CONNECT_TIMEOUT", 0.5)
+    monkeypatch.setattr(kiwitrio._backends._factory, "DEFAULT_CONNECT_TIMEOUT", 0.5)
     began = time.monotonic()
     with trio.fail_after(DEADLINE), pytest.raises(kiwitrio.ConnectionFailed,
                                                   match=r"no answer within 0\.5 s"):
@@ -288,7 +288,7 @@ async def test_a_connection_abandoned_mid_connect_can_be_collected_anywhere() ->
     own ``__del__`` then made a ``close()`` coroutine that never ran (a RuntimeWarning, which
     this suite turns into a failure: seen in CI); kiwitrio's connection class has nothing to
     release there."""
-    from kiwitrio._amqp import _Connection
+    from kiwitrio._backends._amqp import _Connection
     from kiwitrio._bridge import open_bridge
 
     async def make() -> Any:  # asyncio side (aio-pika objects are made on their loop)

@@ -7,8 +7,8 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._amqp import declaration_mismatch
-from kiwitrio._backend import QueueSpec
+from kiwitrio._backends import QueueSpec
+from kiwitrio._backends._amqp import declaration_mismatch
 from kiwitrio._tasks import DEAD_LETTER_EXCHANGE, dead_letter_exchange_name
 
 from .conftest import AMQP_URL, Names

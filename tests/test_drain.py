@@ -1,10 +1,10 @@
-"""kiwitrio._backend.drain: the consumers' loops take buffered deliveries in one go."""
+"""kiwitrio._backends.drain: the consumers' loops take buffered deliveries in one go."""
 
 from __future__ import annotations
 
 import trio
 
-from kiwitrio._backend import drain
+from kiwitrio._backends import drain
 
 
 async def test_buffered_items_come_in_order_without_a_switch_then_the_stream_ends() -> None:

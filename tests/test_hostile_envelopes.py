@@ -17,7 +17,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 from kiwitrio._saferepr import describe_error, safe_repr, safe_str_of_exception
 
 from .conftest import Names, OpenComm

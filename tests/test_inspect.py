@@ -11,9 +11,9 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
-from kiwitrio._communicator import _open_session
+from kiwitrio._backends import OutgoingMessage
 from kiwitrio._control import ControlError, control_exchange_name, parse_info
+from kiwitrio.backends import open_session
 
 from .conftest import Names, OpenComm
 
@@ -130,7 +130,7 @@ async def test_hostile_control_requests_are_dropped_and_the_listener_goes_on(
         open_comm: OpenComm, names: Names, broker_url: str, body: bytes,
         content_type: str, caplog: pytest.LogCaptureFixture) -> None:
     async with open_comm() as target, open_comm() as asker, \
-            _open_session(broker_url, heartbeat=0) as session:
+            open_session(broker_url, heartbeat=0) as session:
         await asker.task_send("warm up the reply queue", no_reply=True)
         reply_to, cid, answers = await asker._replies.collect(10)
         message = OutgoingMessage(body, content_type, correlation_id=cid, reply_to=reply_to)

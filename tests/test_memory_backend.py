@@ -1,4 +1,5 @@
-"""The in-process broker (:mod:`kiwitrio._memory`) behaves like RabbitMQ for what kiwitrio uses."""
+"""The in-process broker (:mod:`kiwitrio._backends._memory`) behaves like RabbitMQ for what
+kiwitrio uses."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from kiwitrio._backend import (
+from kiwitrio._backends import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_ROUTING_KEY,
     Consumer,
@@ -19,8 +20,8 @@ from kiwitrio._backend import (
     QueueSpec,
     Session,
 )
+from kiwitrio._backends._memory import _topic_matches, open_memory_session
 from kiwitrio._errors import CommunicatorClosed, DeliveryFailed, UnroutableError
-from kiwitrio._memory import _topic_matches, open_memory_session
 
 URL = "memory://test"
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 
 from .conftest import OpenComm
 

@@ -9,7 +9,7 @@ import trio
 
 import kiwitrio
 from kiwitrio._admin import ENTRY_HEADER, catalogue_name, read_catalogue
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 
 from .conftest import Names, OpenComm
 

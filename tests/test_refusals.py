@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio import _amqp
+from kiwitrio._backends import _amqp
 
 from .conftest import AMQP_URL, Names
 

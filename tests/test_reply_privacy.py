@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 
 from .conftest import AMQP_URL, Names, OpenComm
 from .tcp_proxy import open_tcp_proxy

@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio import _amqp
+from kiwitrio._backends import _amqp
 
 from .conftest import AMQP_URL, Names
 from .tcp_proxy import open_tcp_proxy

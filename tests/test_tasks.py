@@ -337,7 +337,7 @@ async def test_subscriber_sees_whether_a_task_is_redelivered(open_comm: OpenComm
 
 
 async def test_oversized_messages_are_refused_and_dead_lettered(open_comm: OpenComm) -> None:
-    from kiwitrio._backend import OutgoingMessage
+    from kiwitrio._backends import OutgoingMessage
 
     async with open_comm(max_message_size=1024) as comm:
         await comm.add_task_subscriber(lambda _c, task: len(task))

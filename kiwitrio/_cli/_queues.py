@@ -16,8 +16,7 @@ import trio
 import kiwitrio
 
 from .. import _admin
-from .._backend import Session
-from .._communicator import _open_session
+from .._backends import Session, open_session
 from ._common import EXIT_OK, Command, plural, redact
 
 __all__ = ["COMMANDS", "add_commands", "run"]
@@ -68,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    async with _open_session(args.url, heartbeat=0) as session:
+    async with open_session(args.url, heartbeat=0) as session:
         if args.command == "status":
             return await _status(args, session)
         if args.command == "purge":

@@ -52,7 +52,7 @@ def _child(name: str, freeze_s: float, kiwitrio_dir: str | None) -> None:
     import trio
 
     import kiwitrio
-    from kiwitrio._backend import OutgoingMessage
+    from kiwitrio._backends import OutgoingMessage
     from tests.hostile import payload
 
     logging.basicConfig(level=logging.CRITICAL)

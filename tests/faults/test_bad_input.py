@@ -25,7 +25,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 
 from ..conftest import AMQP_URL, Names
 from .workload import (

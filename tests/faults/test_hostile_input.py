@@ -30,7 +30,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backend import OutgoingMessage
+from kiwitrio._backends import OutgoingMessage
 
 from ..conftest import Names, OpenComm
 from ..hostile import Payload, envelope, payload, payload_names

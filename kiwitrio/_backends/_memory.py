@@ -36,7 +36,9 @@ from typing import Any, Literal, get_args
 
 import trio
 
-from ._backend import (
+from .._errors import CommunicatorClosed, DeliveryFailed, InUseError, UnroutableError
+from .._version import __version__
+from ._base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_ROUTING_KEY,
     Consumer,
@@ -49,8 +51,6 @@ from ._backend import (
     QueueStats,
     Session,
 )
-from ._errors import CommunicatorClosed, DeliveryFailed, InUseError, UnroutableError
-from ._version import __version__
 
 __all__ = ["open_memory_session"]
 

@@ -34,7 +34,19 @@ import trio
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
-from ._backend import (
+from .._bridge import AsyncioBridge, open_bridge
+from .._errors import (
+    CommunicatorClosed,
+    ConnectionFailed,
+    ConnectionRefusedByBroker,
+    DeclarationMismatch,
+    DeliveryFailed,
+    InUseError,
+    SendOutcomeUnknown,
+    UnroutableError,
+)
+from .._urls import redact_url
+from ._base import (
     Consumer,
     Delivery,
     EntityNotFound,
@@ -46,18 +58,6 @@ from ._backend import (
     QueueStats,
     Session,
 )
-from ._bridge import AsyncioBridge, open_bridge
-from ._errors import (
-    CommunicatorClosed,
-    ConnectionFailed,
-    ConnectionRefusedByBroker,
-    DeclarationMismatch,
-    DeliveryFailed,
-    InUseError,
-    SendOutcomeUnknown,
-    UnroutableError,
-)
-from ._urls import redact_url
 
 __all__ = ["open_amqp_session", "redact_url"]
 

@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 import trio
 from pamqp import commands as spec
 
-from ._errors import DeliveryFailed
+from .._errors import DeliveryFailed
 
 __all__ = [
     "Consumer",

@@ -27,7 +27,14 @@ from typing import Any, TypeVar
 import tenacity
 import trio
 
-from ._backend import (
+from .._errors import (
+    CommunicatorClosed,
+    ConnectionFailed,
+    ConnectionRefusedByBroker,
+    DeliveryFailed,
+)
+from .._urls import redact_url
+from ._base import (
     Consumer,
     Delivery,
     ExchangeType,
@@ -38,8 +45,6 @@ from ._backend import (
     Session,
     drain,
 )
-from ._errors import CommunicatorClosed, ConnectionFailed, ConnectionRefusedByBroker, DeliveryFailed
-from ._urls import redact_url
 
 __all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
 

@@ -1,0 +1,71 @@
+"""The backend factory: a :class:`Session` for a broker URL.
+
+``memory://`` gives the in-process broker; ``amqp://`` and ``amqps://`` give RabbitMQ, through
+a :class:`~kiwitrio.backends.ResilientSession` when there is a reconnect policy. The backends'
+modules are imported on first use, so that a program on ``memory://`` never imports aio-pika.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from .._urls import check_broker_scheme, check_broker_url
+from ._base import Session
+from ._reconnect import ConnectionState, ReconnectPolicy, open_resilient_session
+
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "open_session"]
+
+#: Without a reconnect policy, connecting (TCP, TLS, AMQP handshake) may take this long.
+DEFAULT_CONNECT_TIMEOUT = ReconnectPolicy().connect_timeout
+
+
+@asynccontextmanager
+async def open_session(
+    url: str | Sequence[str],
+    *,
+    heartbeat: float,
+    reconnect: ReconnectPolicy | None = None,
+    on_state: Callable[[ConnectionState], None] | None = None,
+    bridge: str = "auto",
+) -> AsyncIterator[Session]:
+    """Connect to ``url`` (or the first of several that answers) and yield the session;
+    closes it when the block is left.
+
+    ``heartbeat`` (seconds; 0: none) is AMQP's; ``reconnect`` (``None``: a lost connection
+    stays lost) is the policy of a :class:`~kiwitrio.backends.ResilientSession`, whose state
+    changes go to ``on_state``; ``bridge`` chooses how aio-pika's asyncio runs (``"auto"``,
+    ``"thread"``, ``"trio-asyncio"``). Raises :class:`ValueError` for a URL it cannot use and
+    :class:`~kiwitrio.ConnectionFailed` if no broker answers.
+    """
+    urls = [url] if isinstance(url, str) else list(url)
+    if not urls:
+        raise ValueError("no broker URL given")
+    if all(u.startswith("memory:") for u in urls):
+        from ._memory import open_memory_session
+
+        async with open_memory_session(urls[0]) as session:
+            yield session
+        return
+    for one_url in urls:
+        check_broker_scheme(one_url)
+        if one_url.startswith("memory:"):
+            raise ValueError("memory:// cannot be mixed with other broker URLs")
+        check_broker_url(one_url)
+    from ._amqp import open_amqp_session
+
+    if reconnect is None:
+        if len(urls) > 1:
+            raise ValueError("several broker URLs need a reconnect policy")
+        async with open_amqp_session(urls[0], heartbeat=heartbeat, bridge=bridge,
+                                     connect_timeout=DEFAULT_CONNECT_TIMEOUT) as session:
+            yield session
+        return
+
+    def opener(one_url: str, connect_timeout: float | None,
+               ) -> AbstractAsyncContextManager[Session]:
+        return open_amqp_session(one_url, heartbeat=heartbeat, bridge=bridge,
+                                 connect_timeout=connect_timeout)
+
+    async with open_resilient_session(urls, opener, reconnect, on_state) as session:
+        yield session
