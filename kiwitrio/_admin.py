@@ -8,7 +8,7 @@ entries of queues that are gone, and duplicates), so the catalogue stays as long
 task queues. Two readers at the same instant may each see part of it; a queue is listed again
 by the next read.
 
-Everything here works on a bare :class:`~kiwitrio._backend.Session`, so that ``kiwitrio
+Everything here works on a bare :class:`~kiwitrio.backends.Session`, so that ``kiwitrio
 status``, ``purge`` and ``delete`` declare nothing; :class:`~kiwitrio.Communicator` offers the
 same operations on its own connection.
 """

@@ -288,7 +288,7 @@ async def test_a_connection_abandoned_mid_connect_can_be_collected_anywhere() ->
     own ``__del__`` then made a ``close()`` coroutine that never ran (a RuntimeWarning, which
     this suite turns into a failure: seen in CI); kiwitrio's connection class has nothing to
     release there."""
-    from kiwitrio._backends._amqp import _Connection
+    from kiwitrio._backends._amqp._asyncio_side import _Connection
     from kiwitrio._bridge import open_bridge
 
     async def make() -> Any:  # asyncio side (aio-pika objects are made on their loop)

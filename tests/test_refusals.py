@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backends import _amqp
+from kiwitrio._backends._amqp import _session
 
 from .conftest import AMQP_URL, Names
 
@@ -40,13 +40,13 @@ def _with(url: str, *, password: str | None = None, vhost: str | None = None) ->
 def attempts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The URL of every connection attempt made to a real broker."""
     made: list[str] = []
-    connect = _amqp._AmqpSession.connect.__func__  # type: ignore[attr-defined]
+    connect = _session._AmqpSession.connect.__func__  # type: ignore[attr-defined]
 
     async def counting(cls: Any, bridge: Any, url: str, **kwargs: Any) -> Any:
         made.append(url)
         return await connect(cls, bridge, url, **kwargs)
 
-    monkeypatch.setattr(_amqp._AmqpSession, "connect", classmethod(counting))
+    monkeypatch.setattr(_session._AmqpSession, "connect", classmethod(counting))
     return made
 
 

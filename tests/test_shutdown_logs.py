@@ -11,7 +11,7 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backends import _amqp
+from kiwitrio._backends._amqp import _consumer as amqp_consumer
 
 from .conftest import AMQP_URL, Names
 from .tcp_proxy import open_tcp_proxy
@@ -36,7 +36,7 @@ def _consumer(prefetch_count: int) -> tuple[Any, _Bridge]:
     bridge = _Bridge()
     session = SimpleNamespace(bridge=bridge, spawn_close_channel=lambda _channel: None)
     channel = SimpleNamespace(is_closed=False)
-    return _amqp._AmqpConsumer(session, "q", channel, prefetch_count), bridge  # type: ignore[arg-type]
+    return amqp_consumer._AmqpConsumer(session, "q", channel, prefetch_count), bridge  # type: ignore[arg-type]
 
 
 def _message(tag: int) -> Any:
@@ -56,7 +56,7 @@ def test_a_delivery_after_the_stream_ended_is_requeued_quietly(
     with caplog.at_level(logging.DEBUG, logger="kiwitrio"):
         consumer._deliver(_message(7))
     assert [r.levelname for r in caplog.records if r.name == "kiwitrio.connection"] == ["DEBUG"]
-    assert [(fn, args[-1]) for fn, *args in bridge.started] == [(_amqp._reject_quietly, 7)]
+    assert [(fn, args[-1]) for fn, *args in bridge.started] == [(amqp_consumer._reject_quietly, 7)]
     assert consumer._unsettled == 0
 
 

@@ -29,7 +29,8 @@ from ._base import (
     is_negative_ack,
 )
 from ._factory import DEFAULT_CONNECT_TIMEOUT, open_session
-from ._reconnect import ConnectionState, ReconnectPolicy, ResilientSession, open_resilient_session
+from ._policy import ConnectionState, ReconnectPolicy
+from ._reconnect import ResilientSession, open_resilient_session
 
 __all__ = [
     "DEAD_LETTER_EXCHANGE",

@@ -1,7 +1,7 @@
 """The broker interface that the message kinds are written against.
 
-Two implementations exist: :mod:`kiwitrio._amqp` (RabbitMQ through aio-pika) and
-:mod:`kiwitrio._memory` (a broker inside the process). Tasks, RPC and broadcasts
+Two implementations exist: :mod:`kiwitrio._backends._amqp` (RabbitMQ through aio-pika) and
+:mod:`kiwitrio._backends._memory` (a broker inside the process). Tasks, RPC and broadcasts
 (:mod:`kiwitrio._tasks`, :mod:`kiwitrio._rpc`, :mod:`kiwitrio._broadcast`) only use the small
 AMQP-shaped vocabulary defined here, so both backends give them the same semantics.
 

@@ -12,7 +12,8 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from .._urls import check_broker_scheme, check_broker_url
 from ._base import Session
-from ._reconnect import ConnectionState, ReconnectPolicy, open_resilient_session
+from ._policy import ConnectionState, ReconnectPolicy
+from ._reconnect import open_resilient_session
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "open_session"]
 
