@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
@@ -41,10 +41,7 @@ from ._backends import (
 )
 from ._context import SHUTDOWN_GRACE, Context
 
-if TYPE_CHECKING:
-    from ._tasks import TaskQueue
-
-__all__ = ["LeaseKeeper", "TaskLease"]
+__all__ = ["LeaseKeeper", "LeasedQueue", "TaskLease"]
 
 logger = logging.getLogger("kiwitrio.tasks")  # a public name (docs/configuration.md#logging)
 
@@ -52,6 +49,20 @@ CYCLE_HEADER = "kiwitrio-lease-cycle"
 LEASE_HEADER = "kiwitrio-lease"
 #: On a task a worker handed back from its lease: it ran before, as a redelivery would have.
 REDELIVERED_HEADER = "kiwitrio-redelivered"
+
+
+class LeasedQueue(Protocol):
+    """What a lease keeper needs of its task queue (a :class:`~kiwitrio.TaskQueue`); a
+    protocol, so that this module does not import the task kind that imports it."""
+
+    @property
+    def ctx(self) -> Context: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def exchange(self) -> str: ...
 
 
 class LeaseKeeper:
@@ -63,7 +74,7 @@ class LeaseKeeper:
     between 1 and 4/3 lease times after it started.
     """
 
-    def __init__(self, queue: TaskQueue, lease_seconds: float) -> None:
+    def __init__(self, queue: LeasedQueue, lease_seconds: float) -> None:
         self._queue = queue
         self.lease_seconds = lease_seconds
         self._lease_ms = max(1, int(lease_seconds * 1000))

@@ -21,16 +21,35 @@ LEASE = 0.3
 
 async def test_long_task_runs_once_on_a_lease_and_its_result_arrives(open_comm: OpenComm) -> None:
     runs: list[bool] = []
+    started, checked = trio.Event(), trio.Event()
 
     async def long_task(_comm: Any, task: str) -> str:
         runs.append(kiwitrio.current_delivery().redelivered)
-        await trio.sleep(LEASE * 5)  # several lease renewals
+        started.set()
+        await checked.wait()
+        await trio.sleep(LEASE * 3)  # more lease renewals
         return task.upper()
 
     async with open_comm(task_lease=LEASE) as worker, open_comm() as sender:
         await worker.add_task_subscriber(long_task)
         handle = await sender.task_send("long")
         with trio.fail_after(DEADLINE):
+            await started.wait()
+            await trio.sleep(LEASE * 2)  # moved onto a lease after 1 to 4/3 lease times
+            # Seen from outside: the worker says the task it holds is on a lease...
+            [info] = [i for i in await sender.inspect(timeout=0.5)
+                      if i.identity == worker.identity]
+            assert [task.leased for task in info.in_flight] == [True]
+            # ...and on the broker the task left the task queue's delivery (acknowledged)
+            # for the worker's lease queue, where it waits out the lease.
+            queue = worker._default_queue
+            [lease] = queue._running
+            assert lease.leased and lease.delivery.settled
+            keeper = queue._lease_keeper
+            assert keeper is not None
+            stats = await sender._ctx.session.inspect_queue(keeper.name)
+            assert stats is not None and stats.messages == 1
+            checked.set()
             assert await handle == "LONG"
         # The lease went with the task: nothing comes back to be run again.
         async with open_comm(task_lease=LEASE) as other:
