@@ -37,7 +37,7 @@ async def test_long_task_runs_once_on_a_lease_and_its_result_arrives(open_comm: 
             await started.wait()
             await trio.sleep(LEASE * 2)  # moved onto a lease after 1 to 4/3 lease times
             # Seen from outside: the worker says the task it holds is on a lease...
-            [info] = [i for i in await sender.inspect(timeout=0.5)
+            [info] = [i for i in await sender.inspect(timeout=1.5)
                       if i.identity == worker.identity]
             assert [task.leased for task in info.in_flight] == [True]
             # ...and on the broker the task left the task queue's delivery (acknowledged)
