@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 import trio
 from pamqp import commands as spec
 
-from .._errors import DeliveryFailed
+from .._errors import DeclarationMismatch, DeliveryFailed
 
 __all__ = [
     "Consumer",
@@ -33,6 +33,7 @@ __all__ = [
     "QueueSpec",
     "QueueStats",
     "Session",
+    "declaration_mismatch",
     "is_negative_ack",
 ]
 
@@ -43,8 +44,31 @@ DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
 DEAD_LETTER_ROUTING_KEY = "x-dead-letter-routing-key"
 
 
-class QueueInUse(Exception):
-    """Internal: an exclusive queue of that name belongs to another connection."""
+class QueueInUse(DeliveryFailed):
+    """The queue is exclusive to another connection (RabbitMQ's RESOURCE_LOCKED): it cannot
+    be declared, consumed, fetched from or inspected here (publishing to it is fine)."""
+
+
+#: Arguments that testing_mode sets (auto-delete exchanges, expiring queues).
+_TESTING_MODE_ARGUMENTS = frozenset({"auto_delete", "x-expires"})
+
+
+def declaration_mismatch(kind: str, name: str, argument: str, current: str,
+                         received: str) -> DeclarationMismatch:
+    """The error both backends raise for a declaration that differs from the existing queue
+    or exchange: which ``argument`` differs, and its likely cause."""
+    if argument == "x-queue-type":
+        hint = ("the queue exists with another queue type (classic, quorum, stream): use "
+                "the same type, or delete the queue (kiwitrio delete QUEUE) to change it")
+    elif argument in _TESTING_MODE_ARGUMENTS:
+        hint = ("if one side runs with testing_mode (auto-delete exchanges, expiring queues; "
+                "the CLI's --testing) and the other does not, use the same testing_mode")
+    else:
+        hint = (f"declare it the same way everywhere, or delete the {kind} to change it: "
+                "the broker never changes the arguments of an existing one")
+    return DeclarationMismatch(
+        f"the {kind} {name!r} exists with other settings: {argument!r} is {current} on the "
+        f"broker but {received} here; {hint}", kind=kind, name=name, argument=argument)
 
 
 class EntityNotFound(DeliveryFailed):

@@ -23,6 +23,8 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, ClassVar, TypeVar
 
+from .._errors import KiwitrioError
+
 __all__ = [
     "AsyncioBridge",
     "AsyncioOperationAborted",
@@ -39,13 +41,14 @@ logger = logging.getLogger("kiwitrio.bridge")
 T = TypeVar("T")
 
 
-class AsyncioOperationAborted(ConnectionError):
+class AsyncioOperationAborted(ConnectionError, KiwitrioError):
     """The asyncio side cancelled an operation that its Trio caller had not cancelled.
 
     aiormq 6 (the one aio-pika 9.5 brings on Python 3.10) cancels the futures of pending
     operations when their connection or channel closes; aiormq 7 raises ``ConnectionError``
     for the same; a bridge that shuts down cancels whatever still runs in its loop. All of
-    them reach callers as a ``ConnectionError``, which the AMQP session turns into
+    them reach callers as this ``ConnectionError`` (a KiwitrioError too, should one get past
+    the session), which the AMQP session turns into
     :class:`~kiwitrio.ConnectionFailed`. An ``asyncio.CancelledError`` must never reach
     Trio code: it is not ``trio.Cancelled``, and nursery code would take it for a crash.
     """

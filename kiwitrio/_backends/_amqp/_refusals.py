@@ -1,7 +1,6 @@
 """What RabbitMQ's refusals mean, said plainly: a declaration that differs from the existing
 queue or exchange, a login or vhost refused at connection time."""
 
-
 from __future__ import annotations
 
 import re
@@ -11,20 +10,17 @@ import aiormq
 import aiormq.exceptions
 from pamqp import commands as spec
 
-from ..._errors import (
-    ConnectionRefusedByBroker,
-    DeclarationMismatch,
-)
+from ..._errors import ConnectionRefusedByBroker, DeclarationMismatch, DeliveryFailed
 from ..._urls import redact_url
+from .._base import EntityNotFound, QueueInUse
+from .._base import declaration_mismatch as mismatch
 
-__all__ = ["declaration_mismatch", "refusal"]
+__all__ = ["channel_error", "declaration_mismatch", "refusal"]
 
 _INEQUIVALENT = re.compile(
     r"inequivalent arg '(?P<argument>[^']*)' for (?P<kind>queue|exchange) '(?P<name>.*)' "
     r"in vhost '(?P<vhost>.*)': received (?P<received>.*) but current is (?P<current>.*)$",
     re.DOTALL)
-#: Arguments that testing_mode sets (auto-delete exchanges, expiring queues).
-_TESTING_MODE_ARGUMENTS = frozenset({"auto_delete", "x-expires"})
 
 
 def declaration_mismatch(text: str) -> DeclarationMismatch | None:
@@ -32,20 +28,18 @@ def declaration_mismatch(text: str) -> DeclarationMismatch | None:
     match = _INEQUIVALENT.search(text)
     if match is None:
         return None
-    argument, kind, name = match["argument"], match["kind"], match["name"]
-    if argument == "x-queue-type":
-        hint = ("the queue exists with another queue type (classic, quorum, stream): use "
-                "the same type, or delete the queue (kiwitrio delete QUEUE) to change it")
-    elif argument in _TESTING_MODE_ARGUMENTS:
-        hint = ("if one side runs with testing_mode (auto-delete exchanges, expiring queues; "
-                "the CLI's --testing) and the other does not, use the same testing_mode")
-    else:
-        hint = (f"declare it the same way everywhere, or delete the {kind} to change it: "
-                "the broker never changes the arguments of an existing one")
-    return DeclarationMismatch(
-        f"the {kind} {name!r} exists with other settings: {argument!r} is "
-        f"{match['current']} on the broker but {match['received']} here; {hint}",
-        kind=kind, name=name, argument=argument)
+    return mismatch(match["kind"], match["name"], match["argument"], match["current"],
+                    match["received"])
+
+
+def channel_error(exc: aiormq.exceptions.AMQPChannelError, what: str) -> DeliveryFailed:
+    """The error of the Session interface for a channel error of the broker's: the same
+    types as the memory broker's for the same faults."""
+    if isinstance(exc, aiormq.exceptions.ChannelLockedResource):
+        return QueueInUse(f"{what}: {exc}")
+    if isinstance(exc, aiormq.exceptions.ChannelNotFoundEntity):
+        return EntityNotFound(f"{what}: {exc}")
+    return declaration_mismatch(str(exc)) or DeliveryFailed(f"{what}: {exc}")
 
 
 def refusal(url: str, exc: BaseException) -> ConnectionRefusedByBroker | None:

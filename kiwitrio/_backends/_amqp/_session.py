@@ -35,7 +35,6 @@ from .._base import (
     ExchangeType,
     NegativeAck,
     OutgoingMessage,
-    QueueInUse,
     QueueSpec,
     QueueStats,
     Session,
@@ -49,7 +48,7 @@ from ._asyncio_side import (
     _publish,
 )
 from ._consumer import _AmqpConsumer, _AmqpDelivery
-from ._refusals import declaration_mismatch, refusal
+from ._refusals import channel_error, refusal
 
 __all__ = ["open_amqp_session"]
 
@@ -225,13 +224,8 @@ class _AmqpSession(Session):
         self._admin_channel = await self._channel(self._admin_channel, confirms=False)
         try:
             return await self.bridge.run(_on_underlay, self._admin_channel, fn)
-        except aiormq.exceptions.ChannelLockedResource as exc:
-            raise QueueInUse(str(exc)) from exc
-        except aiormq.exceptions.ChannelNotFoundEntity as exc:
-            raise EntityNotFound(f"the broker refused: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
-            raise (declaration_mismatch(str(exc))
-                   or DeliveryFailed(f"the broker refused: {exc}")) from exc
+            raise channel_error(exc, "the broker refused") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError) as exc:
             raise self._connection_error(exc) from exc
@@ -268,8 +262,8 @@ class _AmqpSession(Session):
     async def inspect_queue(self, name: str) -> QueueStats | None:
         try:
             result = await self._admin_op(lambda ch: ch.queue_declare(name, passive=True))
-        except DeliveryFailed:
-            return None  # NOT_FOUND (which also closed the admin channel; it reopens)
+        except EntityNotFound:
+            return None  # (which also closed the admin channel; it reopens)
         return QueueStats(messages=result.message_count or 0,
                           consumers=result.consumer_count or 0)
 
@@ -324,7 +318,7 @@ class _AmqpSession(Session):
             message = await self.bridge.run(
                 _on_underlay, self._get_channel, lambda ch: ch.basic_get(queue))
         except aiormq.exceptions.AMQPChannelError as exc:
-            raise DeliveryFailed(f"cannot get from {queue!r}: {exc}") from exc
+            raise channel_error(exc, f"cannot get from {queue!r}") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError) as exc:
             raise self._connection_error(exc) from exc
@@ -339,10 +333,8 @@ class _AmqpSession(Session):
         try:
             await self.bridge.run(channel.set_qos, prefetch_count)
             await consumer.start()
-        except aiormq.exceptions.ChannelLockedResource as exc:
-            raise QueueInUse(str(exc)) from exc
         except aiormq.exceptions.AMQPChannelError as exc:
-            raise DeliveryFailed(f"cannot consume from {queue!r}: {exc}") from exc
+            raise channel_error(exc, f"cannot consume from {queue!r}") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
             raise self._connection_error(exc) from exc
         self._consumers.add(consumer)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import trio
 
-from ..._errors import DeliveryFailed
+from ..._errors import DeclarationMismatch, DeliveryFailed
 from .._base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_ROUTING_KEY,
@@ -23,6 +23,7 @@ from .._base import (
     OutgoingMessage,
     QueueInUse,
     QueueSpec,
+    declaration_mismatch,
 )
 from ._routing import _binding_matches
 
@@ -159,19 +160,26 @@ class _Queue:
     #: Guards against re-entrant dispatch (dead-lettering can route back into this queue).
     dispatching: bool = False
 
-    def matches(self, spec: QueueSpec) -> bool:
-        """Whether redeclaring with ``spec`` is equivalent (RabbitMQ's ``assert_equivalence``)."""
-        return (self.durable, self.exclusive, self.auto_delete, self.arguments) == (
-            spec.durable,
-            spec.exclusive,
-            spec.auto_delete,
-            dict(spec.arguments),
-        )
+    def difference(self, spec: QueueSpec) -> DeclarationMismatch | None:
+        """What makes redeclaring with ``spec`` inequivalent (RabbitMQ's
+        ``assert_equivalence``), named as RabbitMQ names it; ``None`` if it is equivalent."""
+        for flag in ("durable", "exclusive", "auto_delete"):
+            current, received = getattr(self, flag), getattr(spec, flag)
+            if current != received:
+                return declaration_mismatch("queue", self.name, flag, _flag(current),
+                                            _flag(received))
+        wanted = dict(spec.arguments)
+        for argument in sorted(set(self.arguments) | set(wanted)):
+            current, received = self.arguments.get(argument), wanted.get(argument)
+            if current != received:
+                return declaration_mismatch("queue", self.name, argument,
+                                            _argument(current), _argument(received))
+        return None
 
     def check_access(self, session: _MemorySession) -> None:
         """Refuse a session other than the owner, like RabbitMQ's RESOURCE_LOCKED."""
         if self.exclusive and self.owner is not session:
-            raise DeliveryFailed(
+            raise QueueInUse(
                 f"RESOURCE_LOCKED: queue {self.name!r} is exclusive to another connection"
             )
 
@@ -234,14 +242,14 @@ class _Broker:
             # RabbitMQ only checks the reserved prefix for exchanges it would create.
             _check_not_reserved("exchange", name)
             self.exchanges[name] = _Exchange(name, kind, durable, auto_delete)
-        elif (existing.type, existing.durable, existing.auto_delete) != (
-            kind,
-            durable,
-            auto_delete,
-        ):
-            raise DeliveryFailed(
-                f"PRECONDITION_FAILED: inequivalent redeclaration of exchange {name!r}"
-            )
+        else:
+            for argument, current, received in [("type", existing.type, kind),
+                                                ("durable", existing.durable, durable),
+                                                ("auto_delete", existing.auto_delete,
+                                                 auto_delete)]:
+                if current != received:
+                    raise declaration_mismatch("exchange", name, argument, _flag(current),
+                                               _flag(received))
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         """Delete an exchange and its bindings. Deleting a missing exchange is fine.
@@ -277,12 +285,10 @@ class _Broker:
         existing = self.queues.get(spec.name)
         if existing is None:
             return self._create_queue(spec.name, spec, session)
-        if existing.exclusive and existing.owner is not session:
-            raise QueueInUse(spec.name)
-        if not existing.matches(spec):
-            raise DeliveryFailed(
-                f"PRECONDITION_FAILED: inequivalent redeclaration of queue {spec.name!r}"
-            )
+        existing.check_access(session)
+        mismatch = existing.difference(spec)
+        if mismatch is not None:
+            raise mismatch
         return existing
 
     def _create_queue(self, name: str, spec: QueueSpec, session: _MemorySession) -> _Queue:
@@ -307,7 +313,7 @@ class _Broker:
         """The queue ``name`` if ``session`` may use it; NOT_FOUND or RESOURCE_LOCKED otherwise."""
         queue = self.queues.get(name)
         if queue is None:
-            raise DeliveryFailed(f"NOT_FOUND: no queue {name!r}")
+            raise EntityNotFound(f"NOT_FOUND: no queue {name!r}")
         queue.check_access(session)
         return queue
 
@@ -445,3 +451,13 @@ def _check_not_reserved(kind: str, name: str) -> None:
         )
 
 
+def _flag(value: object) -> str:
+    """A value as RabbitMQ's inequivalent-arg message shows it (``'true'``, ``'direct'``)."""
+    if isinstance(value, bool):
+        return f"'{str(value).lower()}'"
+    return f"'{value}'"
+
+
+def _argument(value: object) -> str:
+    """An x-argument as RabbitMQ shows it (``none`` when it is not set)."""
+    return "none" if value is None else repr(value)

@@ -155,6 +155,7 @@ class _MemorySession(Session):
         queue = self._broker.queues.get(name)
         if queue is None:
             return None
+        queue.check_access(self)  # as RabbitMQ: another connection's exclusive queue is locked
         return QueueStats(messages=len(queue.messages), consumers=len(queue.consumers))
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
