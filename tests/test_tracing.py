@@ -18,13 +18,13 @@ from .test_hostile_envelopes import publish_raw
 
 pytest.importorskip("opentelemetry.sdk")
 
-from opentelemetry import trace  # noqa: E402 - after the skip
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider  # noqa: E402
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, StatusCode  # noqa: E402
+from opentelemetry.trace import SpanKind, StatusCode
 
 DEADLINE = 10
 
@@ -38,12 +38,18 @@ class Traced:
     def named(self, name: str) -> list[ReadableSpan]:
         return [span for span in self.exporter.get_finished_spans() if span.name == name]
 
-    async def one(self, name: str) -> ReadableSpan:
-        """The one finished span called ``name``, waiting for it (a broadcast subscriber's
-        span ends after the subscriber has told the test it ran)."""
+    async def wait_for(self, name: str, count: int = 1) -> list[ReadableSpan]:
+        """At least ``count`` finished spans called ``name``, waiting for them (a broadcast
+        subscriber's span ends after the subscriber has told the test it ran)."""
         with trio.fail_after(DEADLINE):
-            while not (spans := self.named(name)):
+            # The exporter is a list, with no event to wait on: polled.
+            while len(spans := self.named(name)) < count:  # noqa: ASYNC110
                 await trio.sleep(0.01)
+        return spans
+
+    async def one(self, name: str) -> ReadableSpan:
+        """The one finished span called ``name`` (waiting for it)."""
+        spans = await self.wait_for(name)
         assert len(spans) == 1, spans
         return spans[0]
 
@@ -108,7 +114,8 @@ async def test_a_task_is_processed_in_a_child_of_its_senders_span(
     [(current, headers)] = seen
     assert current == process.context.span_id
     assert isinstance(headers["traceparent"], str)
-    assert f"{send.context.span_id:016x}" in headers["traceparent"]  # type: ignore[union-attr]
+    assert send.context is not None
+    assert f"{send.context.span_id:016x}" in headers["traceparent"]
 
 
 async def test_what_a_subscriber_sends_is_a_child_of_its_process_span(
@@ -152,10 +159,8 @@ async def test_a_broadcast_is_processed_in_children_of_its_senders_span(
             await comm.broadcast_send("news", sender="me", subject="weather")
             await done.wait()
             send = await traced.one("send broadcast weather")
-            while len(traced.named("process broadcast weather")) < 2:
-                await trio.sleep(0.01)
+            processed = await traced.wait_for("process broadcast weather", 2)
     assert sorted(heard) == ["ordered", "plain"]
-    processed = traced.named("process broadcast weather")
     assert len(processed) == 2
     for process in processed:
         assert_child(process, send)
@@ -263,9 +268,10 @@ async def test_hostile_trace_headers_are_ignored(open_comm: OpenComm, names: Nam
     assert sorted(got, key=str) == sorted([*range(len(HOSTILE_HEADERS)), "after"], key=str)
     processed = traced.named(f"process task {names.task_queue}")
     assert len(processed) == len(HOSTILE_HEADERS) + 1
-    sent = await traced.one(f"send task {names.task_queue}")
+    sent = (await traced.one(f"send task {names.task_queue}")).context
+    assert sent is not None
     children = [span for span in processed
-                if span.parent is not None and span.parent.span_id == sent.context.span_id]  # type: ignore[union-attr]
+                if span.parent is not None and span.parent.span_id == sent.span_id]
     assert len(children) == 1
     # The rest start traces of their own, except the last: its traceparent is valid (only
     # its tracestate and baggage are garbage), so its span joins that remote trace.
