@@ -8,9 +8,10 @@ conventions.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
@@ -85,6 +86,9 @@ class OpenTelemetryTracer:
                         parent) as span:
             yield _ProcessSpan(span)
 
+    def carried(self) -> AbstractContextManager[None]:
+        return _attached(otel_context.get_current())  # now, in the calling thread
+
     @contextmanager
     def _span(self, name: str, kind: SpanKind, attributes: dict[str, AttributeValue],
               parent: Context | None) -> Iterator[Span]:
@@ -100,6 +104,15 @@ class OpenTelemetryTracer:
             except Exception as exc:
                 _mark_failed(span, exc)
                 raise
+
+
+@contextmanager
+def _attached(context: Context) -> Iterator[None]:
+    token = otel_context.attach(context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
 
 
 def _name(operation: str, kind: str, label: str) -> str:

@@ -53,12 +53,16 @@ class Tracer(Protocol):
                    conversation_id: Any) -> AbstractContextManager[ProcessSpan | None]:
         """A span around handling a message that came with ``headers`` (a peer's values)."""
 
+    def carried(self) -> AbstractContextManager[None]:
+        """The calling thread's trace context, made current where this is entered."""
+
 
 _tracer: Tracer | None = None
 
 # What sending() and processing() give when tracing is off (reusable: nullcontext is).
 _NO_HEADERS: AbstractContextManager[Mapping[str, str]] = nullcontext(MappingProxyType({}))
 _NO_SPAN: AbstractContextManager[ProcessSpan | None] = nullcontext(None)
+_NOTHING: AbstractContextManager[None] = nullcontext()
 
 
 def enable_tracing(tracer_provider: TracerProvider | None = None) -> None:
@@ -112,6 +116,19 @@ def processing(kind: str, label: str, *, destination: str, headers: Mapping[str,
         return _NO_SPAN
     return _tracer.processing(kind, label, destination=destination, headers=headers,
                               conversation_id=conversation_id)
+
+
+def carried() -> AbstractContextManager[None]:
+    """The caller's trace context, to enter in the Trio task that works on its behalf.
+
+    For kiwitrio_sync: a blocking call runs in a task of the portal thread, where the caller
+    thread's current span would not be seen (OpenTelemetry's context is a context variable);
+    entered there, the sends it makes are children of the caller's span. Taken now, entered
+    once.
+    """
+    if _tracer is None:
+        return _NOTHING
+    return _tracer.carried()
 
 
 def failed(span: ProcessSpan | None, exc: BaseException) -> None:
