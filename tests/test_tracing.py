@@ -229,23 +229,6 @@ async def test_a_failed_send_makes_its_span_an_error(open_comm: OpenComm,
     assert "UnroutableError" in (send.status.description or "")
 
 
-def test_a_blocking_send_is_a_child_of_the_calling_threads_span(names: Names,
-                                                                 traced: Traced) -> None:
-    # kiwitrio_sync's call runs in its portal thread's Trio task; the caller's span goes along.
-    import kiwitrio_sync
-
-    kwargs = {**names.kwargs(), "task_queue": names.task_queue}
-    with kiwitrio_sync.connect(f"memory://{names.prefix}", **kwargs) as comm:
-        comm.add_task_subscriber(lambda _comm, task: task + 1)
-        with traced.tracer.start_as_current_span("caller") as caller:
-            assert comm.task_send(1).result(timeout=DEADLINE) == 2
-    send = traced.named(f"send task {names.task_queue}")
-    process = traced.named(f"process task {names.task_queue}")
-    assert len(send) == len(process) == 1
-    assert_child(send[0], caller)
-    assert_child(process[0], send[0])
-
-
 #: What a peer can put where the trace context goes; none of it may matter.
 HOSTILE_HEADERS: Sequence[dict[str, Any]] = [
     {"traceparent": "garbage"},
