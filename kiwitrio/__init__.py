@@ -40,6 +40,7 @@ from ._errors import (
 from ._gather import ResultsAsCompleted, as_completed
 from ._replies import ResultHandle
 from ._tasks import IncomingTask, TaskOutcome, TaskQueue
+from ._tracing import disable_tracing, enable_tracing
 from ._version import __version__
 
 # A library logs through the standard logging module and prints nothing unless the
@@ -85,5 +86,7 @@ __all__ = [
     "cbor_decoder",
     "cbor_encode",
     "current_delivery",
+    "disable_tracing",
+    "enable_tracing",
     "open_communicator",
 ]

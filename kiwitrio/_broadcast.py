@@ -29,7 +29,7 @@ from typing import Any
 
 import trio
 
-from . import _metrics
+from . import _metrics, _tracing
 from ._backends import (
     Consumer,
     Delivery,
@@ -226,11 +226,14 @@ class BroadcastHub:
             raise ValueError(f"a broadcast sender must be at most {MAX_SENDER_LENGTH} characters")
         envelope = {"body": body, "sender": sender, "subject": subject,
                     "correlation_id": correlation_id}
-        message = OutgoingMessage(self._ctx.encode(envelope), self._ctx.content_type,
-                                  expiration_ms=BROADCAST_TTL_MS)
+        encoded = self._ctx.encode(envelope)
         started = _metrics.now()
         try:
-            await self._publish(routing_key, message)
+            with _tracing.sending("broadcast", routing_key, destination=self._exchange,
+                                  routing_key=routing_key) as headers:
+                await self._publish(routing_key, OutgoingMessage(
+                    encoded, self._ctx.content_type, headers=headers,
+                    expiration_ms=BROADCAST_TTL_MS))
             _metrics.record_sent("broadcast", started)
         except DeliveryFailed as exc:
             if not is_negative_ack(exc):
@@ -329,22 +332,25 @@ class BroadcastHub:
                     continue
                 # Here, in arrival order (the handlers below run in any order).
                 for feed in list(self._ordered.values()):
-                    await feed.put(envelope)
+                    await feed.put(envelope, delivery)
                 handlers.start_soon(self._ctx.guard, delivery, "broadcast",
                                     functools.partial(self._handle, envelope=envelope))
 
     async def _feed(self, feed: _OrderedFeed) -> None:
         with feed.scope:
-            async for envelope in feed.receive:
-                await self._call(feed.subscriber, envelope)
+            async for envelope, delivery in feed.receive:
+                await self._call(feed.subscriber, envelope, delivery)
 
     async def _handle(self, delivery: Delivery, envelope: dict[str, Any]) -> None:
         async with trio.open_nursery() as calls:
             for subscriber in list(self._subscribers.values()):
-                calls.start_soon(self._call, subscriber, envelope)
+                calls.start_soon(self._call, subscriber, envelope, delivery)
         await delivery.ack()
 
-    async def _call(self, subscriber: BroadcastSubscriber, envelope: dict[str, Any]) -> None:
+    async def _call(self, subscriber: BroadcastSubscriber, envelope: dict[str, Any],
+                    delivery: Delivery) -> None:
+        """Call ``subscriber`` with the broadcast ``envelope`` (which came in ``delivery``);
+        it logs what the subscriber raises. Cancelled with the caller."""
         started = _metrics.now()
         try:
             # The filter too: it sees the sender's values (a regex filter, an == filter).
@@ -352,9 +358,12 @@ class BroadcastHub:
                 if subscriber.is_filtered(envelope["sender"], envelope["subject"]):
                     return
                 subscriber = subscriber.subscriber
-            await call_subscriber(subscriber, self._ctx.communicator, envelope["body"],
-                                  envelope["sender"], envelope["subject"],
-                                  envelope["correlation_id"])
+            # The routing key: the subject, if it is a string (the sender sets it so).
+            with _tracing.processing("broadcast", delivery.routing_key,
+                                     destination=delivery.exchange, headers=delivery.headers):
+                await call_subscriber(subscriber, self._ctx.communicator, envelope["body"],
+                                      envelope["sender"], envelope["subject"],
+                                      envelope["correlation_id"])
             _metrics.record_handled("broadcast", "done", started)
         except Exception:
             logger.exception("broadcast subscriber %r raised", subscriber)
@@ -366,12 +375,14 @@ class _OrderedFeed:
 
     def __init__(self, subscriber: BroadcastSubscriber) -> None:
         self.subscriber = subscriber
-        self._send, self.receive = trio.open_memory_channel[dict[str, Any]](BROADCAST_PREFETCH)
+        # A broadcast's envelope and the delivery it came in (which has its trace context).
+        self._send, self.receive = trio.open_memory_channel[tuple[dict[str, Any], Delivery]](
+            BROADCAST_PREFETCH)
         self.scope = trio.CancelScope()
 
-    async def put(self, envelope: dict[str, Any]) -> None:
+    async def put(self, envelope: dict[str, Any], delivery: Delivery) -> None:
         try:
-            await self._send.send(envelope)
+            await self._send.send((envelope, delivery))
         except trio.ClosedResourceError:
             pass  # removed meanwhile
 

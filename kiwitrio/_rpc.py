@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from . import _metrics
+from . import _metrics, _tracing
 from ._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
 from ._context import Context, handling
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
@@ -114,11 +114,14 @@ class RpcHub:
         queue = self.queue_name(recipient_id)
         body = self._ctx.encode(msg)
         reply_to, handle = await self._replies.expect()
-        message = OutgoingMessage(body, self._ctx.content_type,
-                                  correlation_id=handle.correlation_id, reply_to=reply_to)
         started = _metrics.now()
         try:
-            await self._ctx.session.publish("", queue, message, mandatory=True)
+            with _tracing.sending("rpc", recipient_id, destination=queue, routing_key=queue,
+                                  conversation_id=handle.correlation_id) as headers:
+                message = OutgoingMessage(body, self._ctx.content_type, headers=headers,
+                                          correlation_id=handle.correlation_id,
+                                          reply_to=reply_to)
+                await self._ctx.session.publish("", queue, message, mandatory=True)
         except UnroutableError:
             self._replies.forget(handle)
             raise
@@ -180,7 +183,9 @@ class RpcHub:
 
         started = _metrics.now()
         try:
-            with handling(delivery):
+            with handling(delivery), _tracing.processing(
+                    "rpc", identifier, destination=delivery.routing_key,  # our queue
+                    headers=delivery.headers, conversation_id=delivery.correlation_id):
                 result = await call_subscriber(
                     registration.subscriber, self._ctx.communicator, msg,
                     on_pending=tell_pending if registration.pending_replies else None)

@@ -13,13 +13,13 @@ unacknowledged task to one consumer only, so no task is processed by two workers
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
 
 import trio
 
-from . import _metrics
+from . import _metrics, _tracing
 from ._admin import record_task_queue
 from ._backends import (
     DEAD_LETTER_EXCHANGE,
@@ -231,21 +231,29 @@ class TaskQueue:
         body = self.ctx.encode(task)
         started = _metrics.now()
         if no_reply:
-            await self._publish(OutgoingMessage(body, self.ctx.content_type, persistent=True))
+            with self._tracing_send(None) as headers:
+                await self._publish(OutgoingMessage(body, self.ctx.content_type,
+                                                    headers=headers, persistent=True))
             _metrics.record_sent("task", started)
             return ResultHandle.completed(None)
         reply_to, handle = await self.replies.expect()
-        message = OutgoingMessage(
-            body, self.ctx.content_type, correlation_id=handle.correlation_id,
-            reply_to=reply_to, persistent=True,
-        )
         try:
-            await self._publish(message)
+            with self._tracing_send(handle.correlation_id) as headers:
+                await self._publish(OutgoingMessage(
+                    body, self.ctx.content_type, correlation_id=handle.correlation_id,
+                    reply_to=reply_to, headers=headers, persistent=True,
+                ))
         except BaseException:
             self.replies.forget(handle)
             raise
         _metrics.record_sent("task", started)
         return handle
+
+    def _tracing_send(self, correlation_id: str | None,
+                      ) -> AbstractContextManager[Mapping[str, str]]:
+        """The tracing span of a send (kiwitrio/_tracing.py); it gives the headers to add."""
+        return _tracing.sending("task", self.name, destination=self.name,
+                                routing_key=self.name, conversation_id=correlation_id)
 
     async def _publish(self, message: OutgoingMessage) -> None:
         try:
@@ -371,20 +379,24 @@ class TaskQueue:
             await self.replies.send(delivery, pending_envelope(), persistent=True)
 
         started = _metrics.now()
-        for identifier, subscriber in list(self._subscribers.items()):
-            pending = tell_pending if identifier in self._pending_replies else None
-            try:
-                result = await call_subscriber(subscriber, self.ctx.communicator, task,
-                                               on_pending=pending)
-            except TaskRejected:
-                continue
-            except Exception as exc:
-                logger.info("task subscriber raised %s; sending it back to the sender",
-                            describe_error(exc))
-                _metrics.record_handled("task", "failed", started)
-                return exception_envelope(exc)
-            _metrics.record_handled("task", "done", started)
-            return result_envelope(result)
+        with _tracing.processing("task", self.name, destination=self.name,
+                                 headers=delivery.headers,
+                                 conversation_id=delivery.correlation_id) as span:
+            for identifier, subscriber in list(self._subscribers.items()):
+                pending = tell_pending if identifier in self._pending_replies else None
+                try:
+                    result = await call_subscriber(subscriber, self.ctx.communicator, task,
+                                                   on_pending=pending)
+                except TaskRejected:
+                    continue
+                except Exception as exc:
+                    logger.info("task subscriber raised %s; sending it back to the sender",
+                                describe_error(exc))
+                    _metrics.record_handled("task", "failed", started)
+                    _tracing.failed(span, exc)
+                    return exception_envelope(exc)
+                _metrics.record_handled("task", "done", started)
+                return result_envelope(result)
         _metrics.record_handled("task", "rejected", started)
         return None
 

@@ -16,11 +16,12 @@ import concurrent.futures
 import os
 import threading
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import trio
 
-from kiwitrio import CommunicatorClosed, KiwitrioError
+from kiwitrio import CommunicatorClosed, KiwitrioError, _tracing
 from kiwitrio._bridge import block_process_signals
 
 __all__ = ["BlockingCallInPortal", "Portal"]
@@ -113,8 +114,10 @@ class Portal:
         self.check_usable()
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
         assert self._token is not None
+        # The caller's trace context (if tracing is on): what the call sends is its child.
+        carried = _tracing.carried()
         try:
-            self._token.run_sync_soon(self._spawn, future, fn, args)
+            self._token.run_sync_soon(self._spawn, future, fn, args, carried)
         except trio.RunFinishedError:
             raise CommunicatorClosed("the portal thread has stopped") from None
         return future
@@ -159,15 +162,16 @@ class Portal:
     # -- in the portal thread ----------------------------------------------------------------
 
     def _spawn(self, future: concurrent.futures.Future[T], fn: Callable[..., Awaitable[T]],
-               args: tuple[Any, ...]) -> None:
+               args: tuple[Any, ...], carried: AbstractContextManager[None]) -> None:
         if future.cancelled():
             return
         assert self._nursery is not None
-        self._nursery.start_soon(self._run_call, future, fn, args)
+        self._nursery.start_soon(self._run_call, future, fn, args, carried)
 
     @staticmethod
     async def _run_call(future: concurrent.futures.Future[T],
-                        fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> None:
+                        fn: Callable[..., Awaitable[T]], args: tuple[Any, ...],
+                        carried: AbstractContextManager[None]) -> None:
         with trio.CancelScope() as scope:
             token = trio.lowlevel.current_trio_token()
 
@@ -180,7 +184,8 @@ class Portal:
 
             future.add_done_callback(cancel_if_cancelled)
             try:
-                result = await fn(*args)
+                with carried:
+                    result = await fn(*args)
             except trio.Cancelled:
                 future.cancel()
                 raise

@@ -26,11 +26,12 @@ def test_loggers_have_public_names() -> None:
 
     for package in (kiwitrio, kiwitrio_sync):
         for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            if module.name.endswith(("_prometheus", "_trio_asyncio")):
+            if module.name.endswith(("_prometheus", "_opentelemetry", "_trio_asyncio")):
                 continue  # optional extras; their loggers are checked where they import
             importlib.import_module(module.name)
     names = [name for name in logging.Logger.manager.loggerDict
              if name.split(".")[0] in ("kiwitrio", "kiwitrio_sync")]
     private = [name for name in names if any(part.startswith("_") for part in name.split("."))]
     assert "kiwitrio.tasks" in names
+    assert "kiwitrio.tracing" in names  # kiwitrio/_tracing.py's; _opentelemetry logs there
     assert private == []
