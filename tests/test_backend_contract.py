@@ -7,9 +7,9 @@ Each test runs on both (the ``backend`` fixture); what only the memory broker ca
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import trio
@@ -31,6 +31,8 @@ from kiwitrio.backends import open_session
 from .conftest import AMQP_URL, Names
 
 pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
 
 #: How long a delivery the test expects may take to arrive.
 ARRIVAL = 5.0
@@ -97,12 +99,28 @@ async def receive(consumer: Consumer) -> Delivery:
         return await consumer.deliveries.receive()
 
 
-async def get_within(session: Session, queue: str) -> Delivery:
-    """``basic.get`` until a message is there (a dead-lettered one takes a moment)."""
+async def eventually(check: Callable[[], Awaitable[T | None]]) -> T:
+    """Ask the broker until ``check()`` gives something: there is no event to wait on for a
+    queue's state (a dead-lettered message, say, takes a moment to arrive)."""
     with trio.fail_after(ARRIVAL):
-        while (delivery := await session.get(queue)) is None:
+        while True:
+            found = await check()
+            if found is not None:
+                return found
             await trio.sleep(0.02)
-        return delivery
+
+
+async def get_within(session: Session, queue: str) -> Delivery:
+    """``basic.get`` until a message is there."""
+    return await eventually(lambda: session.get(queue))
+
+
+async def queue_holds(session: Session, queue: str, count: int) -> None:
+    async def holds() -> bool | None:
+        stats = await session.inspect_queue(queue)
+        return True if stats is not None and stats.messages == count else None
+
+    await eventually(holds)
 
 
 async def nothing_more(consumer: Consumer) -> None:
@@ -213,9 +231,7 @@ async def test_inspect_purge_and_delete(session: Session, backend: Backend) -> N
     await consumer.cancel()
     await session.publish("", queue, message(), mandatory=True)
     # The delivered one went back: two messages go with the queue.
-    with trio.fail_after(ARRIVAL):
-        while (await session.inspect_queue(queue) or stats).messages < 2:
-            await trio.sleep(0.02)
+    await queue_holds(session, queue, 2)
     assert await session.delete_queue(queue) == 2
     assert await session.inspect_queue(queue) is None
     assert await session.delete_queue(queue) == 0  # idempotent
@@ -262,12 +278,7 @@ async def test_cancel_gives_back_what_was_not_taken(session: Session, backend: B
     for body in (b"1", b"2", b"3"):
         await session.publish("", queue, message(body), mandatory=True)
     taken = await receive(consumer)
-    with trio.fail_after(ARRIVAL):  # the other two reach the buffer
-        while True:
-            stats = await session.inspect_queue(queue)
-            if stats is not None and stats.messages == 0:
-                break
-            await trio.sleep(0.02)
+    await queue_holds(session, queue, 0)  # the other two reached the buffer
     await consumer.cancel()
     # Taken stays ours to settle; the two buffered ones went back to the queue.
     back = [await get_within(session, queue) for _ in range(2)]
