@@ -60,6 +60,9 @@ class Backend:
         return self._names.unique(label)
 
     async def queue(self, session: Session, label: str, **spec: Any) -> str:
+        # Durable unless exclusive: a strict RabbitMQ 4 refuses transient shared queues (and
+        # closes the connection for it), as the 4.3 node of the test matrix is set up to.
+        spec.setdefault("durable", not spec.get("exclusive", False))
         name = await session.declare_queue(QueueSpec(self.name(label), **spec))
         self._queues.append(name)
         return name
@@ -374,3 +377,31 @@ async def test_calls_after_close_raise_communicator_closed(backend: Backend) -> 
         await closing.publish("", queue, message(), mandatory=True)
     with pytest.raises(kiwitrio.CommunicatorClosed):
         await closing.declare_queue(QueueSpec(queue))
+
+
+# -- queue expiry (x-expires: testing mode's queues, lease queues) -------------------------------
+
+
+async def test_an_unused_queue_expires_and_a_used_one_does_not(session: Session,
+                                                               backend: Backend) -> None:
+    unused = await backend.queue(session, "unused", arguments={"x-expires": 300})
+    consumed = await backend.queue(session, "consumed", arguments={"x-expires": 300})
+    consumer = await session.consume(consumed, prefetch_count=1)
+
+    def gone(queue: str) -> Callable[[], Awaitable[bool | None]]:
+        # Asked by publishing: a passive declare (inspect_queue) would count as a use, and
+        # keep the queue alive, on RabbitMQ as in memory.
+        async def check() -> bool | None:
+            try:
+                await session.publish("", queue, message(), mandatory=True)
+            except kiwitrio.UnroutableError:
+                return True
+            return None
+
+        return check
+
+    await eventually(gone(unused))
+    # Consumed all along: still there, well past its expiry time.
+    assert await session.inspect_queue(consumed) is not None
+    await consumer.cancel()
+    await eventually(gone(consumed))  # unused since its consumer left

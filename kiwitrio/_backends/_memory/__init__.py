@@ -9,12 +9,19 @@ in the current Trio run. It mimics what RabbitMQ does for the vocabulary of
   with their last binding;
 * queues: per-queue FIFO, server-named ``amq.gen-...`` queues, exclusive queues owned by one
   session and deleted when it closes, auto-delete queues deleted when their last consumer
-  goes, per-message TTL, dead-lettering with an ``x-death`` header;
+  goes, per-message TTL, dead-lettering with an ``x-death`` header, queue expiry
+  (``x-expires``; a passive declare renews it, as on RabbitMQ);
 * consumers get at most ``prefetch_count`` unsettled deliveries, round-robin;
 * ``publish`` returns once the message sits in every queue it was routed to (the "confirm").
 
-Errors RabbitMQ reports as channel errors (NOT_FOUND, PRECONDITION_FAILED, ACCESS_REFUSED,
-RESOURCE_LOCKED) raise :class:`~kiwitrio.DeliveryFailed`; the session stays usable. Messages
+Not enforced: length limits (``x-max-length``, ``x-overflow``: kiwitrio sets them only on the
+task queue catalogue, which holds one entry per task queue), and RabbitMQ 4's refusal of
+transient non-exclusive queues (kiwitrio declares none).
+
+Errors RabbitMQ reports as channel errors raise :class:`~kiwitrio.DeliveryFailed`, of the
+same types as the AMQP backend's (tests/test_backend_contract.py): EntityNotFound for
+NOT_FOUND, DeclarationMismatch for an inequivalent redeclaration, QueueInUse for
+RESOURCE_LOCKED; the session stays usable. Messages
 are not persisted: ``durable`` and ``persistent`` are recorded or ignored, never written down.
 
 All broker work is synchronous and happens inside the awaiting call; there are no background

@@ -159,6 +159,16 @@ class _Queue:
     deleted: bool = False
     #: Guards against re-entrant dispatch (dead-lettering can route back into this queue).
     dispatching: bool = False
+    #: When it was last used (declared, fetched from, consumed): ``x-expires`` counts from it.
+    last_used: float = 0.0
+
+    def expires_at(self) -> float | None:
+        """When ``x-expires`` deletes it if nothing uses it meanwhile (RabbitMQ: no
+        consumers, no redeclaration, no ``basic.get``); ``None`` if it never expires."""
+        ttl = self.arguments.get("x-expires")
+        if not isinstance(ttl, int) or ttl <= 0 or self.consumers:
+            return None
+        return self.last_used + ttl / 1000
 
     def difference(self, spec: QueueSpec) -> DeclarationMismatch | None:
         """What makes redeclaring with ``spec`` inequivalent (RabbitMQ's
@@ -216,17 +226,30 @@ class _Broker:
         self._expiry_changed = trio.Event()
 
     async def expire_forever(self) -> None:
-        """Dead-letter messages as they expire at the heads of their queues."""
+        """Dead-letter messages as they expire at the heads of their queues, and delete the
+        queues that ``x-expires`` says are unused for too long."""
         while True:
             heads = [q.messages[0].expires_at for q in self.queues.values()
                      if q.messages and q.messages[0].expires_at is not None]
+            unused = [at for q in self.queues.values() if (at := q.expires_at()) is not None]
             # Just past the deadline: a message expires strictly after it (see expired()).
-            with trio.move_on_at(min(heads) + 1e-6 if heads else math.inf):
+            with trio.move_on_at(min(heads + unused) + 1e-6 if heads or unused else math.inf):
                 await self._expiry_changed.wait()
             self._expiry_changed = trio.Event()
             now = trio.current_time()
             for queue in list(self.queues.values()):
-                self.dispatch(queue, now)
+                expires_at = queue.expires_at()
+                if expires_at is not None and expires_at < now:
+                    self.delete_queue(queue)
+                else:
+                    self.dispatch(queue, now)
+
+    def use(self, queue: _Queue) -> None:
+        """``queue`` was used (declared, fetched from, consumed or left by a consumer): its
+        ``x-expires`` clock starts again."""
+        queue.last_used = trio.current_time()
+        if "x-expires" in queue.arguments:  # the expiry clock need not wake for the others
+            self._expiry_changed.set()
 
     # Exchanges
 
@@ -289,6 +312,7 @@ class _Broker:
         mismatch = existing.difference(spec)
         if mismatch is not None:
             raise mismatch
+        self.use(existing)
         return existing
 
     def _create_queue(self, name: str, spec: QueueSpec, session: _MemorySession) -> _Queue:
@@ -301,6 +325,7 @@ class _Broker:
             owner=session if spec.exclusive else None,
         )
         self.queues[name] = queue
+        self.use(queue)
         return queue
 
     def _fresh_queue_name(self) -> str:

@@ -156,6 +156,7 @@ class _MemorySession(Session):
         if queue is None:
             return None
         queue.check_access(self)  # as RabbitMQ: another connection's exclusive queue is locked
+        self._broker.use(queue)  # a passive declare renews x-expires, as RabbitMQ's does
         return QueueStats(messages=len(queue.messages), consumers=len(queue.consumers))
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
@@ -189,6 +190,7 @@ class _MemorySession(Session):
         """Take the head message (``basic.get`` without auto-ack); ``None`` if none is left."""
         await self._enter()
         source = self._broker.queue(queue, self)
+        self._broker.use(source)
         now = trio.current_time()
         # Let dispatch clear expired messages off the head first.
         self._broker.dispatch(source, now)
@@ -209,6 +211,7 @@ class _MemorySession(Session):
         consumer = _MemoryConsumer(self, source, prefetch_count, exclusive=exclusive)
         self._consumers[consumer] = None
         source.consumers.append(consumer)
+        self._broker.use(source)
         self._broker.dispatch(source, trio.current_time())
         return consumer
 
@@ -326,6 +329,7 @@ class _MemoryConsumer(Consumer):
         if self._stopped:
             return []
         self._queue.consumers.remove(self)
+        self._session._broker.use(self._queue)  # unused from now on, maybe
         buffered: list[_MemoryDelivery] = []
         while True:
             try:
