@@ -124,7 +124,7 @@ class Context:
 
         Bodies larger than :data:`OFF_THREAD_BYTES` are decoded in a worker thread, one at a
         time per communicator: the Trio thread goes on serving meanwhile. (The default
-        decoder also hands the GIL back regularly on those: see kiwitrio._cbor_bounded.)
+        decoder also hands the GIL back regularly on those: see kiwitrio._codec.)
         """
         body = delivery.body
         if len(body) > self.max_message_size:

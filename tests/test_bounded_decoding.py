@@ -16,7 +16,8 @@ import pytest
 import trio
 
 import kiwitrio
-import kiwitrio._cbor_bounded as bounded
+import kiwitrio._codec._bounded as bounded
+import kiwitrio._codec._scanner as scanner
 from kiwitrio import DecodeLimits, cbor_decode, cbor_decoder, cbor_encode
 from kiwitrio._backends import OutgoingMessage
 
@@ -103,7 +104,7 @@ def _random_value(rng: random.Random, depth: int = 0) -> Any:
 def _reference_decode(data: bytes) -> Any:
     """cbor2 without limits, with kiwitrio's one tag of its own."""
     return cbor2.loads(data, semantic_decoders={
-        bounded.NAIVE_DATETIME_TAG: lambda value, _immutable: (
+        kiwitrio._codec.NAIVE_DATETIME_TAG: lambda value, _immutable: (
             datetime.datetime.fromisoformat(value))})
 
 
@@ -119,14 +120,14 @@ def test_values_decode_as_cbor2_decodes_them_on_every_path(
     expected = [_reference_decode(cbor_encode(value)) for value in values]
     assert [decode(cbor_encode(value)) for value in values] == expected  # mostly fast path
     monkeypatch.setattr(bounded, "FAST_PATH_BYTES", 0)  # scanned
-    monkeypatch.setattr(bounded, "SLICE_ITEMS", slice_items)  # and put together
+    monkeypatch.setattr(scanner, "SLICE_ITEMS", slice_items)  # and put together
     assert [decode(cbor_encode(value)) for value in values] == expected
 
 
 def test_indefinite_lengths_decode_as_cbor2_decodes_them(monkeypatch: pytest.MonkeyPatch,
                                                          ) -> None:
     monkeypatch.setattr(bounded, "FAST_PATH_BYTES", 0)
-    monkeypatch.setattr(bounded, "SLICE_ITEMS", 3)
+    monkeypatch.setattr(scanner, "SLICE_ITEMS", 3)
     text = b"\x7f\x63abc\x62de\xff"  # "abcde" in two chunks
     data = b"\x5f\x42\x00\x01\x41\x02\xff"  # b"\x00\x01\x02"
     bodies = [
@@ -155,7 +156,7 @@ def test_large_containers_are_decoded_in_slices(monkeypatch: pytest.MonkeyPatch)
     value = {"body": [[i, "x"] for i in range(100_000)], "more": list(range(50_000))}
     assert cbor_decode(cbor_encode(value)) == value
     # [i, "x"] is at most 9 + 2 + 1 bytes and 3 items, an int at most 5 bytes.
-    assert max(calls) <= (bounded.SLICE_ITEMS // 3) * 12 + 16, max(calls)
+    assert max(calls) <= (kiwitrio._codec.SLICE_ITEMS // 3) * 12 + 16, max(calls)
     assert len(calls) > 50
 
 

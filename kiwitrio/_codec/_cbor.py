@@ -10,7 +10,7 @@ lists, except as dict keys, where they stay tuples.
 
 :func:`cbor_decode` decodes what strangers send: it enforces :class:`DecodeLimits` while
 decoding (accepted tags, big integers, nesting, declared lengths, decoded size, hashed keys;
-see :mod:`kiwitrio._cbor_bounded`), and :func:`cbor_decoder` makes one with other limits.
+see :mod:`kiwitrio._codec._bounded`), and :func:`cbor_decoder` makes one with other limits.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 import cbor2
 
-from ._cbor_bounded import NAIVE_DATETIME_TAG, BoundedCborDecoder, DecodeLimits
+from ._bounded import BoundedCborDecoder
+from ._policy import NAIVE_DATETIME_TAG, DecodeLimits
 
 __all__ = ["CBOR_CONTENT_TYPE", "DecodeLimits", "Decoder", "Encoder", "cbor_decode",
            "cbor_decoder", "cbor_encode"]
