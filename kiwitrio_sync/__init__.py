@@ -36,7 +36,7 @@ from kiwitrio import (
 from ._alias import install_kiwipy_alias, remove_kiwipy_alias
 from ._communicator import Communicator, IncomingTask, TaskQueue, connect
 from ._kiwipy import RmqThreadCommunicator, RmqThreadIncomingTask, RmqThreadTaskQueue
-from ._kiwipy_api import ConnectionLost, InvalidStateError, OperationTimeout
+from ._kiwipy._api import ConnectionLost, InvalidStateError, OperationTimeout
 from ._portal import BlockingCallInPortal, Portal
 
 #: The futures kiwitrio_sync returns (as in kiwiPy).

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .._kiwipy_api import KiwipyCommunicator
+from .._kiwipy._api import KiwipyCommunicator
 from . import futures
 from .exceptions import (
     CommunicatorClosed,

@@ -18,7 +18,7 @@ from kiwitrio import (
     UnroutableError,
 )
 
-from .._kiwipy_api import InvalidStateError
+from .._kiwipy._api import InvalidStateError
 
 TimeoutError = concurrent.futures.TimeoutError  # kiwiPy's name
 

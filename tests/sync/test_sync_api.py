@@ -216,7 +216,7 @@ def _state(comm: kiwitrio_sync.Communicator) -> kiwitrio_sync.ConnectionState:
 
 
 def test_kiwipy_connection_params_and_generated_identifiers(names: Names) -> None:
-    from kiwitrio_sync._kiwipy import _url_from_params
+    from kiwitrio_sync._kiwipy._communicator import _url_from_params
 
     from ..conftest import AMQP_URL
 
