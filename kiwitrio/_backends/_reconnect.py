@@ -42,6 +42,7 @@ from ._base import (
     Session,
     drain,
 )
+from ._buffer import DeliveryBuffer
 from ._policy import ConnectionState, ReconnectPolicy
 
 __all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
@@ -406,9 +407,8 @@ class _ResilientConsumer(Consumer):
         self._prefetch_count = prefetch_count
         # Exclusive again on every connection (the broker forgets with the old one).
         self._exclusive = exclusive
-        self._send, receive = trio.open_memory_channel[Delivery](prefetch_count)
-        self._reclaim = receive.clone()
-        self.deliveries = _FreshDeliveries(receive)
+        self._buffer = DeliveryBuffer(prefetch_count)
+        self.deliveries = _FreshDeliveries(self._buffer.deliveries)
         self._inner: Consumer | None = None
         self._cancelled = False
 
@@ -424,9 +424,9 @@ class _ResilientConsumer(Consumer):
         async for delivery in drain(inner.deliveries):
             try:
                 try:
-                    self._send.send_nowait(delivery)
+                    self._buffer.put_nowait(delivery)
                 except trio.WouldBlock:
-                    await self._send.send(delivery)
+                    await self._buffer.put(delivery)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 await delivery.reject(requeue=True)
         if not self._cancelled and self._session.is_current(inner_session):
@@ -473,15 +473,9 @@ class _ResilientConsumer(Consumer):
                 await inner.cancel()
             except (ConnectionFailed, CommunicatorClosed, DeliveryFailed):
                 pass  # its connection is gone, and with it the consumer
-        while True:
-            try:
-                delivery = self._reclaim.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        for delivery in self._buffer.take_back():
             if not delivery.stale:
                 await delivery.reject(requeue=True)
-        self._send.close()
-        self._reclaim.close()
 
 
 def _redacted(urls: Sequence[str]) -> list[str]:

@@ -18,6 +18,7 @@ from .._base import (
     Consumer,
     Delivery,
 )
+from .._buffer import DeliveryBuffer
 
 if TYPE_CHECKING:
     from ._session import _AmqpSession
@@ -132,17 +133,15 @@ class _AmqpConsumer(Consumer):
         self.queue = queue
         self._exclusive = exclusive
         self._channel = channel
-        self._send, self.deliveries = trio.open_memory_channel[Delivery](prefetch_count)
-        # A second receiving end on the same buffer, used only by cancel() to take back
-        # deliveries that nobody received.
-        self._reclaim = self.deliveries.clone()
+        self._buffer = DeliveryBuffer(prefetch_count)
+        self.deliveries = self._buffer.deliveries
         self._tag: str | None = None
         self._cancelled = False
         self._unsettled = 0
 
     def end(self) -> None:
         """End the delivery stream (channel or connection closed). Trio side."""
-        self._send.close()
+        self._buffer.end()
 
     def _on_channel_closed(self, *_args: Any) -> None:
         # asyncio side: a channel closed by the broker (queue deleted, consumer timeout...)
@@ -180,7 +179,6 @@ class _AmqpConsumer(Consumer):
         logger.warning("the broker cancelled the consumer of %r (its queue deleted, or a "
                        "delivery unacknowledged past the consumer timeout)", self.queue)
         self._cancelled = True
-        self._send.close()
         self._requeue_buffered()
         if self._unsettled == 0:
             self._session.spawn_close_channel(self._channel)
@@ -197,7 +195,7 @@ class _AmqpConsumer(Consumer):
             self._give_back(message)
             return
         try:
-            self._send.send_nowait(_AmqpDelivery(self._session, message, self))
+            self._buffer.put_nowait(_AmqpDelivery(self._session, message, self))
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             # The stream was ended (the connection closing, at Ctrl-C say) while this
             # delivery was on its way over from asyncio: normal, and the broker has it back
@@ -235,19 +233,13 @@ class _AmqpConsumer(Consumer):
                     ConnectionError):
                 pass
         self._requeue_buffered()
-        self._send.close()
-        self._reclaim.close()
         if self._unsettled == 0:
             self._session.spawn_close_channel(self._channel)
         await trio.lowlevel.checkpoint()
 
     def _requeue_buffered(self) -> None:
-        """Give back the deliveries buffered that nobody received (Trio side)."""
-        while True:
-            try:
-                delivery = self._reclaim.receive_nowait()
-            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                break
+        """End the stream; give back the deliveries buffered that nobody received (Trio side)."""
+        for delivery in self._buffer.take_back():
             assert isinstance(delivery, _AmqpDelivery)
             delivery.reject_soon(requeue=True)
 

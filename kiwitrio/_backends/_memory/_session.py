@@ -22,6 +22,7 @@ from .._base import (
     QueueStats,
     Session,
 )
+from .._buffer import DeliveryBuffer
 from ._broker import _PRODUCT, _Broker, _Message, _Outcome, _Queue
 
 __all__ = ["open_memory_session"]
@@ -296,16 +297,12 @@ class _MemoryConsumer(Consumer):
                  exclusive: bool = False) -> None:
         #: The queue's only consumer while it lasts (see _MemorySession.consume).
         self.exclusive = exclusive
-        send, receive = trio.open_memory_channel[Delivery](prefetch_count)
-        self.deliveries = receive
+        self._buffer = DeliveryBuffer(prefetch_count)
+        self.deliveries = self._buffer.deliveries
         self.queue = queue.name
         self._session = session
         self._queue = queue
         self._prefetch_count = prefetch_count
-        self._send = send
-        # Our own receive handle, to take back what the caller has not received even if the
-        # caller closed theirs (which would otherwise discard the buffer or break sends).
-        self._backdoor = receive.clone()
         self._in_flight = 0
         self._stopped = False
 
@@ -315,7 +312,7 @@ class _MemoryConsumer(Consumer):
     def _deliver(self, message: _Message) -> None:
         delivery = self._session._hand_out(message, self._queue, self)
         self._in_flight += 1
-        self._send.send_nowait(delivery)
+        self._buffer.put_nowait(delivery)
 
     async def cancel(self) -> None:
         """Stop deliveries and requeue buffered ones; the channel then ends. Idempotent."""
@@ -330,23 +327,15 @@ class _MemoryConsumer(Consumer):
             return []
         self._queue.consumers.remove(self)
         self._session._broker.use(self._queue)  # unused from now on, maybe
-        buffered: list[_MemoryDelivery] = []
-        while True:
-            try:
-                delivery = self._backdoor.receive_nowait()
-            except trio.WouldBlock:
-                break
-            assert isinstance(delivery, _MemoryDelivery)
-            buffered.append(delivery)
+        buffered = self._buffer.take_back()
         self._end()
-        return buffered
+        return [delivery for delivery in buffered if isinstance(delivery, _MemoryDelivery)]
 
     def _end(self) -> None:
         """End the channel: receivers see what is still buffered, then ``EndOfChannel``."""
         self._stopped = True
         self._session._consumers.pop(self, None)
-        self._send.close()
-        self._backdoor.close()
+        self._buffer.end()
 
 
 class _MemoryDelivery(Delivery):
