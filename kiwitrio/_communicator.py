@@ -166,16 +166,7 @@ async def _serve(session: Session, settings: _Settings) -> AsyncIterator[Communi
     comm: Communicator | None = None
     try:
         async with trio.open_nursery() as nursery:
-            ctx = Context(session=session, nursery=nursery, encoder=settings.encoder,
-                          decoder=settings.decoder, content_type=settings.content_type,
-                          communicator=None, testing_mode=settings.testing_mode,
-                          max_message_size=settings.max_message_size,
-                          task_lease=settings.task_lease,
-                          trusted_reply_users=settings.trusted_reply_users)
-            comm = Communicator(ctx, message_exchange=settings.message_exchange,
-                                task_exchange=settings.task_exchange,
-                                task_queue=settings.task_queue,
-                                task_prefetch_count=settings.task_prefetch_count)
+            comm = Communicator(session, nursery, settings)
             try:
                 await comm._declare()
                 yield comm
@@ -198,20 +189,24 @@ class Communicator:
     thread); either may return an awaitable or a ``concurrent.futures.Future``.
     """
 
-    def __init__(self, ctx: Context, *, message_exchange: str, task_exchange: str,
-                 task_queue: str, task_prefetch_count: int) -> None:
-        ctx.communicator = self
-        ctx.redeclare_exchanges = self._declare_exchanges
-        self._ctx = ctx
+    def __init__(self, session: Session, nursery: trio.Nursery, settings: _Settings) -> None:
+        self._ctx = ctx = Context(
+            session=session, nursery=nursery, encoder=settings.encoder,
+            decoder=settings.decoder, content_type=settings.content_type, communicator=self,
+            redeclare_exchanges=self._declare_exchanges, testing_mode=settings.testing_mode,
+            max_message_size=settings.max_message_size, task_lease=settings.task_lease,
+            trusted_reply_users=settings.trusted_reply_users)
+        message_exchange = settings.message_exchange
         self._message_exchange = message_exchange
-        self._task_exchange = task_exchange
+        self._task_exchange = settings.task_exchange
         self._replies = ReplyRouter(ctx, prefix=message_exchange)
         self._rpc = RpcHub(ctx, self._replies, exchange=message_exchange)
         self._broadcasts = BroadcastHub(ctx, exchange=message_exchange)
         self._control = ControlHub(ctx, self._replies, message_exchange=message_exchange,
                                    describe=self._describe)
         self._task_queues: dict[str, TaskQueue] = {}
-        self._default_queue = self._new_task_queue(task_queue, task_prefetch_count)
+        self._default_queue = self._new_task_queue(settings.task_queue,
+                                                   settings.task_prefetch_count)
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -82,6 +82,8 @@ class Context:
     content_type: str
     #: Passed as first argument to subscribers.
     communicator: Any
+    #: Declares the communicator's exchanges again (after someone deleted one).
+    redeclare_exchanges: Callable[[], Awaitable[None]]
     testing_mode: bool
     #: Larger message bodies are refused when sending and dead-lettered when received.
     max_message_size: int = 64 * 1024 * 1024
@@ -89,8 +91,6 @@ class Context:
     task_lease: float | None = None
     #: Replies are accepted only from these logins (the broker-checked ``user_id``), if set.
     trusted_reply_users: frozenset[str] | None = None
-    #: Declares the communicator's exchanges again (after someone deleted one).
-    redeclare_exchanges: Callable[[], Awaitable[None]] | None = None
     closed: bool = False
     #: Extra queue arguments for durable queues in testing mode (expire when unused).
     testing_queue_arguments: Mapping[str, Any] = field(

@@ -261,8 +261,6 @@ class TaskQueue:
         except EntityNotFound:
             # The exchange was deleted under us (an auto-delete one in testing mode, or by
             # hand): declare what we need again, once, and retry.
-            if self.ctx.redeclare_exchanges is None:
-                raise
             await self.ctx.redeclare_exchanges()
             await self.declare()
             await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
