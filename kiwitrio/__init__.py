@@ -18,7 +18,7 @@ from ._codec import (
     cbor_decoder,
     cbor_encode,
 )
-from ._communicator import DEFAULT_URL, Communicator, open_communicator
+from ._communicator import DEFAULT_URL, Communicator, CommunicatorOptions, open_communicator
 from ._context import DeliveryInfo, current_delivery
 from ._control import CommunicatorInfo, InFlightTask
 from ._errors import (
@@ -54,6 +54,7 @@ __all__ = [
     "Communicator",
     "CommunicatorClosed",
     "CommunicatorInfo",
+    "CommunicatorOptions",
     "ConnectionFailed",
     "ConnectionRefusedByBroker",
     "ConnectionState",

@@ -159,6 +159,11 @@ class BroadcastFilter:
         self._check_not_subscribed()
         self._sender_filters.append(_matcher(sender_filter))
 
+    def freeze(self) -> None:
+        """Fix the filters, as subscribing does (later ``add_*_filter`` calls raise): for a
+        front end that subscribes a wrapper of this filter in its place."""
+        self._subscribed = True
+
     def _check_not_subscribed(self) -> None:
         if self._subscribed:
             raise RuntimeError(
@@ -269,7 +274,7 @@ class BroadcastHub:
             keys = binding_keys(subscriber)
             await self._bind(queue, keys)
             if isinstance(subscriber, BroadcastFilter):
-                subscriber._subscribed = True
+                subscriber.freeze()
             if ordered:
                 feed = _OrderedFeed(subscriber)
                 self._ordered[identifier] = feed

@@ -6,7 +6,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import trio
 
@@ -25,7 +25,7 @@ from ._rpc import RpcHub, RpcSubscriber
 from ._saferepr import safe_repr
 from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
 
-__all__ = ["DEFAULT_URL", "Communicator", "open_communicator"]
+__all__ = ["DEFAULT_URL", "Communicator", "CommunicatorOptions", "open_communicator"]
 
 logger = logging.getLogger("kiwitrio")  # a public name (docs/configuration.md#logging)
 
@@ -37,6 +37,28 @@ DEFAULT_TASK_PREFETCH = 1
 DEFAULT_RECONNECT = ReconnectPolicy()
 #: Well under RabbitMQ's default consumer timeout (30 minutes).
 DEFAULT_TASK_LEASE = 10 * 60.0
+
+
+class CommunicatorOptions(TypedDict, total=False):
+    """The keyword options of :func:`open_communicator`, as one type: front ends that take
+    them through (``kiwitrio_sync.connect(url, **options)``) are checked against it, and a
+    test keeps it equal to :func:`open_communicator`'s parameters."""
+
+    message_exchange: str
+    task_exchange: str
+    task_queue: str
+    task_prefetch_count: int
+    encoder: Encoder
+    decoder: Decoder
+    content_type: str | None
+    testing_mode: bool
+    max_message_size: int
+    task_lease: float | None
+    heartbeat: float
+    reconnect: ReconnectPolicy | None
+    on_connection_state: Callable[[ConnectionState], None] | None
+    bridge: BridgeChoice
+    trusted_reply_users: Iterable[str] | None
 
 
 @asynccontextmanager
@@ -392,6 +414,12 @@ class Communicator:
                           prefetch_count=prefetch_count)
         self._task_queues[name] = queue
         return queue
+
+    @property
+    def default_queue(self) -> TaskQueue:
+        """The default task queue (``task_queue`` of :func:`open_communicator`), which
+        :meth:`task_send` and :meth:`add_task_subscriber` use."""
+        return self._default_queue
 
     async def task_queue(self, name: str, prefetch_count: int | None = None) -> TaskQueue:
         """The durable task queue ``name`` (declared if new), with the same task methods.

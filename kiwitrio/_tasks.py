@@ -136,19 +136,23 @@ class IncomingTask:
         except Exception as exc:
             if not outcome.done():
                 outcome.set_exception(exc)
-            await self._settle()
+            await self.settle()
             raise
         except BaseException:
             await self.requeue()
             raise
-        await self._settle()
+        await self.settle()
 
     async def requeue(self) -> None:
         """Give the task back to the queue for any worker."""
         if not self._delivery.settled:
             await self._queue.ctx.give_back(self._delivery)
 
-    async def _settle(self) -> None:
+    async def settle(self) -> None:
+        """Finish the task if its outcome is set (the reply goes to the sender), else put it
+        back in the queue; a no-op once settled. For tasks taken with
+        :meth:`TaskQueue.take_task`; ``processing()`` and ``next_task()`` settle their own.
+        """
         self._queue._pulled.pop(self, None)
         if self._delivery.settled:
             return
@@ -415,14 +419,19 @@ class TaskQueue:
         likewise if the block raises. Raises :class:`~kiwitrio.QueueEmpty` if no task came.
         """
         self.ctx.check_open()
-        task = await self._fetch(timeout)
+        task = await self.take_task(timeout)
         try:
             yield task
         finally:
             with trio.CancelScope(shield=True):
-                await task._settle()
+                await task.settle()
 
-    async def _fetch(self, wait: float | None) -> IncomingTask:
+    async def take_task(self, wait: float | None = None) -> IncomingTask:
+        """Take the next task, waiting up to ``wait`` seconds (``None``: do not wait), and
+        hold it until :meth:`IncomingTask.settle` (or until the communicator closes). The
+        hook that :meth:`next_task` and blocking front ends build on; raises
+        :class:`~kiwitrio.QueueEmpty` if no task came.
+        """
         deadline = trio.current_time() + (wait or 0.0)
         while True:
             delivery = await self.ctx.session.get(self.name)
@@ -455,7 +464,7 @@ class TaskQueue:
         """Settle every task taken in pull mode and not settled yet: finish those whose
         outcome is set, requeue the others. The communicator does this when it closes."""
         for task in list(self._pulled):
-            await task._settle()
+            await task.settle()
 
     def __aiter__(self) -> AsyncIterator[IncomingTask]:
         """Iterate over the tasks in the queue now (pull mode), ending when it is empty.
@@ -479,10 +488,10 @@ class _TaskIterator:
     async def __anext__(self) -> IncomingTask:
         if self._current is not None:
             with trio.CancelScope(shield=True):
-                await self._current._settle()
+                await self._current.settle()
             self._current = None
         try:
-            self._current = await self._queue._fetch(None)
+            self._current = await self._queue.take_task(None)
         except (QueueEmpty, CommunicatorClosed):
             raise StopAsyncIteration from None
         return self._current

@@ -11,24 +11,32 @@ from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import functools
 import math
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 import kiwitrio
 from kiwitrio import BroadcastFilter, CommunicatorClosed, QueueEmpty, ResultHandle
-from kiwitrio._bridge import block_process_signals
-from kiwitrio._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
-from kiwitrio._tasks import IncomingTask as CoreIncomingTask
-from kiwitrio._tasks import TaskQueue as CoreTaskQueue
+from kiwitrio import IncomingTask as CoreIncomingTask
+from kiwitrio import TaskQueue as CoreTaskQueue
+from kiwitrio.lowlevel import (
+    SubscriberKind,
+    block_process_signals,
+    check_subscriber_signature,
+    is_async_callable,
+)
 
 from ._operations import Operations
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 from ._portal import Portal
 
 __all__ = ["BlockingBase", "Communicator", "IncomingTask", "TaskQueue", "connect"]
@@ -42,10 +50,10 @@ _live: weakref.WeakSet[_Runtime] = weakref.WeakSet()
 
 
 def connect(
-    url: str = kiwitrio.DEFAULT_URL,
+    url: str | Sequence[str] = kiwitrio.DEFAULT_URL,
     *,
     portal: Portal | None = None,
-    **options: Any,
+    **options: Unpack[kiwitrio.CommunicatorOptions],
 ) -> Communicator:
     """Connect and return a blocking :class:`Communicator`; use it as a context manager.
 
@@ -75,7 +83,7 @@ class _Runtime:
         self.closed = False
         self._close_lock = threading.Lock()
 
-    def open(self, url: str, options: dict[str, Any]) -> None:
+    def open(self, url: str | Sequence[str], options: kiwitrio.CommunicatorOptions) -> None:
         started: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.finished = self.portal.submit(self._serve, url, options, started)
         try:
@@ -84,7 +92,7 @@ class _Runtime:
             self.finished.cancel()
             raise
 
-    async def _serve(self, url: str, options: dict[str, Any],
+    async def _serve(self, url: str | Sequence[str], options: kiwitrio.CommunicatorOptions,
                      started: concurrent.futures.Future[None]) -> None:
         self.close_requested = trio.Event()
         try:
@@ -148,8 +156,9 @@ class BlockingBase(Operations):
     :class:`~kiwitrio_sync.RmqThreadCommunicator` (kiwiPy's) derive from it.
     """
 
-    def __init__(self, url: str = kiwitrio.DEFAULT_URL, *, portal: Portal | None = None,
-                 **options: Any) -> None:
+    def __init__(self, url: str | Sequence[str] = kiwitrio.DEFAULT_URL, *,
+                 portal: Portal | None = None,
+                 **options: Unpack[kiwitrio.CommunicatorOptions]) -> None:
         # Blocking code often lives in a process that runs asyncio of its own (AiiDA, plumpy):
         # the thread bridge leaves that untouched, whatever else the process imported.
         options.setdefault("bridge", "thread")
@@ -181,7 +190,7 @@ class BlockingBase(Operations):
         """Make ``subscriber(self, ...)`` callable by the core (as ``fn(core, ...)``)."""
         if isinstance(subscriber, BroadcastFilter):
             wrapped = subscriber.with_subscriber(self._wrap(subscriber.subscriber, kind))
-            subscriber._subscribed = True  # its filters are now fixed, as in the core
+            subscriber.freeze()  # its filters are now fixed, as in the core
             return wrapped
         if is_async_callable(subscriber):
             raise TypeError(
@@ -249,13 +258,19 @@ class Communicator(BlockingBase):
     :class:`~kiwitrio_sync.RmqThreadCommunicator`.
     """
 
-    def __init__(self, url: str = kiwitrio.DEFAULT_URL, *, portal: Portal | None = None,
-                 **options: Any) -> None:
+    def __init__(self, url: str | Sequence[str] = kiwitrio.DEFAULT_URL, *,
+                 portal: Portal | None = None,
+                 **options: Unpack[kiwitrio.CommunicatorOptions]) -> None:
         super().__init__(url, portal=portal, **options)
         self._queues: dict[str, TaskQueue] = {}
-        self._default_queue = TaskQueue(self, self._core._default_queue)
+        self._default_queue = TaskQueue(self, self._core.default_queue)
 
     # -- tasks --------------------------------------------------------------------------------
+
+    @property
+    def default_queue(self) -> TaskQueue:
+        """The default task queue; see :attr:`kiwitrio.Communicator.default_queue`."""
+        return self._default_queue
 
     def task_queue(self, queue_name: str, prefetch_size: int = 0,
                    prefetch_count: int = 0) -> TaskQueue:
@@ -302,9 +317,12 @@ class Communicator(BlockingBase):
     # -- broadcasts ---------------------------------------------------------------------------
 
     def add_broadcast_subscriber(self, subscriber: Callable[..., Any],
-                                 identifier: Any = None) -> Any:
-        return self._call(self._core.add_broadcast_subscriber, self._wrap(subscriber, "broadcast"),
-                          identifier)
+                                 identifier: Any = None, *, ordered: bool = False) -> Any:
+        """See :meth:`kiwitrio.Communicator.add_broadcast_subscriber` (``ordered``: one
+        broadcast at a time, in arrival order)."""
+        return self._call(functools.partial(
+            self._core.add_broadcast_subscriber, self._wrap(subscriber, "broadcast"),
+            identifier, ordered=ordered))
 
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
         self._call(self._core.remove_broadcast_subscriber, identifier)
@@ -402,7 +420,7 @@ class TaskQueue:
         """The tasks waiting now, one at a time; an unfinished one is requeued on moving on."""
         while True:
             try:
-                core_task = self._communicator._call(self._queue._fetch, None)
+                core_task = self._communicator._call(self._queue.take_task, None)
             except QueueEmpty:
                 return
             task = IncomingTask(self._communicator, core_task)
@@ -414,7 +432,7 @@ class TaskQueue:
 
 async def _fetch_within(queue: CoreTaskQueue, seconds: float | None) -> CoreIncomingTask:
     with trio.fail_after(seconds if seconds is not None else math.inf):
-        return await queue._fetch(None)
+        return await queue.take_task(None)
 
 
 class IncomingTask:
@@ -466,4 +484,4 @@ class IncomingTask:
                 outcome.set_exception(error)
             else:
                 outcome.set_result(future.result())
-        self._communicator._call(self._task._settle)
+        self._communicator._call(self._task.settle)

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import trio
 
 from kiwitrio import CommunicatorClosed, KiwitrioError, _tracing
-from kiwitrio._bridge import block_process_signals
+from kiwitrio.lowlevel import block_process_signals
 
 __all__ = ["BlockingCallInPortal", "Portal"]
 

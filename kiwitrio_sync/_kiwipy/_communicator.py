@@ -17,13 +17,15 @@ import trio.testing
 
 import kiwitrio
 from kiwitrio import CommunicatorClosed, ConnectionFailed
-from kiwitrio._bridge import block_process_signals
-from kiwitrio._communicator import (
+from kiwitrio.lowlevel import (
     DEFAULT_MESSAGE_EXCHANGE,
     DEFAULT_TASK_EXCHANGE,
     DEFAULT_TASK_QUEUE,
+    SubscriberKind,
+    block_process_signals,
+    check_subscriber_signature,
+    is_async_callable,
 )
-from kiwitrio._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
 
 from .._communicator import BlockingBase
 from .._portal import BlockingCallInPortal, Portal
@@ -165,7 +167,7 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
             _connection_state_changed, weakref.ref(self), user_on_state)
         super().__init__(url, portal=portal, **options)
         self._queues: dict[str, RmqThreadTaskQueue] = {}
-        self._default_queue = RmqThreadTaskQueue(self, self._core._default_queue)
+        self._default_queue = RmqThreadTaskQueue(self, self._core.default_queue)
         finished = self._runtime.finished
         if finished is not None:  # the communicator ending by itself: the connection failed
             finished.add_done_callback(functools.partial(_ended, weakref.ref(self)))
@@ -231,7 +233,7 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
                 raise TypeError("a BroadcastFilter is a broadcast subscriber")
             wrapped_filter = subscriber.with_subscriber(
                 self._wrap_kiwipy(subscriber.subscriber, kind=kind))
-            subscriber._subscribed = True  # its filters are now fixed, as in the core
+            subscriber.freeze()  # its filters are now fixed, as in the core
             return wrapped_filter
         if is_async_callable(subscriber):
             raise TypeError(

@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 import kiwitrio
+from kiwitrio.lowlevel import nursery_of, session_of
 
 from ._api import ConnectionLost
 
@@ -73,7 +74,7 @@ async def _linger(core: kiwitrio.Communicator | None, in_flight: _InFlight) -> N
         try:
             # A round trip through the bridge and the broker: deliveries the broker sent
             # before answering are with us when it returns.
-            await core._ctx.session.inspect_queue(core._default_queue.name)
+            await session_of(core).inspect_queue(core.default_queue.name)
         except Exception:
             return
         # Every task has gone as far as it can: a delivery that came is now a counted call.
@@ -108,14 +109,14 @@ def _connection_state_changed(
 async def _watch_connection(core: kiwitrio.Communicator,
                             this: weakref.ref[RmqThreadCommunicator]) -> None:
     async def watch() -> None:
-        reason = await core._ctx.session.wait_lost()
+        reason = await session_of(core).wait_lost()
         communicator = this()
         if communicator is not None and not communicator._close_callbacks.reported_loss:
             communicator._close_callbacks.fire(communicator, ConnectionLost(
                 f"the connection to the broker was lost: {reason}"))
 
     # In the communicator's nursery: it ends when the communicator closes.
-    core._ctx.nursery.start_soon(watch)
+    nursery_of(core).start_soon(watch)
 
 
 def _ended(this: weakref.ref[RmqThreadCommunicator], finished: concurrent.futures.Future[None],

@@ -15,8 +15,8 @@ import trio
 import trio.testing
 
 from kiwitrio import CommunicatorClosed, QueueEmpty
-from kiwitrio._tasks import IncomingTask as CoreIncomingTask
-from kiwitrio._tasks import TaskQueue as CoreTaskQueue
+from kiwitrio import IncomingTask as CoreIncomingTask
+from kiwitrio import TaskQueue as CoreTaskQueue
 
 from .._communicator import _fetch_within
 from ._api import InvalidStateError, OperationTimeout
@@ -178,12 +178,12 @@ async def _finish(core: CoreIncomingTask, value: Any, error: BaseException | Non
             outcome.set_exception(error)
         else:
             outcome.set_result(value)
-    await core._settle()
+    await core.settle()
 
 
 async def _give_back(core: CoreIncomingTask) -> None:
     # The core's outcome is set only by _finish: settling without one requeues.
-    await core._settle()
+    await core.settle()
 
 
 class RmqThreadIncomingTask:
