@@ -18,7 +18,6 @@ that calls it with one broadcast at a time.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import re
@@ -30,13 +29,13 @@ from typing import Any
 import trio
 
 from . import _metrics, _tracing
+from . import _pipeline as pipeline
 from ._backends import (
     Consumer,
     Delivery,
     EntityNotFound,
     OutgoingMessage,
     QueueSpec,
-    drain,
     is_negative_ack,
 )
 from ._context import Context
@@ -328,18 +327,16 @@ class BroadcastHub:
                 await self._ctx.session.unbind_queue(queue, self._exchange, key)
 
     async def _dispatch(self, consumer: Consumer) -> None:
-        async with trio.open_nursery() as handlers:
-            async for delivery in drain(consumer.deliveries):
-                try:
-                    envelope = _parse_envelope(await self._ctx.decode(delivery))
-                except Exception as exc:  # whatever the message made fail, it is its own problem
-                    handlers.start_soon(self._ctx.reject_visibly, delivery, "broadcast", exc)
-                    continue
-                # Here, in arrival order (the handlers below run in any order).
-                for feed in list(self._ordered.values()):
-                    await feed.put(envelope, delivery)
-                handlers.start_soon(self._ctx.guard, delivery, "broadcast",
-                                    functools.partial(self._handle, envelope=envelope))
+        # Decoded in arrival order, for the ordered subscribers (the handlers run in any).
+        await pipeline.serve(self._ctx, consumer, "broadcast", self._handle, self._reject,
+                             parse=_parse_envelope, in_order=self._feed_ordered)
+
+    async def _reject(self, delivery: Delivery, exc: DecodeError) -> None:
+        await self._ctx.reject_visibly(delivery, "broadcast", exc)
+
+    async def _feed_ordered(self, delivery: Delivery, envelope: dict[str, Any]) -> None:
+        for feed in list(self._ordered.values()):
+            await feed.put(envelope, delivery)
 
     async def _feed(self, feed: _OrderedFeed) -> None:
         with feed.scope:

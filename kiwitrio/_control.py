@@ -17,7 +17,6 @@ and so are the replies the asker accepts (:func:`parse_info`).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -29,7 +28,8 @@ from typing import Any
 
 import trio
 
-from ._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
+from . import _pipeline as pipeline
+from ._backends import Consumer, Delivery, OutgoingMessage, QueueSpec
 from ._context import Context
 from ._errors import DecodeError, KiwitrioError
 from ._replies import ReplyRouter, result_envelope
@@ -207,17 +207,14 @@ class ControlHub:
         self._ctx.nursery.start_soon(self._serve, consumer, name="kiwitrio control")
 
     async def _serve(self, consumer: Consumer) -> None:
-        async with trio.open_nursery() as handlers:
-            async for delivery in drain(consumer.deliveries):
-                handlers.start_soon(self._ctx.guard, delivery, "control request",
-                                    functools.partial(self._handle))
+        await pipeline.serve(self._ctx, consumer, "control request", self._handle,
+                             self._reject, parse=parse_request)
 
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            command, target = parse_request(await self._ctx.decode(delivery))
-        except DecodeError as exc:
-            await self._ctx.reject_visibly(delivery, "control request", exc)
-            return
+    async def _reject(self, delivery: Delivery, exc: DecodeError) -> None:
+        await self._ctx.reject_visibly(delivery, "control request", exc)
+
+    async def _handle(self, delivery: Delivery, request: tuple[str, str | None]) -> None:
+        command, target = request
         if not is_target(self.identity, target):
             await delivery.ack()  # for someone else
             return

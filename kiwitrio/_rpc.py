@@ -24,7 +24,8 @@ from typing import Any
 import trio
 
 from . import _metrics, _tracing
-from ._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec, drain
+from . import _pipeline as pipeline
+from ._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
 from ._context import Context, handling
 from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from ._invoke import call_subscriber, check_subscriber_signature
@@ -158,22 +159,16 @@ class RpcHub:
         return False
 
     async def _serve(self, identifier: str, consumer: Consumer) -> None:
-        async with trio.open_nursery() as calls:
-            what = f"RPC to {identifier!r}"
-            handle = functools.partial(self._handle, identifier)
-            async for delivery in drain(consumer.deliveries):
-                calls.start_soon(self._ctx.guard, delivery, what, handle)
+        what = f"RPC to {identifier!r}"
 
-    async def _handle(self, identifier: str, delivery: Delivery) -> None:
-        try:
-            msg = await self._ctx.decode(delivery)
-        except trio.Cancelled:
-            await self._ctx.give_back(delivery)
-            raise
-        except DecodeError as exc:
+        async def undecodable(delivery: Delivery, exc: DecodeError) -> None:
             await self._replies.send(delivery, exception_envelope(exc))
-            await self._ctx.reject_visibly(delivery, f"RPC to {identifier!r}", exc)
-            return
+            await self._ctx.reject_visibly(delivery, what, exc)
+
+        await pipeline.serve(self._ctx, consumer, what,
+                             functools.partial(self._handle, identifier), undecodable)
+
+    async def _handle(self, identifier: str, delivery: Delivery, msg: Any) -> None:
         registration = self._registrations.get(identifier)
         if registration is None:  # removed meanwhile
             await self._ctx.give_back(delivery)

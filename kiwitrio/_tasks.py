@@ -20,6 +20,7 @@ from typing import Any
 import trio
 
 from . import _metrics, _tracing
+from . import _pipeline as pipeline
 from ._admin import record_task_queue
 from ._backends import (
     DEAD_LETTER_EXCHANGE,
@@ -28,7 +29,6 @@ from ._backends import (
     EntityNotFound,
     OutgoingMessage,
     QueueSpec,
-    drain,
 )
 from ._context import Context, handling
 from ._control import InFlightTask
@@ -328,21 +328,10 @@ class TaskQueue:
                 )
 
     async def _dispatch(self, consumer: Consumer) -> None:
-        # The broker sends at most prefetch_count unacknowledged tasks, so at most that many
-        # handlers run at once.
-        async with trio.open_nursery() as handlers:
-            async for delivery in drain(consumer.deliveries):
-                handlers.start_soon(self.ctx.guard, delivery, self._what, self._handle)
+        await pipeline.serve(self.ctx, consumer, self._what, self._handle,
+                             self._reject_undecodable)
 
-    async def _handle(self, delivery: Delivery) -> None:
-        try:
-            task = await self.ctx.decode(delivery)
-        except trio.Cancelled:
-            await self.ctx.give_back(delivery)
-            raise
-        except DecodeError as exc:
-            await self._reject_undecodable(delivery, exc)
-            return
+    async def _handle(self, delivery: Delivery, task: Any) -> None:
         keeper = self._lease_keeper
         lease = TaskLease(self.ctx, keeper, delivery)
         if keeper is not None:
