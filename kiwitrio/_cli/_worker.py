@@ -51,6 +51,11 @@ def add_commands(command: Command) -> None:
     worker.add_argument("--queue", metavar="NAME", help="task queue (default: --task-queue)")
     worker.add_argument("--concurrency", type=positive_int_arg, default=1, metavar="N",
                         help="tasks worked on at once (the prefetch count; default 1)")
+    worker.add_argument("--tracing", action="store_true",
+                        help="OpenTelemetry spans for each task, children of their senders' "
+                             "(from the global tracer provider: configure an exporter, e.g. "
+                             "run under opentelemetry-instrument); needs pip install "
+                             "'kiwitrio[tracing]'")
     worker.add_argument("--metrics-port", type=port_arg, metavar="N",
                         help="serve Prometheus metrics on port N of every interface (0: any "
                              "free port); needs prometheus_client: pip install "
@@ -59,6 +64,8 @@ def add_commands(command: Command) -> None:
 
 def run(args: argparse.Namespace) -> int:
     function = load_function(args.function)
+    if args.tracing:
+        start_tracing()
     metrics = start_metrics(args.metrics_port)
     try:
         return trio.run(cmd_worker, args, function)
@@ -113,6 +120,14 @@ def load_function(spec: str) -> Callable[..., Any]:
         raise CliError(f"{spec} must take two arguments (communicator, task); its signature "
                        f"is {signature}", EXIT_USAGE) from None
     return obj  # type: ignore[no-any-return]
+
+
+def start_tracing() -> None:
+    """Trace with OpenTelemetry's global tracer provider (imported here only)."""
+    try:
+        kiwitrio.enable_tracing()
+    except ImportError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
 
 
 def start_metrics(port: int | None) -> Any:
