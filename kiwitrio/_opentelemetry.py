@@ -7,6 +7,7 @@ conventions.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -19,10 +20,12 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from ._saferepr import describe_error
-from ._tracing import logger
 from ._version import __version__
 
 __all__ = ["MAX_HEADER_CHARS", "OpenTelemetryTracer"]
+
+# kiwitrio/_tracing.py's logger, by name: that module imports this one.
+logger = logging.getLogger("kiwitrio.tracing")  # a public name (docs/configuration.md#logging)
 
 #: Longer header values are not read as trace context (W3C: a tracestate has at most 512
 #: characters, a baggage header 8192), so a peer's huge header costs nothing to parse.
