@@ -6,9 +6,7 @@ the in-process broker) and use it inside the ``async with`` block.
 
 import logging as _logging
 
-from ._admin import QueueStatus
 from ._backends import ConnectionState, ReconnectPolicy
-from ._broadcast import BroadcastFilter
 from ._codec import (
     CBOR_CONTENT_TYPE,
     DecodeLimits,
@@ -19,8 +17,6 @@ from ._codec import (
     cbor_encode,
 )
 from ._communicator import DEFAULT_URL, Communicator, CommunicatorOptions, open_communicator
-from ._context import DeliveryInfo, current_delivery
-from ._control import CommunicatorInfo, InFlightTask
 from ._errors import (
     CommunicatorClosed,
     ConnectionFailed,
@@ -38,8 +34,12 @@ from ._errors import (
     UnroutableError,
 )
 from ._gather import ResultsAsCompleted, as_completed
-from ._replies import ResultHandle
-from ._tasks import IncomingTask, TaskOutcome, TaskQueue
+from ._kinds._admin import QueueStatus
+from ._kinds._broadcast import BroadcastFilter
+from ._kinds._context import DeliveryInfo, current_delivery
+from ._kinds._control import CommunicatorInfo, InFlightTask
+from ._kinds._replies import ResultHandle
+from ._kinds._tasks import IncomingTask, TaskOutcome, TaskQueue
 from ._tracing import disable_tracing, enable_tracing
 from ._version import __version__
 

@@ -10,20 +10,20 @@ from typing import Any, TypedDict
 
 import trio
 
-from . import _admin
-from ._admin import QueueStatus
 from ._backends import ConnectionState, ReconnectPolicy, Session, open_session
 from ._bridge import BridgeChoice, resolve_bridge
-from ._broadcast import BroadcastHub, BroadcastSubscriber
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
-from ._context import SHUTDOWN_GRACE, Context
-from ._control import MAX_FIELD, CommunicatorInfo, ControlError, ControlHub, parse_info
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, KiwitrioError
 from ._groups import BaseExceptionGroup, single_leaf
-from ._replies import ReplyRouter, ResultHandle
-from ._rpc import RpcHub, RpcSubscriber
+from ._kinds import _admin
+from ._kinds._admin import QueueStatus
+from ._kinds._broadcast import BroadcastHub, BroadcastSubscriber
+from ._kinds._context import SHUTDOWN_GRACE, Context
+from ._kinds._control import MAX_FIELD, CommunicatorInfo, ControlError, ControlHub, parse_info
+from ._kinds._replies import ReplyRouter, ResultHandle
+from ._kinds._rpc import RpcHub, RpcSubscriber
+from ._kinds._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
 from ._saferepr import safe_repr
-from ._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
 
 __all__ = ["DEFAULT_URL", "Communicator", "CommunicatorOptions", "open_communicator"]
 
@@ -370,7 +370,7 @@ class Communicator:
                 logger.warning("ignoring a shutdown answer: %s", safe_repr(answer, 80))
         return answers
 
-    # -- queue administration (kiwitrio/_admin.py; the CLI's status, purge, delete) ----------
+    # -- queue administration (kiwitrio/_kinds/_admin.py; the CLI's status, purge, delete) ------
 
     async def list_task_queues(self) -> list[QueueStatus]:
         """Every task queue on the task exchange (kiwitrio's catalogue of them, and this

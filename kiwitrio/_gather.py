@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import trio
 
-from ._replies import ResultHandle
+from ._kinds._replies import ResultHandle
 
 __all__ = ["ResultsAsCompleted", "as_completed"]
 

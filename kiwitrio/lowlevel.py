@@ -19,7 +19,7 @@ from ._communicator import (
     DEFAULT_TASK_QUEUE,
     Communicator,
 )
-from ._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
+from ._kinds._invoke import SubscriberKind, check_subscriber_signature, is_async_callable
 
 __all__ = [
     "DEFAULT_MESSAGE_EXCHANGE",

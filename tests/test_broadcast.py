@@ -15,7 +15,7 @@ from pamqp import commands as spec
 
 import kiwitrio
 from kiwitrio._backends import NegativeAck, OutgoingMessage
-from kiwitrio._broadcast import binding_keys
+from kiwitrio._kinds._broadcast import binding_keys
 
 from .conftest import OpenComm
 

@@ -203,16 +203,16 @@ async def test_an_unforeseen_error_in_a_handler_dead_letters_that_message_only(
 ) -> None:
     """The last line of defence (Context.guard): whatever goes wrong while handling one task
     or RPC is logged, that message is dead-lettered, and the communicator goes on."""
-    import kiwitrio._rpc
-    import kiwitrio._tasks
+    import kiwitrio._kinds._rpc
+    import kiwitrio._kinds._tasks
 
     def broken(value: Any) -> dict[str, Any]:
         if value == "boom":
             raise RuntimeError("a bug nobody foresaw")
         return {"result": value}
 
-    monkeypatch.setattr(kiwitrio._tasks, "result_envelope", broken)
-    monkeypatch.setattr(kiwitrio._rpc, "result_envelope", broken)
+    monkeypatch.setattr(kiwitrio._kinds._tasks, "result_envelope", broken)
+    monkeypatch.setattr(kiwitrio._kinds._rpc, "result_envelope", broken)
     async with open_comm() as comm:
         await comm.add_task_subscriber(lambda _c, task: task)
         await comm.add_rpc_subscriber(lambda _c, msg: msg, "echo")

@@ -12,7 +12,7 @@ import trio
 
 import kiwitrio
 from kiwitrio._backends import OutgoingMessage
-from kiwitrio._control import ControlError, control_exchange_name, parse_info
+from kiwitrio._kinds._control import ControlError, control_exchange_name, parse_info
 from kiwitrio.backends import open_session
 
 from .conftest import Names, OpenComm

@@ -1,4 +1,4 @@
-"""Listing, purging and deleting task queues (kiwitrio/_admin.py), on both backends."""
+"""Listing, purging and deleting task queues (kiwitrio/_kinds/_admin.py), on both backends."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._admin import ENTRY_HEADER, catalogue_name, read_catalogue
 from kiwitrio._backends import OutgoingMessage
+from kiwitrio._kinds._admin import ENTRY_HEADER, catalogue_name, read_catalogue
 
 from .conftest import Names, OpenComm
 

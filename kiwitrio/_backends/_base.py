@@ -2,7 +2,7 @@
 
 Two implementations exist: :mod:`kiwitrio._backends._amqp` (RabbitMQ through aio-pika) and
 :mod:`kiwitrio._backends._memory` (a broker inside the process). Tasks, RPC and broadcasts
-(:mod:`kiwitrio._tasks`, :mod:`kiwitrio._rpc`, :mod:`kiwitrio._broadcast`) only use the small
+(:mod:`kiwitrio._kinds`) only use the small
 AMQP-shaped vocabulary defined here, so both backends give them the same semantics.
 
 All methods are Trio-flavoured. Cancelling a caller cancels the wait, not necessarily the

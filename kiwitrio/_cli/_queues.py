@@ -15,8 +15,8 @@ import trio
 
 import kiwitrio
 
-from .. import _admin
 from .._backends import Session, open_session
+from .._kinds import _admin
 from ._common import EXIT_OK, Command, plural, redact
 
 __all__ = ["COMMANDS", "add_commands", "run"]

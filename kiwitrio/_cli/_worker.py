@@ -17,7 +17,7 @@ import trio
 
 import kiwitrio
 
-from .._invoke import call_subscriber
+from .._kinds._invoke import call_subscriber
 from .._saferepr import describe_error, safe_repr
 from ._common import (
     EXIT_OK,

@@ -88,7 +88,7 @@ class _AmqpDelivery(Delivery):
         if self._consumer is None and not self._settled and not self._message.channel.is_closed:
             # A basic.get delivery: wait until the frame is written, so that a basic.get
             # that follows on this channel finds a requeued message back in its queue (the
-            # catalogue of kiwitrio/_admin.py reads, gives back, and reads again). Not a hot
+            # catalogue of kiwitrio/_kinds/_admin.py reads, gives back, and reads again). Not a hot
             # path: consumers' deliveries are settled without the wait.
             self._settled = True
             await self._session.bridge.run(_settle_quietly, op, self._message.channel,

@@ -28,9 +28,8 @@ from typing import Any
 
 import trio
 
-from . import _metrics, _tracing
-from . import _pipeline as pipeline
-from ._backends import (
+from .. import _metrics, _tracing
+from .._backends import (
     Consumer,
     Delivery,
     EntityNotFound,
@@ -38,10 +37,11 @@ from ._backends import (
     QueueSpec,
     is_negative_ack,
 )
+from .._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier
+from .._saferepr import safe_repr
+from . import _pipeline as pipeline
 from ._context import Context
-from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier
 from ._invoke import call_subscriber, check_subscriber_signature
-from ._saferepr import safe_repr
 
 __all__ = ["BroadcastFilter", "BroadcastHub", "binding_keys"]
 

@@ -32,7 +32,7 @@ from typing import Protocol
 
 import trio
 
-from ._backends import (
+from .._backends import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_ROUTING_KEY,
     Delivery,

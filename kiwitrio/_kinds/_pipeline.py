@@ -23,10 +23,10 @@ from typing import Any
 
 import trio
 
-from ._backends import Consumer, Delivery, drain
+from .._backends import Consumer, Delivery, drain
+from .._errors import DecodeError
+from .._saferepr import describe_error
 from ._context import Context
-from ._errors import DecodeError
-from ._saferepr import describe_error
 
 __all__ = ["serve"]
 

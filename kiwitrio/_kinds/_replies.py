@@ -24,10 +24,10 @@ from typing import Any
 
 import trio
 
-from ._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
+from .._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
+from .._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
+from .._saferepr import describe_error, safe_repr, safe_str_of_exception
 from ._context import Context
-from ._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
-from ._saferepr import describe_error, safe_repr, safe_str_of_exception
 
 __all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "pending_envelope",
            "result_envelope"]

@@ -11,10 +11,10 @@ from typing import Any
 
 import trio
 
-from ._backends import Delivery, Session
-from ._codec import Decoder, Encoder
-from ._errors import CommunicatorClosed, ConnectionFailed, DecodeError
-from ._saferepr import describe_error, safe_repr, safe_str_of_exception
+from .._backends import Delivery, Session
+from .._codec import Decoder, Encoder
+from .._errors import CommunicatorClosed, ConnectionFailed, DecodeError
+from .._saferepr import describe_error, safe_repr, safe_str_of_exception
 
 __all__ = ["Context", "DeliveryInfo", "current_delivery"]
 

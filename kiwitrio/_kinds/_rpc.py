@@ -23,11 +23,11 @@ from typing import Any
 
 import trio
 
-from . import _metrics, _tracing
+from .. import _metrics, _tracing
+from .._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
+from .._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from . import _pipeline as pipeline
-from ._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
 from ._context import Context, handling
-from ._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from ._invoke import call_subscriber, check_subscriber_signature
 from ._replies import (
     ReplyRouter,

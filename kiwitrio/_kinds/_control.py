@@ -28,12 +28,12 @@ from typing import Any
 
 import trio
 
+from .._backends import Consumer, Delivery, OutgoingMessage, QueueSpec
+from .._errors import DecodeError, KiwitrioError
+from .._saferepr import safe_repr
 from . import _pipeline as pipeline
-from ._backends import Consumer, Delivery, OutgoingMessage, QueueSpec
 from ._context import Context
-from ._errors import DecodeError, KiwitrioError
 from ._replies import ReplyRouter, result_envelope
-from ._saferepr import safe_repr
 
 __all__ = ["CommunicatorInfo", "ControlHub", "InFlightTask", "control_exchange_name"]
 

@@ -19,10 +19,8 @@ from typing import Any
 
 import trio
 
-from . import _metrics, _tracing
-from . import _pipeline as pipeline
-from ._admin import record_task_queue
-from ._backends import (
+from .. import _metrics, _tracing
+from .._backends import (
     DEAD_LETTER_EXCHANGE,
     Consumer,
     Delivery,
@@ -30,15 +28,18 @@ from ._backends import (
     OutgoingMessage,
     QueueSpec,
 )
-from ._context import Context, handling
-from ._control import InFlightTask
-from ._errors import (
+from .._errors import (
     CommunicatorClosed,
     DecodeError,
     DuplicateSubscriberIdentifier,
     QueueEmpty,
     TaskRejected,
 )
+from .._saferepr import describe_error
+from . import _pipeline as pipeline
+from ._admin import record_task_queue
+from ._context import Context, handling
+from ._control import InFlightTask
 from ._invoke import call_subscriber, check_subscriber_signature
 from ._leases import LeaseKeeper, TaskLease
 from ._replies import (
@@ -48,7 +49,6 @@ from ._replies import (
     pending_envelope,
     result_envelope,
 )
-from ._saferepr import describe_error
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import trio
 
-from ._backends import Delivery, EntityNotFound, NegativeAck, OutgoingMessage, QueueSpec, Session
-from ._errors import DeliveryFailed, InUseError
+from .._backends import Delivery, EntityNotFound, NegativeAck, OutgoingMessage, QueueSpec, Session
+from .._errors import DeliveryFailed, InUseError
 
 __all__ = [
     "QueueStatus",
