@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, TypeVar
 
 import kiwitrio
 
@@ -79,44 +79,34 @@ class CliError(Exception):
 # -- argument types -----------------------------------------------------------------------------
 
 
-def positive_int_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+N = TypeVar("N", int, float)
 
 
-def seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
+def _number_arg(convert: Callable[[str], N], what: str, accept: Callable[[N], bool],
+                requirement: str) -> Callable[[str], N]:
+    """An argparse ``type``: ``convert(text)``, refused unless ``accept`` takes it."""
+    def parse(text: str) -> N:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not accept(value):
+            raise argparse.ArgumentTypeError(f"{requirement}, not {text}")
+        return value
+
+    return parse
 
 
-def port_arg(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, not {value}")
-    return value
-
-
-def non_negative_seconds_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not value >= 0 or math.isinf(value):
-        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, not {text}")
-    return value
+positive_int_arg = _number_arg(int, "an integer", lambda value: value >= 1,
+                               "must be at least 1")
+port_arg = _number_arg(int, "a port number", lambda value: 0 <= value <= 65535,
+                       "must be a port number from 0 to 65535")
+seconds_arg = _number_arg(float, "a number of seconds",
+                          lambda value: value > 0 and not math.isinf(value),
+                          "must be a positive number of seconds")
+non_negative_seconds_arg = _number_arg(float, "a number of seconds",
+                                       lambda value: value >= 0 and not math.isinf(value),
+                                       "must be 0 or more seconds")
 
 
 #: AMQP's limit on a routing key, hence on a broadcast subject and a subject pattern.
