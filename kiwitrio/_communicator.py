@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import trio
 
@@ -23,6 +22,7 @@ from ._kinds._control import MAX_FIELD, CommunicatorInfo, ControlError, ControlH
 from ._kinds._replies import ReplyRouter, ResultHandle
 from ._kinds._rpc import RpcHub, RpcSubscriber
 from ._kinds._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
+from ._options import CommunicatorOptions, Settings, logins
 from ._saferepr import safe_repr
 
 __all__ = ["DEFAULT_URL", "Communicator", "CommunicatorOptions", "open_communicator"]
@@ -37,28 +37,6 @@ DEFAULT_TASK_PREFETCH = 1
 DEFAULT_RECONNECT = ReconnectPolicy()
 #: Well under RabbitMQ's default consumer timeout (30 minutes).
 DEFAULT_TASK_LEASE = 10 * 60.0
-
-
-class CommunicatorOptions(TypedDict, total=False):
-    """The keyword options of :func:`open_communicator`, as one type: front ends that take
-    them through (``kiwitrio_sync.connect(url, **options)``) are checked against it, and a
-    test keeps it equal to :func:`open_communicator`'s parameters."""
-
-    message_exchange: str
-    task_exchange: str
-    task_queue: str
-    task_prefetch_count: int
-    encoder: Encoder
-    decoder: Decoder
-    content_type: str | None
-    testing_mode: bool
-    max_message_size: int
-    task_lease: float | None
-    heartbeat: float
-    reconnect: ReconnectPolicy | None
-    on_connection_state: Callable[[ConnectionState], None] | None
-    bridge: BridgeChoice
-    trusted_reply_users: Iterable[str] | None
 
 
 @asynccontextmanager
@@ -130,13 +108,13 @@ async def open_communicator(
     resolve_bridge(bridge)  # a bad or unavailable choice fails here, before connecting
     if content_type is None:
         content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
-    settings = _Settings(
+    settings = Settings(
         message_exchange=message_exchange, task_exchange=task_exchange, task_queue=task_queue,
         task_prefetch_count=task_prefetch_count, encoder=encoder, decoder=decoder,
         content_type=content_type, testing_mode=testing_mode,
         max_message_size=max_message_size, task_lease=task_lease,
         trusted_reply_users=(None if trusted_reply_users is None
-                             else _logins(trusted_reply_users)),
+                             else logins(trusted_reply_users)),
     )
     body_error: BaseException | None = None
     try:
@@ -157,33 +135,8 @@ async def open_communicator(
         raise
 
 
-@dataclass(frozen=True)
-class _Settings:
-    message_exchange: str
-    task_exchange: str
-    task_queue: str
-    task_prefetch_count: int
-    encoder: Encoder
-    decoder: Decoder
-    content_type: str
-    testing_mode: bool
-    max_message_size: int
-    task_lease: float | None
-    trusted_reply_users: frozenset[str] | None
-
-
-def _logins(users: Iterable[str]) -> frozenset[str]:
-    if isinstance(users, str):
-        raise TypeError("trusted_reply_users takes a collection of logins, not one string")
-    logins = frozenset(users)
-    if not all(isinstance(user, str) for user in logins):
-        raise TypeError("trusted_reply_users must be logins (str), not "
-                        f"{sorted(map(repr, logins))}")
-    return logins
-
-
 @asynccontextmanager
-async def _serve(session: Session, settings: _Settings) -> AsyncIterator[Communicator]:
+async def _serve(session: Session, settings: Settings) -> AsyncIterator[Communicator]:
     """Run a communicator on ``session``: its nursery, and clean-up at the end."""
     comm: Communicator | None = None
     try:
@@ -211,7 +164,7 @@ class Communicator:
     thread); either may return an awaitable or a ``concurrent.futures.Future``.
     """
 
-    def __init__(self, session: Session, nursery: trio.Nursery, settings: _Settings) -> None:
+    def __init__(self, session: Session, nursery: trio.Nursery, settings: Settings) -> None:
         self._ctx = ctx = Context(
             session=session, nursery=nursery, encoder=settings.encoder,
             decoder=settings.decoder, content_type=settings.content_type, communicator=self,
