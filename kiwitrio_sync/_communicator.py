@@ -410,11 +410,8 @@ class TaskQueue:
                 raise
             yield None
             return
-        task = IncomingTask(self._communicator, core_task)
-        try:
+        with self._holding(core_task) as task:
             yield task
-        finally:
-            task._settle()
 
     def __iter__(self) -> Iterator[IncomingTask]:
         """The tasks waiting now, one at a time; an unfinished one is requeued on moving on."""
@@ -423,11 +420,17 @@ class TaskQueue:
                 core_task = self._communicator._call(self._queue.take_task, None)
             except QueueEmpty:
                 return
-            task = IncomingTask(self._communicator, core_task)
-            try:
+            with self._holding(core_task) as task:
                 yield task
-            finally:
-                task._settle()
+
+    @contextmanager
+    def _holding(self, core_task: CoreIncomingTask) -> Iterator[IncomingTask]:
+        """The blocking face of a task taken in pull mode, settled when the block ends."""
+        task = IncomingTask(self._communicator, core_task)
+        try:
+            yield task
+        finally:
+            task._settle()
 
 
 async def _fetch_within(queue: CoreTaskQueue, seconds: float | None) -> CoreIncomingTask:
