@@ -12,7 +12,7 @@ kiwitrio_sync uses nothing else of the core's insides; another front end can do 
 import trio
 
 from ._backends import Session
-from ._bridge import block_process_signals
+from ._bridge import block_process_signals, process_signals_unblocked
 from ._communicator import (
     DEFAULT_MESSAGE_EXCHANGE,
     DEFAULT_TASK_EXCHANGE,
@@ -30,6 +30,7 @@ __all__ = [
     "check_subscriber_signature",
     "is_async_callable",
     "nursery_of",
+    "process_signals_unblocked",
     "session_of",
 ]
 

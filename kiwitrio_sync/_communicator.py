@@ -28,9 +28,9 @@ from kiwitrio import IncomingTask as CoreIncomingTask
 from kiwitrio import TaskQueue as CoreTaskQueue
 from kiwitrio.lowlevel import (
     SubscriberKind,
-    block_process_signals,
     check_subscriber_signature,
     is_async_callable,
+    process_signals_unblocked,
 )
 
 from ._operations import Operations
@@ -202,13 +202,13 @@ class BlockingBase(Operations):
         this = weakref.ref(self)  # subscribers must not keep the communicator alive
 
         def call_with_sync_communicator(_core: Any, *args: Any) -> Any:
-            # Trio's worker threads are shared by every Trio run of the process: this one
-            # may have been started by the main thread's, without the portal's signal mask.
-            block_process_signals()
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")
-            return subscriber(communicator, *args)
+            # The worker thread blocks process signals (it inherits the portal's mask); the
+            # subscriber's own code, and the processes it starts, must not.
+            with process_signals_unblocked():
+                return subscriber(communicator, *args)
 
         return call_with_sync_communicator
 

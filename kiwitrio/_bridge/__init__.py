@@ -26,7 +26,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Literal, get_args
 
-from ._base import AsyncioBridge, AsyncioOperationAborted, block_process_signals
+from ._base import (
+    AsyncioBridge,
+    AsyncioOperationAborted,
+    block_process_signals,
+    process_signals_unblocked,
+)
 from ._thread import ThreadBridge, open_thread_bridge
 
 __all__ = [
@@ -38,6 +43,7 @@ __all__ = [
     "block_process_signals",
     "default_bridge",
     "open_bridge",
+    "process_signals_unblocked",
     "resolve_bridge",
     "trio_asyncio_unavailable",
 ]

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import logging
 import signal
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from .._errors import KiwitrioError
@@ -33,6 +34,7 @@ __all__ = [
     "call_in_asyncio",
     "describe",
     "log_asyncio_error",
+    "process_signals_unblocked",
     "track_socket_transports",
 ]
 
@@ -151,6 +153,26 @@ _PROCESS_SIGNALS = frozenset(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGUSR1",
                                        "SIGUSR2", "SIGALRM", "SIGCHLD", "SIGWINCH")
     if hasattr(signal, name))
+
+
+@contextlib.contextmanager
+def process_signals_unblocked() -> Iterator[None]:
+    """Let the calling helper thread take process signals while the block runs: for user
+    code (a blocking subscriber) run in a thread that blocks them.
+
+    Child processes inherit the mask of the thread that starts them, so a subprocess that a
+    subscriber starts would otherwise ignore SIGTERM and SIGINT. The main thread still gets
+    a Ctrl-C first (the kernel offers a process signal to the main thread before the
+    others). The mask is put back as it was afterwards.
+    """
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_UNBLOCK, _PROCESS_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def block_process_signals() -> None:

@@ -22,9 +22,9 @@ from kiwitrio.lowlevel import (
     DEFAULT_TASK_EXCHANGE,
     DEFAULT_TASK_QUEUE,
     SubscriberKind,
-    block_process_signals,
     check_subscriber_signature,
     is_async_callable,
+    process_signals_unblocked,
 )
 
 from .._communicator import BlockingBase
@@ -246,13 +246,13 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
         in_flight = self._in_flight
 
         def call_in_thread(*args: Any) -> Any:
-            block_process_signals()  # in a shared Trio worker thread: see _communicator._wrap
             communicator = this()
             if communicator is None:
                 raise CommunicatorClosed("the communicator was garbage collected")
             _subscriber_thread.active = True
             try:
-                result = subscriber(communicator, *args)
+                with process_signals_unblocked():  # see _communicator._wrap
+                    result = subscriber(communicator, *args)
             finally:
                 _subscriber_thread.active = False
             if isinstance(result, concurrent.futures.Future):

@@ -18,7 +18,7 @@ import trio
 import kiwitrio_sync
 
 from ..conftest import AMQP_URL, Names
-from .conftest import Connect
+from .conftest import Connect, KiwipyConnect
 
 TIMEOUT = 15
 
@@ -221,13 +221,45 @@ def test_forked_child_cannot_use_the_parents_communicator(connect: Connect) -> N
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
 def test_helper_threads_leave_ctrl_c_to_the_main_thread(connect: Connect) -> None:
-    # Subscribers run in threads the portal starts; they inherit the portal's mask.
+    # The portal's thread blocks process signals (and the worker threads it starts inherit
+    # that); a subscriber's own code runs with them unblocked, as in any thread of the
+    # program, so that the processes it starts get SIGTERM and SIGINT.
     comm = connect()
+
+    async def portal_mask() -> set[int]:
+        return set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+    assert {signal.SIGINT, signal.SIGTERM} <= comm._call(portal_mask)
     comm.add_rpc_subscriber(
         lambda _c, _m: sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "mask")
     blocked = comm.rpc_send("mask", "?").result(timeout=TIMEOUT)
-    assert signal.SIGINT in blocked and signal.SIGTERM in blocked
+    assert signal.SIGINT not in blocked and signal.SIGTERM not in blocked
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+CHILD_MASK = ("import signal; blocked = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
+              "print(int(signal.SIGTERM in blocked), int(signal.SIGINT in blocked))")
+
+
+def _child_mask(_comm: Any, _msg: Any) -> str:
+    return subprocess.run([sys.executable, "-c", CHILD_MASK], capture_output=True, text=True,
+                          check=True, timeout=TIMEOUT).stdout.strip()
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_process_a_subscriber_starts_can_be_stopped(connect: Connect) -> None:
+    # It used to inherit the worker thread's blocked SIGTERM and SIGINT, and ignore both.
+    comm = connect()
+    comm.add_rpc_subscriber(_child_mask, "child-mask")
+    assert comm.rpc_send("child-mask", None).result(timeout=TIMEOUT) == "0 0"
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_process_a_kiwipy_subscriber_starts_can_be_stopped(
+        kiwipy_connect: KiwipyConnect) -> None:
+    comm = kiwipy_connect()
+    comm.add_rpc_subscriber(_child_mask, "child-mask")
+    assert comm.rpc_send("child-mask", None).result(timeout=TIMEOUT) == "0 0"
 
 
 #: Trio's worker threads are shared by every Trio run of a process. Here, a run in the main
@@ -250,13 +282,15 @@ blocked = comm.rpc_send("mask", "?").result(timeout=10)
 while isinstance(blocked, concurrent.futures.Future):  # the kiwiPy face nests them
     blocked = blocked.result(timeout=10)
 comm.close()
-print(int(signal.SIGINT in blocked and signal.SIGTERM in blocked))
+print(int(signal.SIGINT not in blocked and signal.SIGTERM not in blocked))
 """
 
 
 @pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
 @pytest.mark.parametrize("face", ["kiwitrio_sync", "kiwipy"])
-def test_subscribers_block_signals_in_shared_worker_threads(face: str) -> None:
+def test_subscribers_take_signals_in_shared_worker_threads_too(face: str) -> None:
+    # Whichever run started the worker thread (here the main thread's), a subscriber's code
+    # sees the process signals unblocked, as any thread of the program does.
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(PROGRAM_WITH_A_MAIN_THREAD_WORKER), face],
         capture_output=True, text=True, timeout=60)
