@@ -107,7 +107,9 @@ async def read_catalogue(session: Session, task_exchange: str,
     """The task queues the catalogue names, in the order they were created.
 
     Entries of queues in ``forget``, duplicates and malformed entries are removed from it.
-    Declares nothing: a missing catalogue is an empty list.
+    Declares nothing: a missing catalogue is an empty list. Cancelled, it still gives the
+    entries it holds back (shielded, for at most a few seconds) before the cancellation goes
+    on.
     """
     catalogue = catalogue_name(task_exchange)
     if await session.inspect_queue(catalogue) is None:
