@@ -301,3 +301,20 @@ async def test_a_connection_abandoned_mid_connect_can_be_collected_anywhere() ->
     async with open_bridge("thread") as bridge:
         # Collected in a thread with no asyncio loop (as kiwitrio_sync's portal thread is).
         await trio.to_thread.run_sync(drop, [await bridge.run(make)])
+
+
+def test_an_attempt_that_failed_with_an_exception_group_is_a_failed_attempt() -> None:
+    # The trio-asyncio bridge can hand back the attempt's error grouped with its loop's
+    # own; the policy must see a failed attempt (retried), or the refusal among them.
+    from kiwitrio._backends._policy import failed_attempt
+    from kiwitrio._groups import BaseExceptionGroup
+
+    url = "amqp://guest:secret@127.0.0.1:1/"
+    lost = BaseExceptionGroup("x", [ConnectionResetError("reset"), RuntimeError("loop")])
+    converted = failed_attempt(url, lost)
+    assert isinstance(converted, kiwitrio.ConnectionFailed)
+    assert "reset" in str(converted) and "secret" not in str(converted)
+    refused = kiwitrio.ConnectionRefusedByBroker("no")
+    assert failed_attempt(url, BaseExceptionGroup("x", [refused, OSError()])) is refused
+    cancelled = BaseExceptionGroup("x", [KeyboardInterrupt()])
+    assert failed_attempt(url, cancelled) is cancelled

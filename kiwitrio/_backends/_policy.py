@@ -12,9 +12,11 @@ import tenacity
 import trio
 
 from .._errors import ConnectionFailed, ConnectionRefusedByBroker, DeliveryFailed
+from .._groups import leaves_of
+from .._urls import redact_url
 from ._base import QueueInUse
 
-__all__ = ["ConnectionState", "ReconnectPolicy"]
+__all__ = ["ConnectionState", "ReconnectPolicy", "failed_attempt"]
 
 logger = logging.getLogger("kiwitrio.reconnect")  # a public name (docs/configuration.md#logging)
 
@@ -90,3 +92,21 @@ class ReconnectPolicy:
             sleep=trio.sleep,
             reraise=True,
         )
+
+
+def failed_attempt(url: str, group: BaseException) -> BaseException:
+    """What a connection attempt that failed with an exception group failed with.
+
+    The trio-asyncio bridge runs the attempt in nurseries of its own: a connection cut while
+    its loop opens or closes can come back as a group (the attempt's error with the loop's
+    own). Errors only (no Cancelled): a failed attempt, a ConnectionFailed the policy
+    retries, or the refusal among them; anything else as it is.
+    """
+    leaves = leaves_of(group)
+    if not all(isinstance(leaf, Exception) for leaf in leaves):
+        return group
+    refusals = [leaf for leaf in leaves if isinstance(leaf, ConnectionRefusedByBroker)]
+    if refusals:
+        return refusals[0]
+    return ConnectionFailed(f"cannot connect to {redact_url(url)}: "
+                            + "; ".join(f"{type(leaf).__name__}: {leaf}" for leaf in leaves))

@@ -30,6 +30,7 @@ from .._errors import (
     ConnectionRefusedByBroker,
     DeliveryFailed,
 )
+from .._groups import BaseExceptionGroup
 from .._urls import redact_url
 from ._base import (
     Consumer,
@@ -43,7 +44,7 @@ from ._base import (
     drain,
 )
 from ._buffer import DeliveryBuffer
-from ._policy import ConnectionState, ReconnectPolicy
+from ._policy import ConnectionState, ReconnectPolicy, failed_attempt
 
 __all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
 
@@ -141,7 +142,10 @@ class ResilientSession(Session):
         async for attempt in policy.retrying(startup=startup, describe=describe):
             with attempt:
                 self._url = next(self._next_url)
-                return await self._attempt(self._url, give_up_at)
+                try:
+                    return await self._attempt(self._url, give_up_at)
+                except BaseExceptionGroup as group:
+                    raise failed_attempt(self._url, group) from group
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _attempt(self, url: str, give_up_at: float) -> tuple[AsyncExitStack, Session]:
