@@ -81,10 +81,6 @@ class DeclarationMismatch(DeliveryFailed):
         self.name = name
         self.argument = argument
 
-    def __reduce__(self) -> tuple[type[DeclarationMismatch], tuple[str], dict[str, str]]:
-        return (type(self), (str(self),),
-                {"kind": self.kind, "name": self.name, "argument": self.argument})
-
 
 class UnroutableError(DeliveryFailed):
     """The broker could not route a message to any queue.
@@ -109,10 +105,6 @@ class InUseError(KiwitrioError):
         self.kind = kind
         self.name = name
         self.consumers = consumers
-
-    def __reduce__(self) -> tuple[type[InUseError], tuple[str], dict[str, object]]:
-        return (type(self), (str(self),),
-                {"kind": self.kind, "name": self.name, "consumers": self.consumers})
 
 
 class TaskRejected(KiwitrioError):

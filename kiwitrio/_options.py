@@ -39,17 +39,21 @@ class CommunicatorOptions(TypedDict, total=False):
 
 @dataclass(frozen=True)
 class Settings:
-    """The options the communicator and its message kinds use, checked and resolved."""
+    """The options the communicator and its message kinds use, checked and resolved
+    (``content_type`` chosen, ``trusted_reply_users`` a set), grouped by what they decide."""
 
+    # Where messages go, and whether what is declared cleans up after itself.
     message_exchange: str
     task_exchange: str
     task_queue: str
-    task_prefetch_count: int
+    testing_mode: bool
+    # How bodies are written and read.
     encoder: Encoder
     decoder: Decoder
     content_type: str
-    testing_mode: bool
     max_message_size: int
+    # How tasks are taken, and whose replies are believed.
+    task_prefetch_count: int
     task_lease: float | None
     trusted_reply_users: frozenset[str] | None
 

@@ -21,15 +21,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
-__all__ = [
-    "ProcessSpan",
-    "Tracer",
-    "disable_tracing",
-    "enable_tracing",
-    "failed",
-    "processing",
-    "sending",
-]
+__all__ = ["ProcessSpan", "Tracer", "disable_tracing", "enable_tracing", "failed", "processing",
+           "sending"]
 
 logger = logging.getLogger("kiwitrio.tracing")  # a public name (docs/configuration.md#logging)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import functools
-import math
 import threading
 import uuid
 import weakref
@@ -34,6 +33,7 @@ from kiwitrio.lowlevel import (
 )
 
 from ._operations import Operations
+from ._outcomes import fetch_within, keep_until_resolved, outcome_of_block
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -340,18 +340,11 @@ async def _send_as_future(send: Callable[..., Any], *args: Any) -> concurrent.fu
     return _future_from(handle)
 
 
-#: Handles of futures not resolved yet. The reply router holds handles weakly (an async
-#: caller that drops a handle drops its result); a blocking caller may drop the future and
-#: still expect its done-callbacks to run, as in kiwiPy, so they are kept until resolved.
-_unresolved: set[ResultHandle] = set()
-
-
 def _future_from(handle: ResultHandle) -> concurrent.futures.Future[Any]:
     future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-    _unresolved.add(handle)
+    keep_until_resolved(handle)
 
     def transfer(done: ResultHandle) -> None:
-        _unresolved.discard(done)
         if future.cancelled():
             return
         error = done.exception()
@@ -404,7 +397,7 @@ class TaskQueue:
         ``task.process()``'s future was given a result or exception, else requeued.
         """
         try:
-            core_task = self._communicator._call(_fetch_within, self._queue, timeout)
+            core_task = self._communicator._call(fetch_within, self._queue, timeout)
         except QueueEmpty:
             if fail:
                 raise
@@ -433,11 +426,6 @@ class TaskQueue:
             task._settle()
 
 
-async def _fetch_within(queue: CoreTaskQueue, seconds: float | None) -> CoreIncomingTask:
-    with trio.fail_after(seconds if seconds is not None else math.inf):
-        return await queue.take_task(None)
-
-
 class IncomingTask:
     """A task taken in pull mode, blocking flavour."""
 
@@ -463,13 +451,9 @@ class IncomingTask:
     @contextmanager
     def processing(self) -> Iterator[concurrent.futures.Future[Any]]:
         """Process in a block; an exception escaping it becomes the task's outcome."""
-        future = self.process()
         try:
-            yield future
-        except Exception as exc:
-            if not future.done():
-                future.set_exception(exc)
-            raise
+            with outcome_of_block(self.process()) as future:
+                yield future
         finally:
             self._settle()
 

@@ -7,9 +7,9 @@ import pytest
 import trio
 
 import kiwitrio
-from kiwitrio._backends import QueueSpec
+from kiwitrio._backends import DEAD_LETTER_EXCHANGE, QueueSpec
 from kiwitrio._backends._amqp import declaration_mismatch
-from kiwitrio._kinds._tasks import DEAD_LETTER_EXCHANGE, dead_letter_exchange_name
+from kiwitrio._kinds._tasks import dead_letter_exchange_name
 
 from .conftest import AMQP_URL, Names
 

@@ -145,10 +145,15 @@ async def test_delete_exchange_refuses_one_with_bindings_unless_forced(
         await comm.delete_exchange(spare)  # a missing exchange is fine
 
 
-def test_in_use_error_pickles_with_its_details() -> None:
-    error = kiwitrio.InUseError("busy", kind="queue", name="q", consumers=2)
+@pytest.mark.parametrize("error", [
+    kiwitrio.InUseError("busy", kind="queue", name="q", consumers=2),
+    kiwitrio.DeclarationMismatch("differs", kind="queue", name="q", argument="x-expires"),
+])
+def test_errors_pickle_with_their_details(error: kiwitrio.KiwitrioError) -> None:
     copy = pickle.loads(pickle.dumps(error))
-    assert (str(copy), copy.kind, copy.name, copy.consumers) == ("busy", "queue", "q", 2)
+    assert type(copy) is type(error)
+    assert str(copy) == str(error)
+    assert vars(copy) == vars(error) != {}
 
 
 async def test_status_forgets_a_queue_deleted_behind_its_back(open_comm: OpenComm,

@@ -11,47 +11,11 @@ Nothing above this layer imports the implementations: only this package's names.
 :mod:`kiwitrio.backends` makes the factory and the interface public.
 """
 
-from ._base import (
-    DEAD_LETTER_EXCHANGE,
-    DEAD_LETTER_ROUTING_KEY,
-    Consumer,
-    Delivery,
-    DeliveryReceiver,
-    EntityNotFound,
-    ExchangeType,
-    NegativeAck,
-    OutgoingMessage,
-    QueueInUse,
-    QueueSpec,
-    QueueStats,
-    Session,
-    drain,
-    is_negative_ack,
-)
-from ._factory import DEFAULT_CONNECT_TIMEOUT, open_session
-from ._policy import ConnectionState, ReconnectPolicy
-from ._reconnect import ResilientSession, open_resilient_session
+# Each module's __all__ is what it offers this layer (as asyncio's package does it).
+from . import _base, _factory, _policy, _reconnect
+from ._base import *  # noqa: F403
+from ._factory import *  # noqa: F403
+from ._policy import *  # noqa: F403
+from ._reconnect import *  # noqa: F403
 
-__all__ = [
-    "DEAD_LETTER_EXCHANGE",
-    "DEAD_LETTER_ROUTING_KEY",
-    "DEFAULT_CONNECT_TIMEOUT",
-    "ConnectionState",
-    "Consumer",
-    "Delivery",
-    "DeliveryReceiver",
-    "EntityNotFound",
-    "ExchangeType",
-    "NegativeAck",
-    "OutgoingMessage",
-    "QueueInUse",
-    "QueueSpec",
-    "QueueStats",
-    "ReconnectPolicy",
-    "ResilientSession",
-    "Session",
-    "drain",
-    "is_negative_ack",
-    "open_resilient_session",
-    "open_session",
-]
+__all__ = _base.__all__ + _factory.__all__ + _policy.__all__ + _reconnect.__all__

@@ -22,6 +22,8 @@ from pamqp import commands as spec
 from .._errors import DeclarationMismatch, DeliveryFailed
 
 __all__ = [
+    "DEAD_LETTER_EXCHANGE",
+    "DEAD_LETTER_ROUTING_KEY",
     "Consumer",
     "Delivery",
     "DeliveryReceiver",
@@ -33,7 +35,9 @@ __all__ = [
     "QueueSpec",
     "QueueStats",
     "Session",
+    "dead_letter_to",
     "declaration_mismatch",
+    "drain",
     "is_negative_ack",
 ]
 
@@ -42,6 +46,15 @@ ExchangeType = Literal["direct", "topic", "fanout"]
 #: AMQP queue arguments understood by both backends.
 DEAD_LETTER_EXCHANGE = "x-dead-letter-exchange"
 DEAD_LETTER_ROUTING_KEY = "x-dead-letter-routing-key"
+
+
+def dead_letter_to(exchange: str, routing_key: str | None = None) -> dict[str, str]:
+    """The queue arguments that send a queue's dead letters (rejected without requeue,
+    expired) to ``exchange``, with ``routing_key`` (``None``: the message's own)."""
+    arguments = {DEAD_LETTER_EXCHANGE: exchange}
+    if routing_key is not None:
+        arguments[DEAD_LETTER_ROUTING_KEY] = routing_key
+    return arguments
 
 
 class QueueInUse(DeliveryFailed):

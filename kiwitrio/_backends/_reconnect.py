@@ -46,7 +46,7 @@ from ._base import (
 from ._buffer import DeliveryBuffer
 from ._policy import ConnectionState, ReconnectPolicy, failed_attempt
 
-__all__ = ["ConnectionState", "ReconnectPolicy", "ResilientSession", "open_resilient_session"]
+__all__ = ["ResilientSession", "open_resilient_session"]
 
 logger = logging.getLogger("kiwitrio.reconnect")  # a public name (docs/configuration.md#logging)
 

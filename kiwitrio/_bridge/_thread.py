@@ -64,14 +64,8 @@ class ThreadBridge(AsyncioBridge):
     def __init__(self, trio_token: trio.lowlevel.TrioToken) -> None:
         self._trio_token = trio_token
         self.loop: asyncio.AbstractEventLoop | None = None
-        # Trio -> asyncio
-        self._to_asyncio_lock = threading.Lock()
-        self._to_asyncio: deque[_Call] = deque()
-        self._asyncio_woken = False
-        # asyncio -> Trio
-        self._to_trio_lock = threading.Lock()
-        self._to_trio: deque[_Call] = deque()
-        self._trio_woken = False
+        self._to_asyncio = _Mailbox()
+        self._to_trio = _Mailbox()
         #: Set (in Trio) once the bridge stops taking calls; read by run().
         self._closing = False
 
@@ -92,11 +86,8 @@ class ThreadBridge(AsyncioBridge):
         self._in_asyncio(self._create_task, fn, args)
 
     def call_in_trio(self, fn: Callable[..., object], *args: Any) -> None:
-        with self._to_trio_lock:
-            self._to_trio.append((fn, args))
-            if self._trio_woken:
-                return
-            self._trio_woken = True
+        if not self._to_trio.post(fn, args):
+            return
         try:
             self._trio_token.run_sync_soon(self._run_trio_batch)
         except trio.RunFinishedError:
@@ -108,11 +99,8 @@ class ThreadBridge(AsyncioBridge):
         """Queue the plain call ``fn(*args)`` for the loop's thread (from either thread)."""
         loop = self.loop
         assert loop is not None
-        with self._to_asyncio_lock:
-            self._to_asyncio.append((fn, args))
-            if self._asyncio_woken:
-                return
-            self._asyncio_woken = True
+        if not self._to_asyncio.post(fn, args):
+            return
         try:
             loop.call_soon_threadsafe(self._run_asyncio_batch)
         except RuntimeError:  # the loop is closed: the bridge is gone
@@ -120,17 +108,11 @@ class ThreadBridge(AsyncioBridge):
 
     def _run_asyncio_batch(self) -> None:
         # The loop's thread.
-        with self._to_asyncio_lock:
-            batch, self._to_asyncio = self._to_asyncio, deque()
-            self._asyncio_woken = False
-        _run_all(batch)
+        self._to_asyncio.run_batch()
 
     def _run_trio_batch(self) -> None:
         # The Trio thread, from run_sync_soon: must not raise (that would crash the run).
-        with self._to_trio_lock:
-            batch, self._to_trio = self._to_trio, deque()
-            self._trio_woken = False
-        _run_all(batch)
+        self._to_trio.run_batch()
 
     def _create_task(self, fn: Callable[..., Coroutine[Any, Any, object]],
                      args: tuple[Any, ...]) -> None:
@@ -158,6 +140,37 @@ class ThreadBridge(AsyncioBridge):
             loop.close()
             # Last in the queue: every resumption of a Trio caller runs before it.
             self.call_in_trio(finished.set)
+
+
+class _Mailbox:
+    """Plain calls for one thread, posted from any thread and run there in batches.
+
+    Whoever posts into an empty mailbox wakes its thread; later posts ride along until that
+    batch runs. A burst of crossings thus costs one wake-up, not one per call.
+    """
+
+    __slots__ = ("_calls", "_lock", "_woken")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: deque[_Call] = deque()
+        self._woken = False
+
+    def post(self, fn: Callable[..., object], args: tuple[Any, ...]) -> bool:
+        """Adds ``fn(*args)``; True if the caller must now wake the thread to run a batch."""
+        with self._lock:
+            self._calls.append((fn, args))
+            if self._woken:
+                return False
+            self._woken = True
+            return True
+
+    def run_batch(self) -> None:
+        """Runs (in the mailbox's thread) every call posted so far; never raises."""
+        with self._lock:
+            batch, self._calls = self._calls, deque()
+            self._woken = False
+        _run_all(batch)
 
 
 class _PendingCall:

@@ -32,26 +32,8 @@ Exit codes:
     130  interrupted (Ctrl-C)
 """
 
-from ._common import (
-    EXIT_CONNECTION_FAILED,
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    EXIT_UNROUTABLE,
-    EXIT_USAGE,
-)
+from ._common import ExitCode
 from ._main import main
 from ._parser import build_parser
 
-__all__ = [
-    "EXIT_CONNECTION_FAILED",
-    "EXIT_FAILURE",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_TIMEOUT",
-    "EXIT_UNROUTABLE",
-    "EXIT_USAGE",
-    "build_parser",
-    "main",
-]
+__all__ = ["ExitCode", "build_parser", "main"]

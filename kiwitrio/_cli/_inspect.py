@@ -9,17 +9,9 @@ import trio
 
 import kiwitrio
 
-from ._common import (
-    EXIT_OK,
-    EXIT_UNROUTABLE,
-    ONE_SHOT_CONNECT_TIMEOUT,
-    CliError,
-    Command,
-    communicator,
-    eprint,
-    seconds_arg,
-    to_json,
-)
+from ._args import seconds_arg
+from ._common import ONE_SHOT_CONNECT_TIMEOUT, CliError, Command, ExitCode, communicator
+from ._output import eprint, to_json
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -78,7 +70,7 @@ async def _run(args: argparse.Namespace) -> int:
         print(format_infos(infos, as_json=args.json), flush=True)
         if not infos and not args.json:
             eprint(f"kiwitrio: no communicator answered within {args.timeout:g} s")
-        return EXIT_OK
+        return ExitCode.OK
     if args.action == "shutdown":
         return _report_shutdown(args, accepted)
     chosen = [identity for identity in identities if _chosen(identity, args.id)]
@@ -87,8 +79,8 @@ async def _run(args: argparse.Namespace) -> int:
     if not chosen:
         raise CliError(f"no communicator answered within {args.timeout:g} s"
                             + (f" with id {args.id!r}" if args.id else ""),
-                            EXIT_UNROUTABLE)
-    return EXIT_OK
+                            ExitCode.UNROUTABLE)
+    return ExitCode.OK
 
 
 def _report_shutdown(args: argparse.Namespace, accepted: dict[str, bool]) -> int:
@@ -98,8 +90,8 @@ def _report_shutdown(args: argparse.Namespace, accepted: dict[str, bool]) -> int
     if not accepted:
         raise CliError(f"no communicator answered within {args.timeout:g} s"
                             + (f" with id {args.id!r}" if args.id else ""),
-                            EXIT_UNROUTABLE)
-    return EXIT_OK
+                            ExitCode.UNROUTABLE)
+    return ExitCode.OK
 
 
 def _chosen(identity: str, wanted: str | None) -> bool:

@@ -15,18 +15,8 @@ import kiwitrio
 
 from .._groups import leaves_of
 from . import _worker
-from ._common import (
-    EXIT_CONNECTION_FAILED,
-    EXIT_FAILURE,
-    EXIT_INTERRUPTED,
-    EXIT_TIMEOUT,
-    EXIT_UNROUTABLE,
-    EXIT_USAGE,
-    ONE_SHOT_COMMANDS,
-    PROG,
-    CliError,
-    eprint,
-)
+from ._common import ONE_SHOT_COMMANDS, PROG, CliError, ExitCode
+from ._output import eprint
 from ._parser import COMMAND_MODULES, parse_args
 
 __all__ = ["main"]
@@ -57,30 +47,30 @@ def _error(exc: BaseException) -> tuple[int, str]:
     """Exit code and one-line message for an exception that ended the command."""
     leaves = leaves_of(exc)
     if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
-        return EXIT_INTERRUPTED, "interrupted"
+        return ExitCode.INTERRUPTED, "interrupted"
     leaf = next((leaf for leaf in leaves if not isinstance(leaf, trio.Cancelled)), leaves[0])
     if isinstance(leaf, CliError):
         return leaf.code, str(leaf)
     if isinstance(leaf, kiwitrio.ConnectionRefusedByBroker):
         # Reached, and refused: a setting to fix (its message says which), not an outage.
-        return EXIT_FAILURE, str(leaf)
+        return ExitCode.FAILURE, str(leaf)
     if isinstance(leaf, kiwitrio.ConnectionFailed):
-        return EXIT_CONNECTION_FAILED, str(leaf)
+        return ExitCode.CONNECTION_FAILED, str(leaf)
     if isinstance(leaf, kiwitrio.UnroutableError):
-        return EXIT_UNROUTABLE, str(leaf)
+        return ExitCode.UNROUTABLE, str(leaf)
     if isinstance(leaf, kiwitrio.RemoteException):
-        return EXIT_FAILURE, f"remote {leaf.remote_type}: {leaf.remote_message}"
+        return ExitCode.FAILURE, f"remote {leaf.remote_type}: {leaf.remote_message}"
     if isinstance(leaf, trio.TooSlowError):
-        return EXIT_TIMEOUT, "timed out"
+        return ExitCode.TIMEOUT, "timed out"
     if isinstance(leaf, kiwitrio.KiwitrioError):
-        return EXIT_FAILURE, f"{type(leaf).__name__}: {leaf}"
+        return ExitCode.FAILURE, f"{type(leaf).__name__}: {leaf}"
     if isinstance(leaf, TypeError) and "encode" in str(leaf):
-        return EXIT_USAGE, str(leaf)
+        return ExitCode.USAGE, str(leaf)
     if isinstance(leaf, ValueError):
         # kiwitrio refuses values it cannot use with ValueError (a URL it cannot parse, an
         # identifier, sender or message too long): given on the command line, a usage error.
-        return EXIT_USAGE, str(leaf)
-    return EXIT_FAILURE, f"unexpected {type(leaf).__name__}: {leaf}"
+        return ExitCode.USAGE, str(leaf)
+    return ExitCode.FAILURE, f"unexpected {type(leaf).__name__}: {leaf}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -101,9 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise
     except BaseException as exc:
         code, message = _error(exc)
-        if args.verbose and code != EXIT_INTERRUPTED:
+        if args.verbose and code != ExitCode.INTERRUPTED:
             traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        if code != EXIT_INTERRUPTED or args.verbose:
+        if code != ExitCode.INTERRUPTED or args.verbose:
             eprint(f"{PROG}: error: {message}")
         else:
             eprint(f"{PROG}: interrupted")

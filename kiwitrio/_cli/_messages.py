@@ -14,30 +14,13 @@ import trio
 
 import kiwitrio
 
-from ._common import (
-    EXIT_FAILURE,
-    EXIT_OK,
-    EXIT_TIMEOUT,
-    EXIT_UNROUTABLE,
-    EXIT_USAGE,
-    CliError,
-    Command,
-    communicator,
-    eprint,
-    logger,
-    parse_value,
-    plural,
-    positive_int_arg,
-    seconds_arg,
-    subject_arg,
-    to_json,
-)
+from ._args import parse_value, positive_int_arg, seconds_arg, subject_arg
+from ._common import CliError, Command, ExitCode, communicator, logger
+from ._output import eprint, plural, to_json
 
 __all__ = ["COMMANDS", "add_commands", "check_args", "run"]
 
 COMMANDS = ("send", "rpc", "broadcast", "listen")
-#: ``send`` shows a progress bar (on a terminal) for more tasks than this.
-PROGRESS_MIN_TASKS = 20
 
 
 def add_commands(command: Command) -> None:
@@ -112,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     return trio.run(cmd_listen, args)
 
 
+#: ``send`` shows a progress bar (on a terminal) for more tasks than this.
+PROGRESS_MIN_TASKS = 20
+
+
 class Progress:
     """A one-line text progress bar on a terminal (does nothing when disabled)."""
 
@@ -155,7 +142,7 @@ def read_tasks(args: argparse.Namespace) -> list[Any]:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
         texts = [text for text in texts if text.strip()]
         if not texts:
-            raise CliError("no tasks: give them as arguments or as lines on stdin", EXIT_USAGE)
+            raise CliError("no tasks: give them as arguments or as lines on stdin", ExitCode.USAGE)
     return [parse_value(text, args.json, f"task {i}") for i, text in enumerate(texts, 1)]
 
 
@@ -240,13 +227,13 @@ async def cmd_send(args: argparse.Namespace, tasks: list[Any]) -> int:
     progress.clear()
     if deadline.cancelled_caught:
         what = f"{arrived} of {len(tasks)} results arrived" if args.wait else "sending"
-        raise CliError(f"timed out after {args.timeout:g} s ({what})", EXIT_TIMEOUT)
+        raise CliError(f"timed out after {args.timeout:g} s ({what})", ExitCode.TIMEOUT)
     if not args.wait:
         eprint(f"kiwitrio: sent {plural(len(tasks), 'task')} to queue {queue!r}")
     if failures:
         eprint(f"kiwitrio: {failures} of {plural(len(tasks), 'task')} failed")
-        return EXIT_FAILURE
-    return EXIT_OK
+        return ExitCode.FAILURE
+    return ExitCode.OK
 
 
 async def cmd_rpc(args: argparse.Namespace, message: Any) -> int:
@@ -258,19 +245,19 @@ async def cmd_rpc(args: argparse.Namespace, message: Any) -> int:
                 answer = await (await comm.rpc_send(args.identifier, message))
             except kiwitrio.UnroutableError:
                 error = CliError(f"nobody subscribes to the RPC identifier {args.identifier!r} "
-                                 f"(on exchange {args.message_exchange!r})", EXIT_UNROUTABLE)
+                                 f"(on exchange {args.message_exchange!r})", ExitCode.UNROUTABLE)
             except kiwitrio.RemoteException as exc:
                 if args.verbose and exc.remote_traceback:
                     eprint(exc.remote_traceback.rstrip())
                 error = CliError(f"{args.identifier!r} raised {exc.remote_type}: "
-                                 f"{exc.remote_message}", EXIT_FAILURE)
+                                 f"{exc.remote_message}", ExitCode.FAILURE)
     if deadline.cancelled_caught:
         raise CliError(f"timed out after {args.timeout:g} s waiting for {args.identifier!r}",
-                       EXIT_TIMEOUT)
+                       ExitCode.TIMEOUT)
     if error is not None:
         raise error
     print(to_json(answer), flush=True)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def cmd_broadcast(args: argparse.Namespace, body: Any) -> int:
@@ -278,7 +265,7 @@ async def cmd_broadcast(args: argparse.Namespace, body: Any) -> int:
         await comm.broadcast_send(body, sender=args.sender, subject=args.subject,
                                   correlation_id=args.correlation_id)
     logger.info("broadcast sent")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def cmd_listen(args: argparse.Namespace) -> int:
@@ -323,7 +310,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
             nursery.cancel_scope.cancel()
     if timed_out and args.count is not None:
         raise CliError(f"timed out after {args.timeout:g} s ({received} of {args.count} "
-                       "broadcasts received)", EXIT_TIMEOUT)
-    return EXIT_OK
+                       "broadcasts received)", ExitCode.TIMEOUT)
+    return ExitCode.OK
 
 

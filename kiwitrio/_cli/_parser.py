@@ -15,7 +15,8 @@ import kiwitrio
 from .._communicator import DEFAULT_MESSAGE_EXCHANGE, DEFAULT_TASK_EXCHANGE, DEFAULT_TASK_QUEUE
 from .._urls import check_broker_scheme
 from . import _inspect, _messages, _queues, _scripts, _worker
-from ._common import ONE_SHOT_CONNECT_TIMEOUT, PROG, URL_ENV, non_negative_seconds_arg
+from ._args import non_negative_seconds_arg
+from ._common import ONE_SHOT_CONNECT_TIMEOUT, PROG, URL_ENV
 
 __all__ = ["COMMAND_MODULES", "build_parser", "parse_args"]
 

@@ -17,7 +17,8 @@ import kiwitrio
 
 from .._backends import Session, open_session
 from .._kinds import _admin
-from ._common import EXIT_OK, Command, plural, redact
+from ._common import Command, ExitCode
+from ._output import plural, redact
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -74,10 +75,10 @@ async def _run(args: argparse.Namespace) -> int:
             for queue in args.queues:
                 count = await _admin.purge_queue(session, queue, force=args.force)
                 print(f"{queue}: {plural(count, 'message')} removed", flush=True)
-            return EXIT_OK
+            return ExitCode.OK
         for name in args.names:
             await _delete(args, session, name)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 async def _delete(args: argparse.Namespace, session: Session, name: str) -> None:
@@ -97,7 +98,7 @@ async def _status(args: argparse.Namespace, session: Session) -> int:
                                               also=[args.task_queue])
     if args.json:
         print(json.dumps([status.as_dict() for status in statuses], indent=2), flush=True)
-        return EXIT_OK
+        return ExitCode.OK
     print(f"kiwitrio {kiwitrio.__version__}")
     print(f"broker: {redact(args.url)} (connected)")
     print(_server_line(session.server_properties))
@@ -106,7 +107,7 @@ async def _status(args: argparse.Namespace, session: Session) -> int:
     print(f"task queues ({len(statuses)}):")
     for status in statuses:
         print(f"  {format_status(status)}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _server_line(props: Mapping[str, Any]) -> str:

@@ -7,7 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ._common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, PROG, Command, eprint
+from ._common import PROG, Command, ExitCode
+from ._output import eprint
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -36,7 +37,7 @@ def run_repository_script(args: argparse.Namespace, relative: str, how: str) -> 
     if not path.is_file() or spec is None or spec.loader is None:
         eprint(f"kiwitrio: {relative} is not installed with the package; it is part of the "
                f"source repository. In a checkout, run: {how}")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     saved_argv = sys.argv
@@ -49,7 +50,7 @@ def run_repository_script(args: argparse.Namespace, relative: str, how: str) -> 
     finally:
         sys.argv = saved_argv
     if result is None:
-        return EXIT_OK
-    return result if isinstance(result, int) else EXIT_FAILURE
+        return ExitCode.OK
+    return result if isinstance(result, int) else ExitCode.FAILURE
 
 

@@ -19,19 +19,9 @@ import kiwitrio
 
 from .._kinds._invoke import call_subscriber
 from .._saferepr import describe_error, safe_repr
-from ._common import (
-    EXIT_OK,
-    EXIT_USAGE,
-    CliError,
-    Command,
-    communicator,
-    eprint,
-    logger,
-    plural,
-    port_arg,
-    positive_int_arg,
-    redact,
-)
+from ._args import port_arg, positive_int_arg
+from ._common import CliError, Command, ExitCode, communicator, logger
+from ._output import eprint, plural, redact
 
 __all__ = ["COMMANDS", "add_commands", "run"]
 
@@ -85,7 +75,7 @@ def load_function(spec: str) -> Callable[..., Any]:
     module_name, sep, attribute = spec.partition(":")
     if not sep or not module_name or not attribute:
         raise CliError(f"expected MODULE:FUNCTION (e.g. mytasks:square), got {spec!r}",
-                       EXIT_USAGE)
+                       ExitCode.USAGE)
     cwd = os.getcwd()
     if cwd not in sys.path and "" not in sys.path:
         sys.path.insert(0, cwd)
@@ -95,21 +85,21 @@ def load_function(spec: str) -> Callable[..., Any]:
         if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
             raise CliError(f"cannot import {module_name!r}: no module named {exc.name!r} "
                            "(is it in the current directory or on PYTHONPATH?)",
-                           EXIT_USAGE) from exc
+                           ExitCode.USAGE) from exc
         raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
-                       EXIT_USAGE) from exc
+                       ExitCode.USAGE) from exc
     except Exception as exc:
         raise CliError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}",
-                       EXIT_USAGE) from exc
+                       ExitCode.USAGE) from exc
     obj: Any = module
     for part in attribute.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
             raise CliError(f"{module_name!r} has no attribute {attribute!r}",
-                           EXIT_USAGE) from None
+                           ExitCode.USAGE) from None
     if not callable(obj):
-        raise CliError(f"{spec} is not callable (it is a {type(obj).__name__})", EXIT_USAGE)
+        raise CliError(f"{spec} is not callable (it is a {type(obj).__name__})", ExitCode.USAGE)
     try:
         signature = inspect.signature(obj)
     except (TypeError, ValueError):
@@ -118,7 +108,7 @@ def load_function(spec: str) -> Callable[..., Any]:
         signature.bind(None, None)
     except TypeError:
         raise CliError(f"{spec} must take two arguments (communicator, task); its signature "
-                       f"is {signature}", EXIT_USAGE) from None
+                       f"is {signature}", ExitCode.USAGE) from None
     return obj  # type: ignore[no-any-return]
 
 
@@ -127,7 +117,7 @@ def start_tracing() -> None:
     try:
         kiwitrio.enable_tracing()
     except ImportError as exc:
-        raise CliError(str(exc), EXIT_USAGE) from exc
+        raise CliError(str(exc), ExitCode.USAGE) from exc
 
 
 def start_metrics(port: int | None) -> Any:
@@ -143,7 +133,7 @@ def start_metrics(port: int | None) -> Any:
         if not (exc.name or "").startswith("prometheus_client"):
             raise
         raise CliError("--metrics-port needs prometheus_client, which is not installed: "
-                       "pip install 'kiwitrio[metrics]'", EXIT_USAGE) from exc
+                       "pip install 'kiwitrio[metrics]'", ExitCode.USAGE) from exc
     try:
         server, bound = _prometheus.serve(port)
     except OSError as exc:
@@ -256,6 +246,6 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                     await stop.wait()
             nursery.cancel_scope.cancel()
     print(f"kiwitrio worker stopped ({stopped_by}): {counts.summary()}", flush=True)
-    return EXIT_OK
+    return ExitCode.OK
 
 

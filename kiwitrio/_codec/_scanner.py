@@ -113,8 +113,8 @@ class _Scanner:
     """Walks one body, checking every limit, without building any value.
 
     One Python call per container (and per tag or non-trivial key), not per item: fixed-size
-    scalars and short strings, which are most items, are stepped over inline in the loops
-    of :meth:`_array` and :meth:`_map`. The estimated cost is kept in ``self.cost`` between
+    scalars and short strings, which are most items, are stepped over inline in the loop
+    of :meth:`_children`. The estimated cost is kept in ``self.cost`` between
     calls and in a local inside a loop.
     """
 
@@ -223,13 +223,27 @@ class _Scanner:
                as_set: bool = False) -> _Scan:
         self._check_count(pos, count, 1)
         self._spend(_SLOT + (_SET if as_set else _LIST))
-        kind = _SET_TAG if as_set else 4
         # Set elements are hashed, like map keys.
         child_key = 1 if as_set and not key else key
-        split = split and not key
-        per_child = _PER_SET_ITEM if as_set else 0
-        # Items inside a composite key are counted one by one (never inline).
-        inline_size = _INLINE_SIZE if child_key != 2 else _NOTHING_INLINE
+        return self._children(
+            pos, count, depth, split and not key, _SET_TAG if as_set else 4,
+            key_ctx=0, value_key=child_key, per_value=_PER_SET_ITEM if as_set else 0)
+
+    def _map(self, pos: int, count: int, depth: int, key: int, split: bool) -> _Scan:
+        self._check_count(pos, count, 2)
+        self._spend(_SLOT + _DICT)
+        return self._children(pos, count, depth, split and not key, 5,
+                              key_ctx=key or 1, value_key=key, per_value=0)
+
+    def _children(self, pos: int, count: int, depth: int, split: bool, kind: int, *,
+                  key_ctx: int, value_key: int, per_value: int) -> _Scan:
+        """The ``count`` children of an array, set (``key_ctx`` 0) or map (each child a
+        key/value pair; ``key_ctx`` is the keys' ``key``), the values scanned with
+        ``value_key``; ``per_value`` is added to the cost of each value."""
+        # Plain scalar keys are not counted against max_key_items; items inside a
+        # composite key are, one by one (never stepped over inline).
+        key_inline = _INLINE_SIZE if key_ctx == 1 else _NOTHING_INLINE
+        value_inline = _INLINE_SIZE if value_key != 2 else _NOTHING_INLINE
         inline_cost = _INLINE_COST
         # Children are grouped into runs of at most SLICE_ITEMS items (only if split).
         limit = SLICE_ITEMS if split else -1
@@ -246,28 +260,44 @@ class _Scanner:
                 pos += 1
                 break
             index += 1
-            start = pos
-            width = inline_size[initial]
+            start = key_end = pos
+            key_n = 0
+            if key_ctx:
+                # The key is never split: keys are bounded by max_key_items.
+                width = key_inline[initial]
+                if width:
+                    pos += width
+                    cost += inline_cost[initial] + _PER_MAP_PAIR
+                    key_n = 1
+                else:
+                    self.cost = cost + _PER_MAP_PAIR
+                    pos, key_n, _ = self.item(pos, depth, key_ctx, False)
+                    cost = self.cost
+                key_end = pos
+                initial = data[pos]
+            width = value_inline[initial]
             leaf = None
             if width:
                 pos += width
-                cost += inline_cost[initial] + per_child
-                n: int = 1
+                cost += inline_cost[initial] + per_value
+                n: int = key_n + 1
                 child: _Scanned | None = None
                 if cost > budget:
                     raise self._over_budget()
-            elif (child_key == 0 and (0x81 <= initial <= 0x97 or 0xA1 <= initial <= 0xB7)
+            elif (value_key == 0 and (0x81 <= initial <= 0x97 or 0xA1 <= initial <= 0xB7)
                     and depth < max_depth
                     and (leaf := _short_leaf(data, pos, initial)) is not None):
-                pos, n, leaf_cost = leaf
+                pos, leaf_n, leaf_cost = leaf
+                n = key_n + leaf_n
                 cost += leaf_cost
                 child = None
                 if cost > budget:
                     raise self._over_budget()
             else:
-                self.cost = cost + per_child
-                pos, n, child = self.item(pos, depth, child_key, split)
+                self.cost = cost + per_value
+                pos, n, child = self.item(pos, depth, value_key, split)
                 cost = self.cost
+                n += key_n
             items += n
             if limit < 0:
                 continue
@@ -286,102 +316,13 @@ class _Scanner:
                 if run_count:
                     node.pieces.append((run_start, run_end, run_count))
                     run_count = run_items = 0
-                node.pieces.append(child)
+                node.pieces.append((start, key_end, child) if key_ctx else child)
         self.cost = cost
         if pos > self.size:
             raise _Limited("truncated")
         if limit < 0 or items <= SLICE_ITEMS:
             return pos, items, None
         node = node or _Scanned(kind)
-        if run_count:
-            node.pieces.append((run_start, run_end, run_count))
-        return pos, items, node
-
-    def _map(self, pos: int, count: int, depth: int, key: int, split: bool) -> _Scan:
-        self._check_count(pos, count, 2)
-        self._spend(_SLOT + _DICT)
-        split = split and not key
-        limit = SLICE_ITEMS if split else -1
-        key_ctx = key or 1
-        # Plain scalar keys are not counted against max_key_items; keys and values inside
-        # a composite key are, one by one.
-        key_inline = _INLINE_SIZE if key_ctx == 1 else _NOTHING_INLINE
-        value_inline = _INLINE_SIZE if key != 2 else _NOTHING_INLINE
-        inline_cost = _INLINE_COST
-        node: _Scanned | None = None
-        run_start = run_end = pos
-        run_count = run_items = 0
-        items = 1
-        data, budget, cost = self.data, self.budget, self.cost
-        max_depth = self.limits.max_depth
-        index = 0
-        while index != count:
-            initial = data[pos]  # IndexError past the end: truncated
-            if initial == _BREAK and count < 0:
-                pos += 1
-                break
-            index += 1
-            start = pos
-            # The key is never split: keys are bounded by max_key_items.
-            width = key_inline[initial]
-            if width:
-                pos += width
-                cost += inline_cost[initial] + _PER_MAP_PAIR
-                key_n = 1
-            else:
-                self.cost = cost + _PER_MAP_PAIR
-                pos, key_n, _ = self.item(pos, depth, key_ctx, False)
-                cost = self.cost
-            key_end = pos
-            initial = data[pos]
-            width = value_inline[initial]
-            leaf = None
-            if width:
-                pos += width
-                cost += inline_cost[initial]
-                n: int = key_n + 1
-                child: _Scanned | None = None
-                if cost > budget:
-                    raise self._over_budget()
-            elif (key == 0 and (0x81 <= initial <= 0x97 or 0xA1 <= initial <= 0xB7)
-                    and depth < max_depth
-                    and (leaf := _short_leaf(data, pos, initial)) is not None):
-                pos, leaf_n, leaf_cost = leaf
-                n = key_n + leaf_n
-                cost += leaf_cost
-                child = None
-                if cost > budget:
-                    raise self._over_budget()
-            else:
-                self.cost = cost
-                pos, n, child = self.item(pos, depth, key, split)
-                cost = self.cost
-                n += key_n
-            items += n
-            if limit < 0:
-                continue
-            if child is None:
-                if run_count and run_items + n > limit:
-                    node = node or _Scanned(5)
-                    node.pieces.append((run_start, run_end, run_count))
-                    run_count = run_items = 0
-                if not run_count:
-                    run_start = start
-                run_count += 1
-                run_items += n
-                run_end = pos
-            else:
-                node = node or _Scanned(5)
-                if run_count:
-                    node.pieces.append((run_start, run_end, run_count))
-                    run_count = run_items = 0
-                node.pieces.append((start, key_end, child))
-        self.cost = cost
-        if pos > self.size:
-            raise _Limited("truncated")
-        if limit < 0 or items <= SLICE_ITEMS:
-            return pos, items, None
-        node = node or _Scanned(5)
         if run_count:
             node.pieces.append((run_start, run_end, run_count))
         return pos, items, node

@@ -15,6 +15,7 @@ same operations on its own connection.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,17 +25,9 @@ import trio
 from .._backends import Delivery, EntityNotFound, NegativeAck, OutgoingMessage, QueueSpec, Session
 from .._errors import DeliveryFailed, InUseError
 
-__all__ = [
-    "QueueStatus",
-    "catalogue_name",
-    "dead_letter_queue_name",
-    "delete_exchange",
-    "delete_queue",
-    "purge_queue",
-    "read_catalogue",
-    "record_task_queue",
-    "task_queue_status",
-]
+__all__ = ["QueueStatus", "catalogue_name", "dead_letter_queue_name", "delete_exchange",
+           "delete_queue", "purge_queue", "read_catalogue", "record_task_queue",
+           "task_queue_status"]
 
 logger = logging.getLogger("kiwitrio.tasks")  # a public name (docs/configuration.md#logging)
 
@@ -73,9 +66,8 @@ class QueueStatus:
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready: ``kiwitrio status --json`` prints a list of these."""
-        return {"queue": self.name, "exists": self.exists, "waiting": self.waiting,
-                "consumers": self.consumers, "dead_letter_queue": self.dead_letter_queue,
-                "dead_letters": self.dead_letters}
+        fields = dataclasses.asdict(self)
+        return {"queue": fields.pop("name"), **fields}
 
 
 # -- the catalogue -------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ and so are the replies the asker accepts (:func:`parse_info`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -33,7 +34,8 @@ from .._errors import DecodeError, KiwitrioError
 from .._saferepr import safe_repr
 from . import _pipeline as pipeline
 from ._context import Context
-from ._replies import ReplyRouter, result_envelope
+from ._envelopes import result_envelope
+from ._replies import ReplyRouter
 
 __all__ = ["CommunicatorInfo", "ControlHub", "InFlightTask", "control_exchange_name"]
 
@@ -72,8 +74,7 @@ class InFlightTask:
     leased: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {"queue": self.queue, "task_id": self.task_id, "age": self.age,
-                "leased": self.leased}
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)

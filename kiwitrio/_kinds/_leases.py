@@ -32,13 +32,7 @@ from typing import Protocol
 
 import trio
 
-from .._backends import (
-    DEAD_LETTER_EXCHANGE,
-    DEAD_LETTER_ROUTING_KEY,
-    Delivery,
-    OutgoingMessage,
-    QueueSpec,
-)
+from .._backends import Delivery, OutgoingMessage, QueueSpec, dead_letter_to
 from ._context import SHUTDOWN_GRACE, Context
 
 __all__ = ["LeaseKeeper", "LeasedQueue", "TaskLease"]
@@ -118,8 +112,7 @@ class LeaseKeeper:
         await self._queue.ctx.session.declare_queue(QueueSpec(
             self.name, durable=True, arguments={
                 "x-message-ttl": self._lease_ms,
-                DEAD_LETTER_EXCHANGE: self._queue.exchange,
-                DEAD_LETTER_ROUTING_KEY: self._queue.name,
+                **dead_letter_to(self._queue.exchange, self._queue.name),
                 # Outlives its last copy: an unused lease queue is gone after its copies.
                 "x-expires": self._lease_ms * 3,
             },

@@ -1,22 +1,17 @@
-"""Results coming back: the reply envelope, :class:`ResultHandle`, and the reply queue.
+"""Results coming back: :class:`ResultHandle` and the reply queue that fills them.
 
 A task or RPC that wants an answer carries ``reply_to`` (this communicator's reply queue:
-durable, consumed exclusively) and a fresh ``correlation_id``. The worker publishes the envelope
-``{"result": value}`` or ``{"exception": {"type", "message", "traceback"}}`` there, encoded
-with the communicator's encoder, before it acknowledges the request.
-
-A subscriber registered with ``pending_replies=True`` also sends ``{"pending": None}`` each time
-its outcome turns out to be a future still to be waited for (kiwiPy's "pending" response).
-The requester's :class:`ResultHandle` counts these (:attr:`ResultHandle.pending_replies`) and
-stays pending until the final reply; kiwitrio_sync's kiwiPy face turns each one into a level of
-nested futures, as kiwiPy does.
+durable, consumed exclusively) and a fresh ``correlation_id``. The worker publishes a reply
+envelope (:mod:`._envelopes`) there, encoded with the communicator's encoder, before it
+acknowledges the request. The requester's :class:`ResultHandle` counts intermediate
+("pending") replies (:attr:`ResultHandle.pending_replies`) and stays pending until the final
+one; kiwitrio_sync's kiwiPy face turns each one into a level of nested futures, as kiwiPy does.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Generator
@@ -25,12 +20,12 @@ from typing import Any
 import trio
 
 from .._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
-from .._errors import CommunicatorClosed, DecodeError, DeliveryFailed, RemoteException
-from .._saferepr import describe_error, safe_repr, safe_str_of_exception
+from .._errors import CommunicatorClosed, DecodeError, DeliveryFailed
+from .._saferepr import describe_error, safe_repr
 from ._context import Context
+from ._envelopes import is_pending, parse_envelope
 
-__all__ = ["ReplyRouter", "ResultHandle", "exception_envelope", "pending_envelope",
-           "result_envelope"]
+__all__ = ["ReplyRouter", "ResultHandle"]
 
 logger = logging.getLogger("kiwitrio.replies")  # a public name (docs/configuration.md#logging)
 
@@ -40,62 +35,6 @@ _REMEMBERED_IDS = 16_384
 #: A reply queue unused (no consumer) this long is deleted by the broker.
 REPLY_QUEUE_EXPIRES_MS = 30 * 60 * 1000
 _MISSING: Any = object()
-#: The message of an exception sent back is cut to this many characters.
-_MAX_REMOTE_MESSAGE = 10_000
-#: The key of an intermediate ("pending") reply.
-_PENDING_KEY = "pending"
-
-
-def result_envelope(value: Any) -> dict[str, Any]:
-    return {"result": value}
-
-
-def pending_envelope() -> dict[str, Any]:
-    """An intermediate reply: the outcome is a future, the final reply comes later."""
-    return {_PENDING_KEY: None}
-
-
-def exception_envelope(exc: BaseException) -> dict[str, Any]:
-    # The exception may carry a value from a hostile message (a KeyError of a key that
-    # cannot be printed): neither its str() nor its traceback may raise here.
-    try:
-        formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        formatted = ""
-    return {
-        "exception": {
-            "type": type(exc).__qualname__,
-            "message": safe_str_of_exception(exc, _MAX_REMOTE_MESSAGE),
-            "traceback": formatted,
-        }
-    }
-
-
-def _text_field(info: dict[Any, Any], key: str, default: str) -> str:
-    """A str field of a remote exception; anything else is described, not converted (its
-    str() is the sender's choice of code path: a huge int raises)."""
-    value = info.get(key, default)
-    return value if isinstance(value, str) else safe_repr(value)
-
-
-def _is_pending(envelope: Any) -> bool:
-    return isinstance(envelope, dict) and len(envelope) == 1 and _PENDING_KEY in envelope
-
-
-def _parse_envelope(envelope: Any) -> tuple[Any, BaseException | None]:
-    if isinstance(envelope, dict):
-        if "result" in envelope:
-            return envelope["result"], None
-        info = envelope.get("exception")
-        if isinstance(info, dict):
-            return None, RemoteException(
-                _text_field(info, "type", "Exception"),
-                _text_field(info, "message", ""),
-                _text_field(info, "traceback", ""),
-            )
-    raise DecodeError(f"not a reply envelope: {safe_repr(envelope)}")
-
-
 class ResultHandle:
     """The eventual outcome of :meth:`~kiwitrio.Communicator.task_send` or ``rpc_send``.
 
@@ -316,13 +255,13 @@ class ReplyRouter:
         bad = False
         try:
             envelope = await self._ctx.decode(delivery)
-            if _is_pending(envelope):
+            if is_pending(envelope):
                 # An intermediate reply: the handle stays registered for the final one.
                 waiting = self._pending.get(delivery.correlation_id or "")
                 if waiting is not None:
                     waiting._note_pending()
                 return
-            value, error = _parse_envelope(envelope)
+            value, error = parse_envelope(envelope)
         except DecodeError as exc:
             logger.error("rejecting reply %r on %s: %s", delivery.correlation_id,
                          self.queue_name, exc)

@@ -28,14 +28,9 @@ from .._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSp
 from .._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from . import _pipeline as pipeline
 from ._context import Context, handling
+from ._envelopes import exception_envelope, pending_envelope, result_envelope
 from ._invoke import call_subscriber, check_subscriber_signature
-from ._replies import (
-    ReplyRouter,
-    ResultHandle,
-    exception_envelope,
-    pending_envelope,
-    result_envelope,
-)
+from ._replies import ReplyRouter, ResultHandle
 
 __all__ = ["RpcHub", "RpcSubscriber"]
 

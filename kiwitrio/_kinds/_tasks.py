@@ -21,12 +21,12 @@ import trio
 
 from .. import _metrics, _tracing
 from .._backends import (
-    DEAD_LETTER_EXCHANGE,
     Consumer,
     Delivery,
     EntityNotFound,
     OutgoingMessage,
     QueueSpec,
+    dead_letter_to,
 )
 from .._errors import (
     CommunicatorClosed,
@@ -37,18 +37,13 @@ from .._errors import (
 )
 from .._saferepr import describe_error
 from . import _pipeline as pipeline
-from ._admin import record_task_queue
+from ._admin import dead_letter_queue_name, record_task_queue
 from ._context import Context, handling
 from ._control import InFlightTask
+from ._envelopes import exception_envelope, pending_envelope, result_envelope
 from ._invoke import call_subscriber, check_subscriber_signature
 from ._leases import LeaseKeeper, TaskLease
-from ._replies import (
-    ReplyRouter,
-    ResultHandle,
-    exception_envelope,
-    pending_envelope,
-    result_envelope,
-)
+from ._replies import ReplyRouter, ResultHandle
 
 __all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
 
@@ -208,11 +203,11 @@ class TaskQueue:
         is_new = await session.inspect_queue(self.name) is None
         dlx = dead_letter_exchange_name(self.exchange)
         dead_letters = await session.declare_queue(
-            QueueSpec(f"{self.name}.dead-letter", durable=True, arguments=extra)
+            QueueSpec(dead_letter_queue_name(self.name), durable=True, arguments=extra)
         )
         await session.bind_queue(dead_letters, dlx, self.name)
         await session.declare_queue(QueueSpec(
-            self.name, durable=True, arguments={DEAD_LETTER_EXCHANGE: dlx, **extra}
+            self.name, durable=True, arguments={**dead_letter_to(dlx), **extra}
         ))
         await session.bind_queue(self.name, self.exchange, self.name)
         if is_new:

@@ -9,7 +9,7 @@ from typing import Any
 
 from kiwitrio import ResultHandle, TaskRejected
 
-from .._communicator import _unresolved
+from .._outcomes import keep_until_resolved
 from .._portal import settle_future
 
 __all__ = ["_cancel", "_nested_future_from", "_reject_task", "_relay", "_send_nested"]
@@ -60,7 +60,7 @@ def _nested_future_from(handle: ResultHandle) -> concurrent.futures.Future[Any]:
     a new future; the final reply resolves the innermost one."""
     outer: concurrent.futures.Future[Any] = concurrent.futures.Future()
     innermost = [outer]
-    _unresolved.add(handle)
+    keep_until_resolved(handle)
 
     def pending(_: ResultHandle) -> None:
         current = innermost[0]
@@ -69,7 +69,6 @@ def _nested_future_from(handle: ResultHandle) -> concurrent.futures.Future[Any]:
         settle_future(current, nested, None)
 
     def transfer(done: ResultHandle) -> None:
-        _unresolved.discard(done)
         error = done.exception()
         settle_future(innermost[0], None if error is not None else done.result(), error)
 

@@ -18,7 +18,7 @@ from kiwitrio import CommunicatorClosed, QueueEmpty
 from kiwitrio import IncomingTask as CoreIncomingTask
 from kiwitrio import TaskQueue as CoreTaskQueue
 
-from .._communicator import _fetch_within
+from .._outcomes import fetch_within, outcome_of_block
 from ._api import InvalidStateError, OperationTimeout
 from ._futures import _send_nested
 
@@ -125,7 +125,7 @@ class RmqThreadTaskQueue:
     def _take(self, timeout: float | None) -> RmqThreadIncomingTask | None:
         self._wait_settling()
         try:
-            core_task = self._communicator._call(_fetch_within, self._queue, timeout,
+            core_task = self._communicator._call(fetch_within, self._queue, timeout,
                                                  timeout=None)
         except trio.TooSlowError:
             raise OperationTimeout(f"fetching a task from {self.name!r} took longer than "
@@ -236,11 +236,8 @@ class RmqThreadIncomingTask:
         self._begin()
         outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
         try:
-            yield outcome
-        except Exception as exc:
-            if not outcome.done():
-                outcome.set_exception(exc)
-            raise
+            with outcome_of_block(outcome):
+                yield outcome
         finally:
             if outcome.done() and not outcome.cancelled():
                 with self._lock:

@@ -12,31 +12,15 @@ broker). What still differs from kiwiPy is listed in docs/coming-from-kiwipy.md.
 import logging as _logging
 
 from . import communicate, communications, exceptions, filters, futures, local, rmq, utils
-from .communicate import connect
-from .communications import Communicator, CommunicatorHelper
-from .exceptions import (
-    CommunicatorClosed,
-    DeliveryFailed,
-    DuplicateSubscriberIdentifier,
-    InvalidStateError,
-    QueueEmpty,
-    RemoteException,
-    TaskRejected,
-    TimeoutError,  # kiwiPy's name
-    UnroutableError,
-)
-from .filters import BroadcastFilter
-from .futures import (
-    CancelledError,
-    Future,
-    as_completed,
-    capture_exceptions,
-    chain,
-    copy_future,
-    wait,
-)
-from .local import LocalCommunicator
-from .utils import EventHelper
+
+# As kiwiPy's package does: each submodule's __all__ is also the package's.
+from .communicate import *  # noqa: F403
+from .communications import *  # noqa: F403
+from .exceptions import *  # noqa: F403
+from .filters import *  # noqa: F403
+from .futures import *  # noqa: F403
+from .local import *  # noqa: F403
+from .utils import *  # noqa: F403
 
 #: The kiwiPy version whose API this reproduces.
 __version__ = "0.9.0"
@@ -45,34 +29,7 @@ __version__ = "0.9.0"
 _logging.getLogger("kiwipy").addHandler(_logging.NullHandler())
 
 __all__ = [
-    "BroadcastFilter",
-    "CancelledError",
-    "Communicator",
-    "CommunicatorClosed",
-    "CommunicatorHelper",
-    "DeliveryFailed",
-    "DuplicateSubscriberIdentifier",
-    "EventHelper",
-    "Future",
-    "InvalidStateError",
-    "LocalCommunicator",
-    "QueueEmpty",
-    "RemoteException",
-    "TaskRejected",
-    "TimeoutError",
-    "UnroutableError",
-    "as_completed",
-    "capture_exceptions",
-    "chain",
-    "communicate",
-    "communications",
-    "connect",
-    "copy_future",
-    "exceptions",
-    "filters",
-    "futures",
-    "local",
-    "rmq",
-    "utils",
-    "wait",
+    "communicate", "communications", "exceptions", "filters", "futures", "local", "rmq", "utils",
 ]
+__all__ += communicate.__all__ + communications.__all__ + exceptions.__all__
+__all__ += filters.__all__ + futures.__all__ + local.__all__ + utils.__all__

@@ -13,23 +13,16 @@ from typing import Any
 
 from .._kiwipy._api import KiwipyCommunicator
 from . import futures
+from .exceptions import *  # noqa: F403  (kiwiPy's module has them too, outside __all__)
 from .exceptions import (
     CommunicatorClosed,
-    DeliveryFailed,
     DuplicateSubscriberIdentifier,
-    InvalidStateError,
-    QueueEmpty,
     RemoteException,
     TaskRejected,
-    TimeoutError,  # kiwiPy's name
     UnroutableError,
 )
 
 __all__ = ["Communicator", "CommunicatorHelper"]
-# Not in __all__ (as in kiwiPy), but importable from here.
-_REEXPORTED = (CommunicatorClosed, DeliveryFailed, DuplicateSubscriberIdentifier,
-               InvalidStateError, QueueEmpty, RemoteException, TaskRejected, TimeoutError,
-               UnroutableError)
 
 #: kiwiPy's interface: subclass it (plumpy's LoopCommunicator does). Its methods are marked
 #: abstract; as in kiwiPy, that is not enforced when instantiating.
@@ -81,44 +74,38 @@ class CommunicatorHelper(Communicator):
             raise CommunicatorClosed("the communicator is closed")
 
     def add_rpc_subscriber(self, subscriber: RpcSubscriber, identifier: Any = None) -> Any:
-        self._ensure_open()
-        identifier = identifier or _new_identifier()
-        if identifier in self._rpc_subscribers:
-            raise DuplicateSubscriberIdentifier(f"RPC identifier {identifier!r}")
-        self._rpc_subscribers[identifier] = subscriber
-        return identifier
+        return self._add(self._rpc_subscribers, subscriber, identifier, "RPC identifier")
 
     def remove_rpc_subscriber(self, identifier: Any) -> None:
-        self._ensure_open()
-        if self._rpc_subscribers.pop(identifier, None) is None:
-            raise ValueError(f"no RPC subscriber {identifier!r}")
+        self._remove(self._rpc_subscribers, identifier, "RPC subscriber")
 
     def add_task_subscriber(self, subscriber: TaskSubscriber, identifier: Any = None) -> Any:
-        self._ensure_open()
-        identifier = identifier or _new_identifier()
-        if identifier in self._task_subscribers:
-            raise DuplicateSubscriberIdentifier(f"task subscriber {identifier!r}")
-        self._task_subscribers[identifier] = subscriber
-        return identifier
+        return self._add(self._task_subscribers, subscriber, identifier, "task subscriber")
 
     def remove_task_subscriber(self, identifier: Any) -> None:
-        self._ensure_open()
-        if self._task_subscribers.pop(identifier, None) is None:
-            raise ValueError(f"no task subscriber {identifier!r}")
+        self._remove(self._task_subscribers, identifier, "task subscriber")
 
     def add_broadcast_subscriber(self, subscriber: BroadcastSubscriber,
                                  identifier: Any = None) -> Any:
-        self._ensure_open()
-        identifier = identifier or _new_identifier()
-        if identifier in self._broadcast_subscribers:
-            raise DuplicateSubscriberIdentifier(f"broadcast subscriber {identifier!r}")
-        self._broadcast_subscribers[identifier] = subscriber
-        return identifier
+        return self._add(self._broadcast_subscribers, subscriber, identifier,
+                         "broadcast subscriber")
 
     def remove_broadcast_subscriber(self, identifier: Any) -> None:
+        self._remove(self._broadcast_subscribers, identifier, "broadcast subscriber")
+
+    def _add(self, registry: dict[Any, Any], subscriber: Any, identifier: Any,
+             what: str) -> Any:
         self._ensure_open()
-        if self._broadcast_subscribers.pop(identifier, None) is None:
-            raise ValueError(f"no broadcast subscriber {identifier!r}")
+        identifier = identifier or _new_identifier()
+        if identifier in registry:
+            raise DuplicateSubscriberIdentifier(f"{what} {identifier!r}")
+        registry[identifier] = subscriber
+        return identifier
+
+    def _remove(self, registry: dict[Any, Any], identifier: Any, what: str) -> None:
+        self._ensure_open()
+        if registry.pop(identifier, None) is None:
+            raise ValueError(f"no {what} {identifier!r}")
 
     def fire_task(self, msg: Any, no_reply: bool = False) -> futures.Future[Any] | None:
         """Offer ``msg`` to the task subscribers in turn, here and now.
