@@ -16,8 +16,10 @@ import pytest
 
 import kiwitrio
 from kiwitrio._bridge import BRIDGE_ENV
-from kiwitrio.backends import open_session
+from kiwitrio.backends import Session, open_session
 from kiwitrio.testing import KiwitrioNames
+
+from .contract import Backend
 
 AMQP_URL = os.environ.get("KIWITRIO_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -83,3 +85,18 @@ async def delete_queues(url: str, queues: set[str], names: Names | None = None) 
             await session.delete_queue(f"{names.task_exchange}.catalogue")
         for exchange in names.exchanges() if names else ():
             await session.delete_exchange(exchange)
+
+
+@pytest.fixture(params=["amqp", "memory"])
+async def backend(request: pytest.FixtureRequest, names: Names) -> AsyncIterator[Backend]:
+    """A broker for a backend contract test (tests/contract.py): RabbitMQ, then memory."""
+    url = AMQP_URL if request.param == "amqp" else f"memory://{names.prefix}"
+    made = Backend(url, names)
+    yield made
+    await made.clean_up()
+
+
+@pytest.fixture
+async def session(backend: Backend) -> AsyncIterator[Session]:
+    async with backend.open() as opened:
+        yield opened

@@ -5,7 +5,8 @@ Run as ``python -m tests.worker_process ...`` or ``python tests/worker_process.p
 The worker opens a communicator on the given exchange and queue names (in testing mode),
 subscribes to the task queue and prints ``ready`` on stdout. For a task ``{"id": n}`` it
 returns ``{"id": n, "square": n * n, "pid": <its pid>}`` and appends ``done <n>`` to its log
-file. For a task marked ``"slow": True`` it first appends ``started <n>``; with
+file. For a task marked ``"crash": True`` it appends ``started <n>`` and SIGKILLs itself.
+For a task marked ``"slow": True`` it first appends ``started <n>``; with
 ``--block-slow`` it then blocks until cancelled (so the task is never finished by it).
 
 Every log line is written with one ``write`` and fsync'ed before the subscriber returns, so
@@ -75,8 +76,10 @@ class Worker:
 
     async def on_task(self, _comm: kiwitrio.Communicator, task: Any) -> dict[str, int]:
         task_id = int(task["id"])
-        if task.get("slow") or self._log_starts:
+        if task.get("slow") or self._log_starts or task.get("crash"):
             self._log.append(f"started {task_id}")
+        if task.get("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)  # a task that kills its worker
         if task.get("slow") and self._block_slow:
             await trio.sleep_forever()
         if task.get("hold"):
@@ -160,6 +163,12 @@ def _connection_options(args: argparse.Namespace, worker: Worker) -> dict[str, A
         )
     if args.log_states:
         options["on_connection_state"] = worker.on_state
+    if args.finished_tasks:
+        options["finished_tasks"] = kiwitrio.SqliteFinishedTasks(args.finished_tasks)
+    if args.queue_type:
+        options["queue_type"] = args.queue_type
+    if args.delivery_limit is not None:
+        options["delivery_limit"] = args.delivery_limit
     return options
 
 
@@ -221,6 +230,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="longest reconnection delay (seconds)")
     parser.add_argument("--startup-give-up-after", type=float,
                         help="how long to keep trying to connect at start-up (seconds)")
+    parser.add_argument("--finished-tasks", metavar="PATH",
+                        help="remember finished tasks in this SQLite file (shared by workers)")
+    parser.add_argument("--queue-type", choices=["classic", "quorum"],
+                        help="declare the durable queues as this type")
+    parser.add_argument("--delivery-limit", type=int,
+                        help="redeliveries allowed per task (with --queue-type quorum)")
     args = parser.parse_args(argv)
     if args.sync and args.block_slow:
         parser.error("--block-slow needs the async subscriber (not --sync)")
