@@ -1,7 +1,8 @@
 """The backend contract: what kiwitrio relies on of a :class:`kiwitrio.backends.Session`,
-checked against RabbitMQ and the in-memory broker alike, with the same error types.
+checked against RabbitMQ, the in-memory broker and the sqlite one alike, with the same error
+types.
 
-Each test runs on both (the ``backend`` fixture); what only the memory broker can show
+Each test runs on each (the ``backend`` fixture); what only the memory broker can show
 (synchronous dispatch, its registry of brokers) stays in test_memory_backend.py.
 """
 
@@ -29,7 +30,7 @@ from kiwitrio._backends import (
 )
 from kiwitrio.backends import open_session
 
-from .conftest import AMQP_URL, Names
+from .conftest import BACKENDS, Names, test_url
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -84,10 +85,9 @@ class Backend:
                     await session.delete_exchange(exchange)
 
 
-@pytest.fixture(params=["amqp", "memory"])
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, names: Names) -> AsyncIterator[Backend]:
-    url = AMQP_URL if request.param == "amqp" else f"memory://{names.prefix}"
-    made = Backend(url, names)
+    made = Backend(test_url(request, names), names)
     yield made
     await made.clean_up()
 
