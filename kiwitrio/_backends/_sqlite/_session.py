@@ -82,6 +82,10 @@ class _SqliteSession(Session):
     def __init__(self, store: Store, bell: Doorbell, options: SqliteOptions) -> None:
         self.server_properties = {"product": _PRODUCT, "version": __version__,
                                   "path": options.path}
+        #: The user in the URL (``sqlite://alice@/path``), ``guest`` by default: stamped as each
+        #: published message's ``user_id``. Unchecked: whoever can write the file can forge
+        #: it, unlike on RabbitMQ.
+        self.login: str | None = options.login
         self._store = store
         self._bell = bell
         self._options = options
@@ -177,7 +181,7 @@ class _SqliteSession(Session):
         """
         await self._enter(lambda tx: messages.publish(
             tx, exchange, routing_key, message, mandatory=mandatory,
-            user_id=self._options.login))
+            user_id=self.login))
 
     async def get(self, queue: str) -> Delivery | None:
         def work(tx: Tx) -> list[messages.Stored]:
