@@ -1,7 +1,7 @@
 """Scenario 3: worker processes SIGKILLed in the middle of tasks.
 
 Four worker processes (prefetch 4) work through 1600 tasks from three senders on the shared
-broker, with RPCs and broadcasts alongside. Every 40th task takes 1.5 s, so that a worker
+broker (and on a sqlite file the processes share), with RPCs and broadcasts alongside. Every 40th task takes 1.5 s, so that a worker
 can be caught in the middle of one: twice, the test waits until a worker's log shows such a
 task started and not finished, SIGKILLs it and starts a replacement.
 
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from ..conftest import AMQP_URL, Names
+from ..conftest import BACKENDS, Names, test_url
 from .workload import (
     Figures,
     TaskBook,
@@ -56,17 +56,24 @@ def in_a_long_task(worker: WorkerProc) -> bool:
     return any(is_long(task_id) for task_id in worker.in_flight_ids())
 
 
+@pytest.fixture(params=[b for b in BACKENDS if b != "memory"])
+def url(request: pytest.FixtureRequest, names: Names) -> str:
+    """RabbitMQ, and the sqlite file (which the worker processes share as they would a
+    broker)."""
+    return test_url(request, names)
+
+
 async def test_sigkilled_workers_tasks_are_finished_elsewhere(
-    names: Names, fleet: WorkerFleet, capsys: pytest.CaptureFixture[str]
+    names: Names, fleet: WorkerFleet, url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     began = time.monotonic()
     book = TaskBook()
     victims: list[WorkerProc] = []
     replacements: list[WorkerProc] = []
     in_flight_at_kill: dict[str, set[int]] = {}
-    workers = await fleet.spawn_many(N_WORKERS, AMQP_URL, prefetch=PREFETCH,
+    workers = await fleet.spawn_many(N_WORKERS, url, prefetch=PREFETCH,
                                      reconnect_fast=False)
-    async with open_senders(AMQP_URL, names, N_SENDERS, fleet) as senders, \
+    async with open_senders(url, names, N_SENDERS, fleet) as senders, \
             traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(book.send_all, senders, range(N_TASKS), make_task)
@@ -80,7 +87,7 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
                 # Its log is fsync'ed line by line: complete up to the kill.
                 in_flight_at_kill[victim.name] = victim.in_flight_ids()
                 replacements.append(await fleet.spawn(
-                    f"replacement{number}", AMQP_URL, prefetch=PREFETCH,
+                    f"replacement{number}", url, prefetch=PREFETCH,
                     reconnect_fast=False, wait_ready=False))
             resolved_at_last_kill = book.resolved
         await book.wait_all(RESULTS_DEADLINE)
@@ -101,7 +108,8 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
         taken_over[victim.name] = set(victim.started_ids()) & elsewhere
     killed_in_flight = sum(len(ids) for ids in taken_over.values())
     figures = Figures(
-        "worker-kill", sent=book.sent, completed=completed, lost=book.sent - completed,
+        f"worker-kill[{url.partition(':')[0]}]", sent=book.sent, completed=completed,
+        lost=book.sent - completed,
         executed_twice=executed_twice(completions),
         extra={
             "workers_killed": len(victims),
