@@ -1,9 +1,10 @@
 """Scenario 3: worker processes SIGKILLed in the middle of tasks.
 
 Four worker processes (prefetch 4) work through 1600 tasks from three senders on the shared
-broker (and on a sqlite file the processes share), with RPCs and broadcasts alongside. Every 40th task takes 1.5 s, so that a worker
-can be caught in the middle of one: twice, the test waits until a worker's log shows such a
-task started and not finished, SIGKILLs it and starts a replacement.
+broker (and on a sqlite file the processes share), with RPCs and broadcasts alongside. Every
+40th task takes 1.5 s, so that a worker can be caught in the middle of one: twice, the test
+waits until a worker's log shows such a task started and not finished, SIGKILLs it and starts
+a replacement.
 
 Promised: the broker redelivers what a dead worker had not acknowledged, so nothing is lost;
 only those tasks can run twice (a worker may die after its result went out but before its

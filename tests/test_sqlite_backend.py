@@ -1,0 +1,210 @@
+"""What only the sqlite backend has: its URL, its file (schema version, durability across
+sessions, consistency after a writer is SIGKILLed mid-transaction) and its doorbells.
+
+The semantics it shares with RabbitMQ and the memory broker are in test_backend_contract.py
+and the communicator suites (the ``sqlite`` parameter of their fixtures).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import trio
+
+import kiwitrio
+from kiwitrio._backends import OutgoingMessage, QueueSpec
+from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch
+from kiwitrio._backends._sqlite._options import SqliteOptions
+from kiwitrio.backends import open_session
+
+from .conftest import SQLITE_ENABLED
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(not SQLITE_ENABLED, reason="KIWITRIO_TEST_SQLITE=0")]
+
+#: How long a delivery the test expects may take (generous: a loaded 2-CPU machine).
+ARRIVAL = 5.0
+
+
+def message(body: bytes = b"x") -> OutgoingMessage:
+    return OutgoingMessage(body=body, content_type="text/plain", persistent=True)
+
+
+def url_of(path: Path, **options: object) -> str:
+    query = "&".join(f"{key}={value}" for key, value in options.items())
+    return f"sqlite://{path}" + (f"?{query}" if query else "")
+
+
+# -- the URL ------------------------------------------------------------------------------------
+
+
+def test_the_url_names_an_absolute_file_and_its_options() -> None:
+    options = SqliteOptions.from_url("sqlite:///var/tmp/kt.db?liveness=5&poll=0.5")
+    assert (options.path, options.login, options.liveness, options.poll) == (
+        "/var/tmp/kt.db", "guest", 5.0, 0.5)
+    assert SqliteOptions.from_url("sqlite://alice@/tmp/a%20b.db").login == "alice"
+    assert SqliteOptions.from_url("sqlite://alice@/tmp/a%20b.db").path == "/tmp/a b.db"
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite://host/kt.db",            # a host: not a local file
+    "sqlite:kt.db",                   # relative
+    "sqlite:///tmp/dir/",             # a directory
+    "sqlite:///tmp/kt.db?bogus=1",    # unknown option
+    "sqlite:///tmp/kt.db?poll=0",     # out of range
+    "sqlite:///tmp/kt.db?liveness=soon",
+    "sqlite:///tmp/kt.db?synchronous=off",  # would give up durability
+])
+async def test_bad_urls_are_refused_before_touching_any_file(url: str) -> None:
+    with pytest.raises(ValueError):
+        async with open_session(url, heartbeat=0):
+            pass
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+
+async def test_a_file_of_another_schema_version_is_refused_clearly(tmp_path: Path) -> None:
+    path = tmp_path / "kt.db"
+    async with open_session(url_of(path), heartbeat=0):
+        pass
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+    with pytest.raises(SchemaMismatch, match=f"schema version {SCHEMA_VERSION + 1}.*uses "
+                                             f"version {SCHEMA_VERSION}"):
+        async with open_session(url_of(path), heartbeat=0):
+            pass
+    assert issubclass(SchemaMismatch, kiwitrio.ConnectionFailed)
+
+
+async def test_a_foreign_file_is_refused_and_left_alone(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(SchemaMismatch, match="not a kiwitrio sqlite database"):
+        async with open_session(url_of(garbage), heartbeat=0):
+            pass
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE mine (x)")
+    with pytest.raises(SchemaMismatch, match="schema version 0"):
+        async with open_session(url_of(other), heartbeat=0):
+            pass
+    with sqlite3.connect(other) as db:  # untouched
+        assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["mine"]
+
+
+async def test_messages_outlive_every_session(tmp_path: Path) -> None:
+    """Nothing lives in a process: a message published and left is there for the next."""
+    url = url_of(tmp_path / "kt.db")
+    async with open_session(url, heartbeat=0) as session:
+        queue = await session.declare_queue(QueueSpec("durable-q", durable=True))
+        await session.publish("", queue, message(b"kept"), mandatory=True)
+        taken = await session.get(queue)
+        assert taken is not None  # held, unsettled, when the session closes: back it goes
+    async with open_session(url, heartbeat=0) as session:
+        again = await session.get(queue)
+        assert again is not None and (again.body, again.redelivered) == (b"kept", True)
+        await again.ack()
+        assert await session.get(queue) is None
+
+
+# -- doorbells ----------------------------------------------------------------------------------
+
+
+async def test_a_consumer_is_rung_not_polled(tmp_path: Path) -> None:
+    """With the safety-net poll at a minute, deliveries to another connection's consumer
+    still arrive at once: the publisher rang its doorbell."""
+    url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        queue = await publisher.declare_queue(QueueSpec("rung", durable=True))
+        consumer = await worker.consume(queue, prefetch_count=1)
+        for number in range(20):
+            body = str(number).encode()
+            await publisher.publish("", queue, message(body), mandatory=True)
+            with trio.fail_after(ARRIVAL):
+                delivery = await consumer.deliveries.receive()
+            assert delivery.body == body
+            await delivery.ack()
+        await consumer.cancel()
+
+
+# -- SIGKILL in the middle of writing --------------------------------------------------------------
+
+#: A writer that publishes large messages to a fanout exchange bound to several queues (one
+#: transaction writes a copy to each) and prints each number once its publish returned.
+WRITER = textwrap.dedent("""
+    import sys, trio
+    from kiwitrio._backends import OutgoingMessage
+    from kiwitrio.backends import open_session
+
+    async def main(url, start):
+        async with open_session(url, heartbeat=0) as session:
+            number = start
+            while True:
+                body = str(number).encode().ljust(200_000, b".")
+                await session.publish("fan", "", OutgoingMessage(body, "text/plain"),
+                                      mandatory=True)
+                print(number, flush=True)
+                number += 1
+
+    trio.run(main, sys.argv[1], int(sys.argv[2]))
+""")
+QUEUES = [f"copy{i}" for i in range(6)]
+
+
+async def test_a_writer_killed_mid_transaction_leaves_the_file_consistent(
+        tmp_path: Path) -> None:
+    """Each publish is one transaction writing six copies: after SIGKILLs at arbitrary
+    moments, the file passes SQLite's integrity check, every queue holds the same messages
+    (a publish is all or nothing), and every publish that returned is among them."""
+    url = url_of(tmp_path / "kt.db")
+    async with open_session(url, heartbeat=0) as session:
+        await session.declare_exchange("fan", "fanout", durable=True, auto_delete=False)
+        for name in QUEUES:
+            await session.declare_queue(QueueSpec(name, durable=True))
+            await session.bind_queue(name, "fan", "")
+    confirmed: set[int] = set()
+    for round_number in range(8):
+        confirmed |= await _publish_then_kill(url, start=round_number * 10_000,
+                                              after=3 + round_number)
+    with sqlite3.connect(tmp_path / "kt.db") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        held = {name: sorted(int(bytes(body).rstrip(b".")) for (body,) in db.execute(
+            "SELECT body FROM messages WHERE queue = ?", [name])) for name in QUEUES}
+    first = held[QUEUES[0]]
+    assert all(copies == first for copies in held.values())
+    assert confirmed <= set(first)
+    # The killed writers' connections are reaped, the file goes on being used.
+    async with open_session(url, heartbeat=0) as session:
+        assert await session.purge_queue(QUEUES[0]) == len(first)
+
+
+async def _publish_then_kill(url: str, *, start: int, after: int) -> set[int]:
+    """Run a writer until it confirmed ``after`` publishes and a bit more, then SIGKILL it;
+    the numbers it confirmed."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-c", WRITER, url, str(start)], stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    confirmed: set[int] = set()
+    buffer = b""
+    try:
+        with trio.fail_after(30):
+            while len(confirmed) < after:
+                chunk = await process.stdout.receive_some()
+                assert chunk, "the writer stopped"
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                confirmed.update(int(line) for line in lines)
+    finally:
+        process.kill()  # SIGKILL, most likely in the middle of its next transaction
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await process.stdout.aclose()
+    return confirmed
