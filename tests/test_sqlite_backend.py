@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -21,6 +22,7 @@ from kiwitrio._backends import OutgoingMessage, QueueSpec
 from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch
 from kiwitrio._backends._sqlite._options import SqliteOptions
 from kiwitrio.backends import open_session
+from kiwitrio.testing import KiwitrioNames
 
 from .conftest import SQLITE_ENABLED
 
@@ -208,3 +210,35 @@ async def _publish_then_kill(url: str, *, start: int, after: int) -> set[int]:
             await process.wait()
             await process.stdout.aclose()
     return confirmed
+
+
+# -- the pytest plugin ----------------------------------------------------------------------------
+
+
+async def test_the_plugins_sqlite_communicator(kiwitrio_sqlite_communicator: kiwitrio.Communicator,
+                                              ) -> None:
+    comm = kiwitrio_sqlite_communicator
+    assert comm.server_properties["product"] == "kiwitrio-sqlite"
+    await comm.add_task_subscriber(lambda _comm, x: x * 2)
+    with trio.fail_after(ARRIVAL):
+        assert await (await comm.task_send(21)) == 42
+
+
+async def test_the_plugin_deletes_what_a_test_left_in_the_file(
+        kiwitrio_open: Any, kiwitrio_names: KiwitrioNames, tmp_path: Path) -> None:
+    url = f"sqlite://{tmp_path}/kt.db"
+    async with kiwitrio_open(url=url) as comm:
+        await comm.add_task_subscriber(lambda _comm, x: x)
+        await comm.task_send("left behind", no_reply=True)
+    with sqlite3.connect(tmp_path / "kt.db") as db:
+        assert _ours(db, kiwitrio_names.prefix)
+    await kiwitrio_names.delete()  # what the fixture does after the test
+    with sqlite3.connect(tmp_path / "kt.db") as db:
+        assert _ours(db, kiwitrio_names.prefix) == []
+
+
+def _ours(db: sqlite3.Connection, prefix: str) -> list[str]:
+    """The queues and exchanges in the file named with ``prefix``."""
+    return [row[0] for row in db.execute(
+        "SELECT name FROM queues WHERE name LIKE ? UNION ALL "
+        "SELECT name FROM exchanges WHERE name LIKE ?", [prefix + "%", prefix + "%"])]
