@@ -12,28 +12,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
 from ..._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, InUseError
 from ..._version import __version__
-from .._base import (
-    Consumer,
-    Delivery,
-    EntityNotFound,
-    ExchangeType,
-    OutgoingMessage,
-    QueueSpec,
-    QueueStats,
-    Session,
-)
+from .._base import Consumer, Delivery, EntityNotFound, QueueStats, Session
 from .._buffer import DeliveryBuffer
 from . import _entities as entities
 from . import _messages as messages
 from ._doorbell import Doorbell, ring
 from ._options import SqliteOptions
 from ._store import Store, Tx
+
+if TYPE_CHECKING:  # annotations only
+    from .._base import ExchangeType, OutgoingMessage, QueueSpec
 
 __all__ = ["open_sqlite_session"]
 
@@ -384,34 +378,36 @@ class _SqliteConsumer(Consumer):
         self._buffer.end()
 
 
+#: The Delivery attributes stored as they are in the row's properties.
+_COPIED_PROPERTIES = ("content_type", "correlation_id", "reply_to", "exchange", "routing_key",
+                      "user_id")
+
+
 class _SqliteDelivery(Delivery):
     """A message row this connection holds."""
 
     def __init__(self, stored: messages.Stored, session: _SqliteSession,
                  consumer: _SqliteConsumer | None) -> None:
         props: dict[str, Any] = dict(stored.properties)
+        for name in _COPIED_PROPERTIES:
+            setattr(self, name, props[name])
         self.body = stored.body
-        self.content_type = props["content_type"]
-        self.correlation_id = props["correlation_id"]
-        self.reply_to = props["reply_to"]
+        # A private copy: a receiver editing its headers must not touch other copies.
         self.headers = copy.deepcopy(props["headers"])
         self.redelivered = stored.redelivered
-        self.exchange = props["exchange"]
-        self.routing_key = props["routing_key"]
-        self.user_id = props["user_id"]
         self._stored = stored
         self._session = session
         self._consumer = consumer
         self._settled = False
 
     @property
+    def stale(self) -> bool:
+        return self._session._lost is not None
+
+    @property
     def settled(self) -> bool:
         # A closed session gave its deliveries back: they are settled for us.
         return self._settled or self._session._closed
-
-    @property
-    def stale(self) -> bool:
-        return self._session._lost is not None
 
     async def ack(self) -> None:
         """Delete the message. Cancellation: once started, the ack commits."""
