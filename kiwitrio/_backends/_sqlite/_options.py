@@ -19,8 +19,10 @@ class SqliteOptions:
       to their queues. A process that died is noticed sooner, by its doorbell (see
       :mod:`._doorbell`), within about 1.5 poll intervals.
     - ``poll`` (seconds): how often a session looks at the file without being rung.
-    - ``synchronous``: SQLite's; ``full`` (default) survives power loss, ``normal`` only
-      process crashes, for more throughput.
+    - ``synchronous``: SQLite's, for the commits that must reach the disk (publishes and
+      declarations): ``full`` (default) survives power loss, ``normal`` only process
+      crashes and clean reboots. Claims and settlements always run at ``normal``: a power
+      loss may undo one, and the message is then delivered again, never lost.
     """
 
     path: str

@@ -92,20 +92,25 @@ class _SqliteSession(Session):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    async def _call(self, work: Callable[[Tx], T]) -> T:
-        """Run ``work`` in a transaction, then ring the doorbells it asks for."""
-        result, bells = await self._store.run(work)
+    async def _call(self, work: Callable[[Tx], T], *, durable: bool = True) -> T:
+        """Run ``work`` in a transaction, then ring the doorbells it asks for.
+
+        ``durable=False`` for what a power loss may undo without losing a message (claims,
+        settlements, housekeeping: at worst a message is delivered again); see
+        :meth:`Store.run`.
+        """
+        result, bells = await self._store.run(work, durable=durable)
         if self._bell.address in bells:
             bells.discard(self._bell.address)
             self._wake.set()
         ring(bells)
         return result
 
-    async def _enter(self, work: Callable[[Tx], T]) -> T:
+    async def _enter(self, work: Callable[[Tx], T], *, durable: bool = True) -> T:
         """:meth:`_call` for a public method: CommunicatorClosed once closed or lost."""
         await trio.lowlevel.checkpoint()
         self._check_open()
-        return await self._call(work)
+        return await self._call(work, durable=durable)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -184,7 +189,7 @@ class _SqliteSession(Session):
             messages.expire_messages(tx)
             return messages.claim(tx, queue, None, 1)
 
-        got = await self._enter(work)
+        got = await self._enter(work, durable=False)
         return _SqliteDelivery(got[0], self, None) if got else None
 
     async def consume(self, queue: str, *, prefetch_count: int,
@@ -232,7 +237,7 @@ class _SqliteSession(Session):
         for consumer in list(self._consumers.values()):
             consumer._end()
         if self._lost is None:
-            await self._call(lambda tx: entities.drop_connection(tx, tx.me))
+            await self._call(lambda tx: entities.drop_connection(tx, tx.me), durable=False)
 
     # -- consumers' side ----------------------------------------------------------------------
 
@@ -243,10 +248,11 @@ class _SqliteSession(Session):
             entities.consumer_left(tx, consumer.queue)
 
         if not (self._closed or self._lost):
-            await self._call(work)
+            await self._call(work, durable=False)
 
     async def _settle(self, delivery: _SqliteDelivery, outcome: str) -> None:
-        await self._call(lambda tx: messages.settle(tx, delivery._stored.id, outcome))
+        await self._call(lambda tx: messages.settle(tx, delivery._stored.id, outcome),
+                         durable=False)
         if delivery._consumer is not None:
             delivery._consumer._in_flight -= 1
             self._wake.set()
@@ -286,7 +292,7 @@ class _SqliteSession(Session):
                 entities.expire_queues(tx)
             return alive, messages.next_expiry(tx) if alive else None
 
-        alive, expiry = await self._call(work)
+        alive, expiry = await self._call(work, durable=False)
         if not alive:
             self._become_lost()
             return math.inf
@@ -319,7 +325,7 @@ class _SqliteSession(Session):
                     claimed[cid] = messages.claim(tx, row["queue"], cid, room)
             return claimed, ended
 
-        claimed, ended = await self._call(work)
+        claimed, ended = await self._call(work, durable=False)
         for cid in ended:
             if cid in self._consumers:
                 self._consumers[cid]._end()
@@ -330,7 +336,7 @@ class _SqliteSession(Session):
                 if consumer is None or not consumer._offer(one):
                     orphans.append(one.id)
         if orphans:  # cancelled meanwhile: give them back
-            await self._call(lambda tx: messages.requeue_many(tx, orphans))
+            await self._call(lambda tx: messages.requeue_many(tx, orphans), durable=False)
 
 
 class _SqliteConsumer(Consumer):

@@ -64,10 +64,14 @@ class Tx:
 class Store:
     """A session's connection to the database file."""
 
-    def __init__(self, db: sqlite3.Connection, me: str, liveness: float) -> None:
+    def __init__(self, db: sqlite3.Connection, me: str, liveness: float,
+                 synchronous: str) -> None:
         self._db = db
         self._me = me
         self._liveness = liveness
+        #: SQLite's ``synchronous`` for durable transactions; the others run at NORMAL.
+        self._synchronous = synchronous
+        self._current_synchronous = synchronous
         self._limiter = trio.CapacityLimiter(1)
         self._closed = False
 
@@ -78,20 +82,31 @@ class Store:
         Cancellation waits for the open to finish (and then closes it).
         """
         db = await trio.to_thread.run_sync(lambda: connect(path, synchronous=synchronous))
-        return cls(db, me, liveness)
+        return cls(db, me, liveness, synchronous)
 
-    async def run(self, work: Callable[[Tx], T]) -> tuple[T, set[str]]:
+    async def run(self, work: Callable[[Tx], T], *, durable: bool) -> tuple[T, set[str]]:
         """Run ``work`` in one transaction in a worker thread; its result and the doorbells
         to ring now that it committed. An exception from ``work`` rolls it all back.
+
+        ``durable``: the commit reaches the disk before this returns (fsync, with the
+        URL's ``synchronous=full``). Otherwise (``synchronous=NORMAL`` in WAL mode) it
+        survives any process being killed but maybe not a power loss, until the next
+        durable commit, which makes it and everything before it durable too (the WAL is
+        written in order).
 
         Cancellation: while waiting for the connection, the work is not done; once started,
         it runs to its commit or rollback (the caller's cancellation then takes effect).
         """
-        return await trio.to_thread.run_sync(self._transaction, work, limiter=self._limiter)
+        return await trio.to_thread.run_sync(self._transaction, work, durable,
+                                             limiter=self._limiter)
 
-    def _transaction(self, work: Callable[[Tx], T]) -> tuple[T, set[str]]:
+    def _transaction(self, work: Callable[[Tx], T], durable: bool) -> tuple[T, set[str]]:
         if self._closed:
             raise RuntimeError("the store is closed")
+        synchronous = self._synchronous if durable else "normal"
+        if synchronous != self._current_synchronous:  # only outside a transaction
+            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            self._current_synchronous = synchronous
         tx = Tx(self._db, self._me, self._liveness)
         self._db.execute("BEGIN IMMEDIATE")
         try:
