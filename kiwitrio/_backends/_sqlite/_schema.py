@@ -72,6 +72,8 @@ def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
         db.execute(f"PRAGMA synchronous={synchronous}")
         db.execute("PRAGMA foreign_keys=OFF")
         _create_or_check(db, path)
+        # From now on a busy file is waited for by Store._begin, in short steps.
+        db.execute("PRAGMA busy_timeout=0")
     except sqlite3.DatabaseError as exc:
         db.close()
         raise SchemaMismatch(f"{path} is not a kiwitrio sqlite database: {exc}") from exc

@@ -1,9 +1,9 @@
 """Transactions on the database file, run off the Trio thread.
 
-Each session has one sqlite3 connection, used by one worker thread at a time (a
-:class:`trio.CapacityLimiter` of one), so that the Trio loop never blocks on the file's lock
-or on fsync. Every unit of work is one ``BEGIN IMMEDIATE`` ... ``COMMIT``: it happens wholly
-or not at all, whoever is killed when.
+Each session has one sqlite3 connection, used by one worker thread at a time (under a
+:class:`trio.Lock`), so that the Trio loop never blocks on the file's lock or on fsync. Every
+unit of work is inside one ``BEGIN IMMEDIATE`` ... ``COMMIT``: it happens wholly or not at
+all, whoever is killed when.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import trio
 
+from ..._errors import CommunicatorClosed, DeliveryFailed
 from ._schema import connect
 
 __all__ = ["Store", "Tx"]
@@ -61,8 +63,29 @@ class Tx:
         return found
 
 
+@dataclass(eq=False)
+class _Job:
+    """One caller's unit of work, waiting for (or done in) a batch."""
+
+    work: Callable[[Tx], Any]
+    durable: bool
+    #: Taken into a batch by whoever holds the connection: it runs, whatever happens to
+    #: the caller meanwhile.
+    taken: bool = False
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: BaseException | None = None
+    bells: set[str] = field(default_factory=set)
+
+
 class Store:
-    """A session's connection to the database file."""
+    """A session's connection to the database file.
+
+    Group commit: the work of every caller that is waiting when the connection comes free
+    goes into one transaction (each in a savepoint of its own, so that one refusal undoes
+    only its own work), so that concurrent publishes and acks share one commit and one
+    fsync.
+    """
 
     def __init__(self, db: sqlite3.Connection, me: str, liveness: float,
                  synchronous: str) -> None:
@@ -72,7 +95,8 @@ class Store:
         #: SQLite's ``synchronous`` for durable transactions; the others run at NORMAL.
         self._synchronous = synchronous
         self._current_synchronous = synchronous
-        self._limiter = trio.CapacityLimiter(1)
+        self._lock = trio.Lock()
+        self._pending: list[_Job] = []
         self._closed = False
 
     @classmethod
@@ -85,8 +109,9 @@ class Store:
         return cls(db, me, liveness, synchronous)
 
     async def run(self, work: Callable[[Tx], T], *, durable: bool) -> tuple[T, set[str]]:
-        """Run ``work`` in one transaction in a worker thread; its result and the doorbells
-        to ring now that it committed. An exception from ``work`` rolls it all back.
+        """Run ``work`` in a transaction in a worker thread; its result and the doorbells to
+        ring now that it committed. An exception from ``work`` undoes all its work; an
+        error of the file (disk full, I/O) is raised as DeliveryFailed.
 
         ``durable``: the commit reaches the disk before this returns (fsync, with the
         URL's ``synchronous=full``). Otherwise (``synchronous=NORMAL`` in WAL mode) it
@@ -94,33 +119,109 @@ class Store:
         durable commit, which makes it and everything before it durable too (the WAL is
         written in order).
 
-        Cancellation: while waiting for the connection, the work is not done; once started,
-        it runs to its commit or rollback (the caller's cancellation then takes effect).
+        Cancellation: while the work waits for the connection, it is withdrawn and not done;
+        once taken into a transaction, it runs to its commit or rollback and this returns
+        its outcome (the cancellation takes effect at the caller's next checkpoint).
         """
-        return await trio.to_thread.run_sync(self._transaction, work, durable,
-                                             limiter=self._limiter)
+        job = _Job(work, durable)
+        self._pending.append(job)
+        try:
+            async with self._lock:
+                if not job.taken:
+                    await self._run_pending()
+        except trio.Cancelled:
+            if not job.taken:
+                self._pending.remove(job)
+                raise
+            with trio.CancelScope(shield=True):
+                await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        result: T = job.result
+        return result, job.bells
 
-    def _transaction(self, work: Callable[[Tx], T], durable: bool) -> tuple[T, set[str]]:
-        if self._closed:
-            raise RuntimeError("the store is closed")
+    async def _run_pending(self) -> None:
+        batch, self._pending = self._pending, []
+        for job in batch:
+            job.taken = True
+        try:
+            await trio.to_thread.run_sync(self._run_batch, batch)
+        finally:
+            for job in batch:
+                job.done.set()
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        """In the worker thread: one transaction for the whole batch."""
+        try:
+            if self._closed:
+                raise CommunicatorClosed("the sqlite broker session is closed")
+            self._set_synchronous(any(job.durable for job in batch))
+            self._begin()
+            try:
+                for job in batch:
+                    self._run_job(job)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        except BaseException as exc:  # the whole transaction is undone: each job failed
+            error = _as_kiwitrio_error(exc)
+            for job in batch:
+                job.error, job.result = error, None
+
+    def _run_job(self, job: _Job) -> None:
+        tx = Tx(self._db, self._me, self._liveness)
+        self._db.execute("SAVEPOINT job")
+        try:
+            job.result = job.work(tx)
+            job.bells = tx.bells()
+        except Exception as exc:
+            self._db.execute("ROLLBACK TO job")
+            job.error = _as_kiwitrio_error(exc)
+        self._db.execute("RELEASE job")
+
+    def _set_synchronous(self, durable: bool) -> None:
         synchronous = self._synchronous if durable else "normal"
         if synchronous != self._current_synchronous:  # only outside a transaction
             self._db.execute(f"PRAGMA synchronous={synchronous}")
             self._current_synchronous = synchronous
-        tx = Tx(self._db, self._me, self._liveness)
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            result = work(tx)
-            bells = tx.bells()
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        return result, bells
+
+    def _begin(self) -> None:
+        """Take the file's write lock, retrying quickly while another process holds it.
+
+        SQLite's own busy handler sleeps 1 ms, then longer and longer; transactions here last
+        tens of microseconds (or one fsync), so short sleeps keep the latency down.
+        """
+        delay, deadline = _FIRST_RETRY, time.monotonic() + _LOCK_TIMEOUT
+        while True:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, _LAST_RETRY)
 
     async def aclose(self) -> None:
         """Close the file once the work under way is done. Cancellation: shielded."""
         with trio.CancelScope(shield=True):
-            async with self._limiter:
+            async with self._lock:
                 self._closed = True
                 self._db.close()
+
+
+#: Waiting for the write lock: from 0.1 ms, doubling up to 2 ms, for at most a minute.
+_FIRST_RETRY = 0.0001
+_LAST_RETRY = 0.002
+_LOCK_TIMEOUT = 60.0
+
+
+def _as_kiwitrio_error(exc: BaseException) -> BaseException:
+    """An sqlite3 error as DeliveryFailed (kiwitrio's errors, and others, as they are)."""
+    if isinstance(exc, sqlite3.Error):
+        error = DeliveryFailed(f"the sqlite file refused the operation: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
