@@ -7,6 +7,7 @@ and the communicator suites (the ``sqlite`` parameter of their fixtures).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import subprocess
 import sys
@@ -242,3 +243,36 @@ def _ours(db: sqlite3.Connection, prefix: str) -> list[str]:
     return [row[0] for row in db.execute(
         "SELECT name FROM queues WHERE name LIKE ? UNION ALL "
         "SELECT name FROM exchanges WHERE name LIKE ?", [prefix + "%", prefix + "%"])]
+
+
+async def test_concurrent_work_of_one_session_shares_transactions(tmp_path: Path) -> None:
+    """Acks, requeues and publishes issued at once go into shared transactions (group
+    commit), each in a savepoint: all of them take effect, and one refused publish (to a
+    missing exchange) undoes only itself."""
+    async with open_session(url_of(tmp_path / "kt.db"), heartbeat=0) as session:
+        queue = await session.declare_queue(QueueSpec("batched", durable=True))
+        for number in range(40):
+            await session.publish("", queue, message(b"old%d" % number), mandatory=True)
+        held = [await session.get(queue) for _ in range(40)]
+        refused: list[BaseException] = []
+
+        async def refused_publish() -> None:
+            try:
+                await session.publish("missing", "k", message(), mandatory=True)
+            except kiwitrio.DeliveryFailed as exc:
+                refused.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for number, delivery in enumerate(held):
+                assert delivery is not None
+                if number % 2:
+                    nursery.start_soon(delivery.ack)
+                else:
+                    nursery.start_soon(lambda d=delivery: d.reject(requeue=True))
+                nursery.start_soon(functools.partial(
+                    session.publish, "", queue, message(b"new%d" % number), mandatory=True))
+                if number == 20:
+                    nursery.start_soon(refused_publish)
+        assert len(refused) == 1
+        stats = await session.inspect_queue(queue)
+        assert stats is not None and stats.messages == 20 + 40

@@ -8,11 +8,12 @@ as a durable queue's arguments are on RabbitMQ.
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from ..._errors import ConnectionFailed
 from .._memory._broker import _PREDECLARED_EXCHANGES
 
-__all__ = ["SCHEMA_VERSION", "SchemaMismatch", "connect"]
+__all__ = ["SCHEMA_VERSION", "SchemaMismatch", "connect", "pragma"]
 
 #: Bump on any change to the tables below (and say in the CHANGELOG how to migrate).
 SCHEMA_VERSION = 1
@@ -68,12 +69,14 @@ def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, timeout=60.0, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     try:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={synchronous}")
-        db.execute("PRAGMA foreign_keys=OFF")
+        pragma(db, "journal_mode=WAL")
+        pragma(db, f"synchronous={synchronous}")
+        pragma(db, "foreign_keys=OFF")
         _create_or_check(db, path)
-        # From now on a busy file is waited for by Store._begin, in short steps.
-        db.execute("PRAGMA busy_timeout=0")
+        # From now on a busy file is waited for by Store._begin, in short steps, and the WAL
+        # is copied back by Store.checkpoint, off the Trio thread.
+        pragma(db, "busy_timeout=0")
+        pragma(db, "wal_autocheckpoint=0")
     except sqlite3.DatabaseError as exc:
         db.close()
         raise SchemaMismatch(f"{path} is not a kiwitrio sqlite database: {exc}") from exc
@@ -83,12 +86,18 @@ def connect(path: str, *, synchronous: str) -> sqlite3.Connection:
     return db
 
 
+def pragma(db: sqlite3.Connection, statement: str) -> list[Any]:
+    """Run ``PRAGMA statement`` to its end: many pragmas answer with a row, and a statement
+    left unfinished would make the next SAVEPOINT (or COMMIT) fail."""
+    return db.execute(f"PRAGMA {statement}").fetchall()
+
+
 def _create_or_check(db: sqlite3.Connection, path: str) -> None:
     """Create the tables in an empty file; otherwise check its version (under the write lock,
     so that two processes opening a new file at once create it once)."""
     db.execute("BEGIN IMMEDIATE")
     try:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
+        version = pragma(db, "user_version")[0][0]
         tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
         if version == 0 and tables == 0:
             for statement in _TABLES.split(";"):
@@ -96,7 +105,7 @@ def _create_or_check(db: sqlite3.Connection, path: str) -> None:
                     db.execute(statement)
             db.executemany(
                 "INSERT INTO exchanges VALUES (?, ?, 1, 0)", _PREDECLARED_EXCHANGES.items())
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            pragma(db, f"user_version={SCHEMA_VERSION}")
         elif version != SCHEMA_VERSION:
             raise SchemaMismatch(
                 f"{path} has kiwitrio sqlite schema version {version}, this kiwitrio "

@@ -293,6 +293,7 @@ class _SqliteSession(Session):
             return alive, messages.next_expiry(tx) if alive else None
 
         alive, expiry = await self._call(work, durable=False)
+        await self._store.checkpoint()
         if not alive:
             self._become_lost()
             return math.inf

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..._errors import CommunicatorClosed, DeliveryFailed
-from ._schema import connect
+from ._schema import connect, pragma
 
 __all__ = ["Store", "Tx"]
 
@@ -45,8 +45,16 @@ class Tx:
         return self.db.execute(sql, tuple(params))
 
     def one(self, sql: str, params: Iterable[Any] = ()) -> Any:
-        """The first row of a query, or ``None``."""
-        return self.db.execute(sql, tuple(params)).fetchone()
+        """The first row of a query, or ``None``.
+
+        The cursor is closed at once: a statement left unfinished (an ``UPDATE ...
+        RETURNING`` read for one row) would make the next SAVEPOINT fail.
+        """
+        cursor = self.db.execute(sql, tuple(params))
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
 
     def bells(self) -> set[str]:
         """The doorbells to ring once this commits (the caller's own included)."""
@@ -145,30 +153,43 @@ class Store:
         for job in batch:
             job.taken = True
         try:
-            await trio.to_thread.run_sync(self._run_batch, batch)
-        finally:
-            for job in batch:
-                job.done.set()
-
-    def _run_batch(self, batch: list[_Job]) -> None:
-        """In the worker thread: one transaction for the whole batch."""
-        try:
-            if self._closed:
-                raise CommunicatorClosed("the sqlite broker session is closed")
-            self._set_synchronous(any(job.durable for job in batch))
-            self._begin()
-            try:
-                for job in batch:
-                    self._run_job(job)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+            await self._run_batch(batch)
         except BaseException as exc:  # the whole transaction is undone: each job failed
             error = _as_kiwitrio_error(exc)
             for job in batch:
                 job.error, job.result = error, None
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            for job in batch:
+                job.done.set()
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        """One transaction for the whole batch.
+
+        The work itself runs here, on the Trio thread: it is short (no fsync, no waiting: the
+        write lock is taken first) and, done in a worker thread, each statement would wait
+        for the GIL while the lock is held, stretching everyone's wait for the file. What can
+        block goes to a worker thread: waiting for the lock while another process holds it,
+        and a durable COMMIT (its fsync).
+        """
+        if self._closed:
+            raise CommunicatorClosed("the sqlite broker session is closed")
+        durable = any(job.durable for job in batch)
+        self._set_synchronous(durable)
+        if not self._try_begin():
+            await trio.to_thread.run_sync(self._begin)
+        try:
+            for job in batch:
+                self._run_job(job)
+            if durable:
+                await trio.to_thread.run_sync(self._db.execute, "COMMIT")
+            else:
+                self._db.execute("COMMIT")  # no fsync at NORMAL, no auto-checkpoint
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
 
     def _run_job(self, job: _Job) -> None:
         tx = Tx(self._db, self._me, self._liveness)
@@ -184,25 +205,43 @@ class Store:
     def _set_synchronous(self, durable: bool) -> None:
         synchronous = self._synchronous if durable else "normal"
         if synchronous != self._current_synchronous:  # only outside a transaction
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
+            pragma(self._db, f"synchronous={synchronous}")
             self._current_synchronous = synchronous
 
+    def _try_begin(self) -> bool:
+        """Take the file's write lock if it is free; never waits (busy_timeout is 0)."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+            return False
+        return True
+
     def _begin(self) -> None:
-        """Take the file's write lock, retrying quickly while another process holds it.
+        """In a worker thread: take the write lock, retrying quickly while another process
+        holds it.
 
         SQLite's own busy handler sleeps 1 ms, then longer and longer; transactions here last
         tens of microseconds (or one fsync), so short sleeps keep the latency down.
         """
         delay, deadline = _FIRST_RETRY, time.monotonic() + _LOCK_TIMEOUT
-        while True:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
+        while not self._try_begin():
+            if time.monotonic() > deadline:
+                raise DeliveryFailed(f"the sqlite file stayed locked for {_LOCK_TIMEOUT} s")
             time.sleep(delay)
             delay = min(delay * 2, _LAST_RETRY)
+
+    async def checkpoint(self) -> None:
+        """Copy the WAL back into the database file, in a worker thread (SQLite would do it
+        in some COMMIT, on the Trio thread, if it were left to it: auto-checkpoints are off).
+        PASSIVE: it copies what no reader still needs and never waits for one.
+
+        Cancellation: waiting for the connection is cancellable; once started, it finishes.
+        """
+        async with self._lock:
+            if not self._closed:
+                await trio.to_thread.run_sync(pragma, self._db, "wal_checkpoint(PASSIVE)")
 
     async def aclose(self) -> None:
         """Close the file once the work under way is done. Cancellation: shielded."""
