@@ -175,12 +175,14 @@ class _SqliteSession(Session):
     async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage, *,
                       mandatory: bool) -> None:
         """Store a copy in every matching queue; returns once that committed (the confirm).
+        A persistent message's commit is on the disk by then (fsync); a transient one's
+        survives any process being killed, as on RabbitMQ not necessarily a power loss.
 
         Cancellation: once the transaction started it commits; the message may be sent.
         """
         await self._enter(lambda tx: messages.publish(
             tx, exchange, routing_key, message, mandatory=mandatory,
-            user_id=self.login))
+            user_id=self.login), durable=message.persistent)
 
     async def get(self, queue: str) -> Delivery | None:
         def work(tx: Tx) -> list[messages.Stored]:
