@@ -180,8 +180,11 @@ class Store:
         if not self._try_begin():
             await trio.to_thread.run_sync(self._begin)
         try:
+            wakes = Tx(self._db, self._me, self._liveness)
             for job in batch:
-                self._run_job(job)
+                self._run_job(job, wakes, alone=len(batch) == 1)
+            # The doorbells of the whole batch, rung by one of its callers.
+            batch[0].bells = wakes.bells()
             if durable:
                 await trio.to_thread.run_sync(self._db.execute, "COMMIT")
             else:
@@ -191,16 +194,24 @@ class Store:
                 self._db.execute("ROLLBACK")
             raise
 
-    def _run_job(self, job: _Job) -> None:
+    def _run_job(self, job: _Job, wakes: Tx, *, alone: bool) -> None:
+        """Run one job, in a savepoint unless it is ``alone`` in its transaction (whose
+        rollback then undoes it); what it changed goes into ``wakes``."""
         tx = Tx(self._db, self._me, self._liveness)
-        self._db.execute("SAVEPOINT job")
+        if not alone:
+            self._db.execute("SAVEPOINT job")
         try:
             job.result = job.work(tx)
-            job.bells = tx.bells()
         except Exception as exc:
+            if alone:
+                raise
             self._db.execute("ROLLBACK TO job")
             job.error = _as_kiwitrio_error(exc)
-        self._db.execute("RELEASE job")
+        else:
+            wakes.touched |= tx.touched
+            wakes.notify |= tx.notify
+        if not alone:
+            self._db.execute("RELEASE job")
 
     def _set_synchronous(self, durable: bool) -> None:
         synchronous = self._synchronous if durable else "normal"
