@@ -1,7 +1,7 @@
 """Scenario 3: worker processes SIGKILLed in the middle of tasks.
 
 Four worker processes (prefetch 4) work through 1600 tasks from three senders on the shared
-broker (and on a sqlite file the processes share), with RPCs and broadcasts alongside. Every
+broker (3000 on a sqlite file the processes share), with RPCs and broadcasts alongside. Every
 40th task takes 1.5 s, so that a worker can be caught in the middle of one: twice, the test
 waits until a worker's log shows such a task started and not finished, SIGKILLs it and starts
 a replacement.
@@ -34,6 +34,9 @@ from .workload import (
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 N_TASKS = 1600
+#: On sqlite, where the worker processes share a file: more tasks, as the issue asks
+#: ("thousands"), at about 10 s more.
+N_TASKS_SQLITE = 3000
 N_WORKERS = 4
 N_SENDERS = 3
 PREFETCH = 4
@@ -68,6 +71,7 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
     names: Names, fleet: WorkerFleet, url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     began = time.monotonic()
+    n_tasks = N_TASKS_SQLITE if url.startswith("sqlite:") else N_TASKS
     book = TaskBook()
     victims: list[WorkerProc] = []
     replacements: list[WorkerProc] = []
@@ -77,10 +81,10 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
     async with open_senders(url, names, N_SENDERS, fleet) as senders, \
             traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(book.send_all, senders, range(N_TASKS), make_task)
+            nursery.start_soon(book.send_all, senders, range(n_tasks), make_task)
             for number, share in enumerate(KILL_AT):
                 with trio.fail_after(30):
-                    await book.wait_resolved(int(N_TASKS * share))
+                    await book.wait_resolved(int(n_tasks * share))
                 victim = workers[number]
                 await victim.wait_for(in_a_long_task, "in the middle of a long task", 20)
                 await victim.kill()
@@ -126,11 +130,11 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
     report(figures, capsys)
 
     assert book.send_errors == []
-    assert book.sent == N_TASKS
+    assert book.sent == n_tasks
     assert problems == [], problems[:20]
     assert figures.lost == 0
     assert set(completions) >= set(book.handles), "a result came for a task no worker logged"
-    assert resolved_at_last_kill < N_TASKS, "the workload ended before the kills"
+    assert resolved_at_last_kill < n_tasks, "the workload ended before the kills"
     for victim in victims:
         # Killed mid-task: what it had started and not finished was finished elsewhere ...
         assert in_flight_at_kill[victim.name], victim.describe()

@@ -51,7 +51,11 @@ async def open_sqlite_session(url: str) -> AsyncIterator[Session]:
                                  synchronous=options.synchronous)
     except OSError as exc:
         raise ConnectionFailed(f"cannot open {options.path}: {exc}") from exc
-    bell = Doorbell.bind(options.path, me)
+    try:
+        bell = Doorbell.bind(options.path, me)
+    except BaseException:
+        await store.aclose()
+        raise
     session = _SqliteSession(store, bell, options)
     try:
         await session._call(lambda tx: entities.register_connection(
