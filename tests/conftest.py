@@ -52,13 +52,14 @@ BACKENDS = ["amqp", "memory",
 
 
 def test_url(request: pytest.FixtureRequest, names: Names) -> str:
-    """The URL of the backend ``request.param`` for this test (sqlite: a file in tmp_path;
-    a short liveness timeout, so that a test that kills a connection need not wait long)."""
+    """The URL of the backend ``request.param`` for this test (sqlite: a file in tmp_path,
+    polled twice a second; a killed process is noticed by its doorbell, not by the liveness
+    timeout, which stays long so that a loaded machine never declares a live session dead)."""
     if request.param == "amqp":
         return AMQP_URL
     if request.param == "sqlite":
         tmp_path = request.getfixturevalue("tmp_path")
-        return f"sqlite://{tmp_path}/kiwitrio.db?liveness=3&poll=0.5"
+        return f"sqlite://{tmp_path}/kiwitrio.db?liveness=30&poll=0.5"
     return f"memory://{names.prefix}"
 
 

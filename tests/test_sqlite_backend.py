@@ -12,6 +12,8 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import trio
 import kiwitrio
 from kiwitrio._backends import OutgoingMessage, QueueSpec
 from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch
+from kiwitrio._backends._sqlite._doorbell import Doorbell
 from kiwitrio._backends._sqlite._options import SqliteOptions
 from kiwitrio.backends import open_session
 from kiwitrio.testing import KiwitrioNames
@@ -276,3 +279,59 @@ async def test_concurrent_work_of_one_session_shares_transactions(tmp_path: Path
         assert len(refused) == 1
         stats = await session.inspect_queue(queue)
         assert stats is not None and stats.messages == 20 + 40
+
+
+# -- liveness ---------------------------------------------------------------------------------
+
+
+async def test_a_dead_connections_messages_come_back_at_once_a_hung_ones_after_liveness(
+        tmp_path: Path) -> None:
+    """Two connections hold a message each: one whose doorbell is gone (its process died)
+    and one whose doorbell still answers but whose heartbeat stopped (a hung process). The
+    first message is back within a few ticks, the second only after the liveness timeout."""
+    path = tmp_path / "kt.db"
+    url = url_of(path, liveness=4, poll=0.2)
+    async with open_session(url, heartbeat=0) as session:
+        queue = await session.declare_queue(QueueSpec("held", durable=True))
+        for body in (b"of the dead", b"of the hung"):
+            await session.publish("", queue, message(body), mandatory=True)
+    hung_bell = Doorbell.bind(str(path), "hung-connection")
+    try:
+        stopped = time.time()
+        with sqlite3.connect(path) as db:
+            db.execute("INSERT INTO connections VALUES ('dead', 'x', 1, ?, ?)",
+                       ["@kiwitrio-nobody-" + uuid.uuid4().hex, stopped - 1])
+            db.execute("INSERT INTO connections VALUES ('hung', 'x', 1, ?, ?)",
+                       [hung_bell.address, stopped])
+            for holder, body in (("dead", b"of the dead"), ("hung", b"of the hung")):
+                db.execute("UPDATE messages SET holder = ? WHERE body = ?", [holder, body])
+        async with open_session(url, heartbeat=0) as session:
+            consumer = await session.consume(queue, prefetch_count=2)
+            with trio.fail_after(3):
+                first = await consumer.deliveries.receive()
+            assert (first.body, first.redelivered) == (b"of the dead", True)
+            if time.time() - stopped < 2.5:  # well before the liveness timeout (4 s)
+                with trio.move_on_after(1):
+                    early = await consumer.deliveries.receive()
+                    raise AssertionError(f"{early.body!r} came back before its time")
+            with trio.fail_after(4 + ARRIVAL):
+                second = await consumer.deliveries.receive()
+            assert second.body == b"of the hung" and time.time() - stopped >= 4
+            for delivery in (first, second):
+                await delivery.ack()
+    finally:
+        hung_bell.close()
+
+
+async def test_a_session_declared_dead_is_lost(tmp_path: Path) -> None:
+    """If the others declared this connection dead (it was suspended past the liveness
+    timeout), its next heartbeat finds out: wait_lost() returns and calls fail."""
+    path = tmp_path / "kt.db"
+    async with open_session(url_of(path, poll=0.2), heartbeat=0) as session:
+        with sqlite3.connect(path) as db:
+            db.execute("DELETE FROM connections")  # what a reaper does to a dead one
+        with trio.fail_after(ARRIVAL):
+            reason = await session.wait_lost()
+        assert isinstance(reason, kiwitrio.ConnectionFailed)
+        with pytest.raises(kiwitrio.CommunicatorClosed):
+            await session.publish("", "q", message(), mandatory=False)

@@ -13,7 +13,7 @@ _SYNCHRONOUS = ("full", "normal", "extra")
 
 @dataclass(frozen=True)
 class SqliteOptions:
-    """``sqlite://[login@]/abs/path.db?liveness=10&poll=1&synchronous=full``.
+    """``sqlite://[login@]/abs/path.db?liveness=30&poll=1&synchronous=full``.
 
     - ``liveness`` (seconds): a connection silent this long is dead, its deliveries go back
       to their queues. A process that died is noticed sooner, by its doorbell (see
@@ -27,7 +27,7 @@ class SqliteOptions:
 
     path: str
     login: str = "guest"
-    liveness: float = 10.0
+    liveness: float = 30.0
     poll: float = 1.0
     synchronous: str = "full"
 
@@ -49,7 +49,7 @@ class SqliteOptions:
             raise ValueError(f"unknown sqlite URL options {sorted(unknown)}: {url!r}")
         options = cls(path=os.path.normpath(path),
                       login=urllib.parse.unquote(parts.username or "guest"),
-                      liveness=_seconds(query, "liveness", 10.0),
+                      liveness=_seconds(query, "liveness", 30.0),
                       poll=_seconds(query, "poll", 1.0),
                       synchronous=query.get("synchronous", "full").lower())
         if options.synchronous not in _SYNCHRONOUS:
