@@ -25,7 +25,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import kiwitrio  # noqa: E402
+import kiwitrio
 
 WORKER = """
 import sys, time, trio, kiwitrio
