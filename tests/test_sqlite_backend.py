@@ -8,12 +8,14 @@ and the communicator suites (the ``sqlite`` parameter of their fixtures).
 from __future__ import annotations
 
 import functools
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,8 @@ from kiwitrio._backends._sqlite._options import SqliteOptions
 from kiwitrio.backends import open_session
 from kiwitrio.testing import KiwitrioNames
 
-from .conftest import SQLITE_ENABLED
+from .conftest import SQLITE_ENABLED, Names
+from .test_cli import Background, background, cli_env, run  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(not SQLITE_ENABLED, reason="KIWITRIO_TEST_SQLITE=0")]
@@ -335,3 +338,27 @@ async def test_a_session_declared_dead_is_lost(tmp_path: Path) -> None:
         assert isinstance(reason, kiwitrio.ConnectionFailed)
         with pytest.raises(kiwitrio.CommunicatorClosed):
             await session.publish("", "q", message(), mandatory=False)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def test_the_command_line_works_on_a_sqlite_file(
+        tmp_path: Path, names: Names,
+        cli_env: dict[str, str],  # noqa: F811 (test_cli's fixture)
+        background: Callable[..., Background],  # noqa: F811 (test_cli's fixture)
+) -> None:
+    """A worker process and the sending commands share the file as they would a broker."""
+    options = ["--url", f"sqlite://{tmp_path}/cli.db", "--message-exchange",
+               names.message_exchange, "--task-exchange", names.task_exchange,
+               "--task-queue", names.task_queue, "--testing"]
+    worker = background("worker", "worker", "kt_cli_tasks:square", *options)
+    worker.wait_for("kiwitrio worker ready")
+    result = run(cli_env, "send", "--json", "--wait", "1", "2", "3", *options)
+    assert result.returncode == 0, result
+    assert sorted(result.stdout.split()) == ["1", "4", "9"]
+    status = run(cli_env, "status", *options)
+    assert status.returncode == 0, status
+    assert "kiwitrio-sqlite" in status.stdout
+    assert f"{names.task_queue}: 0 waiting, 1 consumer" in status.stdout, status.stdout
+    assert worker.stop(signal.SIGTERM) == 0, worker.describe()
