@@ -44,12 +44,34 @@ def names(kiwitrio_names: KiwitrioNames) -> KiwitrioNames:
     return kiwitrio_names
 
 
-@pytest.fixture(params=["amqp", "memory"])
-def broker_url(request: pytest.FixtureRequest, names: Names) -> str:
-    """Each communicator test runs against RabbitMQ and against the in-memory broker."""
+#: Whether the ``sqlite`` parameter of the backend fixtures runs (``KIWITRIO_TEST_SQLITE=0``
+#: skips it: CI runs it in one session only, see noxfile.py).
+SQLITE_ENABLED = os.environ.get("KIWITRIO_TEST_SQLITE", "1") != "0"
+_SQLITE_OFF = pytest.mark.skip(reason="KIWITRIO_TEST_SQLITE=0")
+#: The backends the communicator and contract tests run on.
+BACKENDS = ["amqp", "memory",
+            pytest.param("sqlite", marks=() if SQLITE_ENABLED else (_SQLITE_OFF,))]
+
+
+def test_url(request: pytest.FixtureRequest, names: Names) -> str:
+    """The URL of the backend ``request.param`` for this test (sqlite: a file in tmp_path,
+    polled twice a second; a killed process is noticed by its doorbell, not by the liveness
+    timeout, which stays long so that a loaded machine never declares a live session dead)."""
     if request.param == "amqp":
         return AMQP_URL
+    if request.param == "sqlite":
+        tmp_path = request.getfixturevalue("tmp_path")
+        return f"sqlite://{tmp_path}/kiwitrio.db?liveness=30&poll=0.5"
     return f"memory://{names.prefix}"
+
+
+test_url.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture(params=BACKENDS)
+def broker_url(request: pytest.FixtureRequest, names: Names) -> str:
+    """Each communicator test runs against RabbitMQ, the in-memory broker and sqlite."""
+    return test_url(request, names)
 
 
 OpenComm = Callable[..., AbstractAsyncContextManager[kiwitrio.Communicator]]
@@ -87,11 +109,10 @@ async def delete_queues(url: str, queues: set[str], names: Names | None = None) 
             await session.delete_exchange(exchange)
 
 
-@pytest.fixture(params=["amqp", "memory"])
+@pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, names: Names) -> AsyncIterator[Backend]:
-    """A broker for a backend contract test (tests/contract.py): RabbitMQ, then memory."""
-    url = AMQP_URL if request.param == "amqp" else f"memory://{names.prefix}"
-    made = Backend(url, names)
+    """A broker for a backend contract test (tests/contract.py), on each backend."""
+    made = Backend(test_url(request, names), names)
     yield made
     await made.clean_up()
 

@@ -1,7 +1,8 @@
 """The backend contract: what kiwitrio relies on of a :class:`kiwitrio.backends.Session`,
-checked against RabbitMQ and the in-memory broker alike, with the same error types.
+checked against RabbitMQ, the in-memory broker and the sqlite one alike, with the same error
+types.
 
-Each test runs on both (the ``backend`` fixture); what only the memory broker can show
+Each test runs on each (the ``backend`` fixture); what only the memory broker can show
 (synchronous dispatch, its registry of brokers) stays in test_memory_backend.py.
 """
 

@@ -51,7 +51,8 @@ def _global_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection and logging")
     group.add_argument("--url", default=argparse.SUPPRESS,
-                       help=f"broker URL: amqp://, amqps:// or memory:// (default: ${URL_ENV}, "
+                       help=f"broker URL: amqp://, amqps://, memory:// or "
+                            f"sqlite:///abs/path.db (default: ${URL_ENV}, "
                             f"else {kiwitrio.DEFAULT_URL})")
     group.add_argument("--message-exchange", default=argparse.SUPPRESS, metavar="NAME",
                        help=f"exchange for RPC and broadcasts (default {DEFAULT_MESSAGE_EXCHANGE})")
