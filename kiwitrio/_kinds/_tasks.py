@@ -30,12 +30,7 @@ from .._backends import (
     QueueSpec,
     dead_letter_to,
 )
-from .._errors import (
-    DecodeError,
-    DuplicateSubscriberIdentifier,
-    QueueEmpty,
-    TaskRejected,
-)
+from .._errors import DecodeError, DuplicateSubscriberIdentifier, QueueEmpty, TaskRejected
 from .._saferepr import describe_error
 from . import _pipeline as pipeline
 from ._admin import dead_letter_queue_name, record_task_queue
