@@ -25,6 +25,8 @@ Optional extras (used by the fault-injection suite, tests/faults/; off by defaul
   ``faults.*``;
 - ``--heartbeat`` and ``--reconnect-delay``/``--reconnect-max-delay``/
   ``--startup-give-up-after`` set the communicator's heartbeat and reconnection policy;
+- ``--url`` given again adds a node of a cluster; ``--comm-option NAME=JSON`` passes any
+  other ``open_communicator`` option (a queue type...);
 - ``--hold-until-released``: a task marked ``"hold": True`` waits, after its ``started``
   line, until the line ``release`` arrives on stdin (from then on no task waits). The test
   thereby decides when the workers may finish such tasks: until then they hold them
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import signal
@@ -167,13 +170,14 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
     worker = Worker(log, block_slow=args.block_slow, log_starts=args.log_starts)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with kiwitrio.open_communicator(
-            args.url,
+            args.url[0] if len(args.url) == 1 else args.url,
             message_exchange=args.message_exchange,
             task_exchange=args.task_exchange,
             task_queue=args.task_queue,
             task_prefetch_count=args.prefetch,
             testing_mode=True,
             **_connection_options(args, worker),
+            **dict(args.comm_option),
         ) as comm:
             await comm.add_task_subscriber(worker.on_task_sync if args.sync else worker.on_task)
             if args.rpc_id:
@@ -191,9 +195,20 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
         # Leaving the communicator block gave back the tasks still being worked on.
 
 
+def _comm_option(text: str) -> tuple[str, Any]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=JSON, not {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{name}: not JSON: {exc}") from None
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--url", required=True, help="broker URL (amqp://...)")
+    parser.add_argument("--url", required=True, action="append",
+                        help="broker URL (amqp://...); again for each node of a cluster")
     parser.add_argument("--message-exchange", required=True)
     parser.add_argument("--task-exchange", required=True)
     parser.add_argument("--task-queue", required=True)
@@ -221,6 +236,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="longest reconnection delay (seconds)")
     parser.add_argument("--startup-give-up-after", type=float,
                         help="how long to keep trying to connect at start-up (seconds)")
+    parser.add_argument("--comm-option", action="append", default=[], metavar="NAME=JSON",
+                        type=_comm_option,
+                        help="another open_communicator option, its value in JSON "
+                             "(e.g. queue_type=\"quorum\"); repeatable")
     args = parser.parse_args(argv)
     if args.sync and args.block_slow:
         parser.error("--block-slow needs the async subscriber (not --sync)")

@@ -136,12 +136,15 @@ class PrivateCluster:
         raise LookupError(f"{name} is not a node of this cluster ({self.describe_nodes()})")
 
     def quorum_leader(self, queue: str, via: PrivateBroker) -> PrivateBroker:
-        """The node leading ``queue``'s quorum (a quorum queue), as ``via`` sees it."""
-        output = via.ctl("list_queues", "-q", "--no-table-headers", "name", "leader")
+        """The node leading ``queue``'s quorum, as ``via`` sees it; for a classic queue,
+        which has no leader, the node it lives on (from its process id)."""
+        output = via.ctl("list_queues", "-q", "--no-table-headers", "name", "leader", "pid")
         for line in output.splitlines():
-            name, _, leader = line.rpartition("\t")
+            name, leader, pid = [*line.split("\t"), "", ""][:3]
             if name == queue:
-                return self.node_named(leader.strip())
+                # A process id reads <NODE.N.N.N>; the node name has no dots here.
+                node = leader.strip() or pid.strip().strip("<>").split(".")[0]
+                return self.node_named(node)
         raise LookupError(f"no queue {queue!r} on {via.node}: {output!r}")
 
     def describe_nodes(self) -> str:

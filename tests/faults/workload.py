@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -170,7 +171,7 @@ class WorkerFleet:
     async def spawn(
         self,
         name: str,
-        url: str,
+        url: str | Sequence[str],
         *,
         prefetch: int = 4,
         sync: bool = False,
@@ -181,13 +182,15 @@ class WorkerFleet:
         startup_give_up_after: float = 60.0,
         hold_until_released: bool = False,
         wait_ready: bool = True,
+        comm_options: dict[str, Any] | None = None,
     ) -> WorkerProc:
         log_path = self._dir / f"{name}.log"
         stderr_path = self._dir / f"{name}.stderr"
         rpc_id = f"{self.names.prefix}.{name}" if rpc else None
+        urls = [url] if isinstance(url, str) else list(url)
         command = [
             sys.executable, str(WORKER_SCRIPT),
-            "--url", url,
+            *(arg for one_url in urls for arg in ("--url", one_url)),
             "--message-exchange", self.names.message_exchange,
             "--task-exchange", self.names.task_exchange,
             "--task-queue", self.names.task_queue,
@@ -207,6 +210,8 @@ class WorkerFleet:
             command += ["--heartbeat", str(heartbeat)]
         if hold_until_released:
             command.append("--hold-until-released")  # see WorkerProc.release
+        for option, value in (comm_options or {}).items():
+            command += ["--comm-option", f"{option}={json.dumps(value)}"]
         if reconnect_fast:
             command += ["--reconnect-delay", str(FAST_RECONNECT.initial_delay),
                         "--reconnect-max-delay", str(FAST_RECONNECT.max_delay),
@@ -223,7 +228,7 @@ class WorkerFleet:
             await worker.wait_ready()
         return worker
 
-    async def spawn_many(self, count: int, url: str, *, prefix: str = "w",
+    async def spawn_many(self, count: int, url: str | Sequence[str], *, prefix: str = "w",
                          **options: Any) -> list[WorkerProc]:
         """Start ``count`` workers at once, then wait until every one is ready."""
         started = [await self.spawn(f"{prefix}{i}", url, wait_ready=False, **options)
@@ -286,6 +291,8 @@ class TaskBook:
     def __init__(self) -> None:
         self.handles: dict[int, kiwitrio.ResultHandle] = {}
         self.resolutions: Counter[int] = Counter()
+        #: When each resolution came (time.monotonic()), in order: gaps show outages.
+        self.resolved_times: list[float] = []
         self.send_errors: list[str] = []
         self._waiters: list[tuple[Callable[[], bool], trio.Event]] = []
 
@@ -335,6 +342,7 @@ class TaskBook:
 
         def on_done(_handle: kiwitrio.ResultHandle) -> None:
             self.resolutions[task_id] += 1
+            self.resolved_times.append(time.monotonic())
             outstanding.release()
             self._wake()
 
