@@ -109,9 +109,11 @@ class PrivateCluster:
         """Wait until every node reports all of them running (a restarted node takes a
         moment to be seen again)."""
         names = {node.node for node in self.nodes}
-        for node in self.nodes:
-            _wait_for(functools.partial(self._sees_running, node, names),
-                      f"{node.node} to see {sorted(names)} running", deadline)
+        # In parallel: each rabbitmqctl call boots an Erlang VM (2-10 s on a loaded machine).
+        _in_parallel([functools.partial(_wait_for, functools.partial(self._sees_running, node,
+                                                                     names),
+                                        f"{node.node} to see {sorted(names)} running", deadline)
+                      for node in self.nodes])
 
     def _sees_running(self, via: PrivateBroker, names: set[str]) -> bool:
         return self.running_nodes(via) == names
