@@ -56,6 +56,7 @@ from .workload import (
     executed_twice,
     report,
     traffic_alongside,
+    wait_all_ready,
 )
 
 VARIANT = os.environ.get("KIWITRIO_CLUSTER_TESTS", "")
@@ -67,14 +68,27 @@ pytestmark = [
                        reason="cluster scenarios are opt-in: KIWITRIO_CLUSTER_TESTS=short|long"),
 ]
 
-N_TASKS = 6000 if VARIANT == "long" else 2000
-N_WORKERS = 4
-N_SENDERS = 3
-PREFETCH = 4
-TASK_SECONDS = 0.005
-MAX_OUTSTANDING = 100
-#: The fault comes when this share of the results is in.
-FAULT_AT = 0.3
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How big a scenario is."""
+
+    tasks: int
+    workers: int = 4
+    senders: int = 3
+    prefetch: int = 4
+    #: Simulated work per task, and tasks sent and not answered per sender.
+    task_seconds: float = 0.005
+    in_flight: int = 100
+    #: The fault comes when this share of the results is in.
+    fault_at: float = 0.3
+
+    def task(self, task_id: int) -> dict[str, Any]:
+        return {"id": task_id, "sleep": self.task_seconds}
+
+
+SIZE = Workload(tasks=6000) if VARIANT == "long" else Workload(tasks=2000)
 #: A paused node stays paused this long: well past the clients' heartbeat timeout (they move
 #: away), well under Erlang's net_ticktime (60 s; the other nodes keep it as a member, so
 #: resuming it makes no partition).
@@ -88,10 +102,6 @@ RESULTS_DEADLINE = 180.0
 STALL = 45.0
 #: Starting the cluster, or bringing a failed node back between scenarios.
 CLUSTER_DEADLINE = 240.0
-
-
-def make_task(task_id: int) -> dict[str, Any]:
-    return {"id": task_id, "sleep": TASK_SECONDS}
 
 
 def queue_options() -> dict[str, Any]:
@@ -246,13 +256,11 @@ def broadcasts_after(workers: Sequence[WorkerProc], seq: int) -> int:
 
 async def spawn_workers(fleet: WorkerFleet, urls: Sequence[str], *,
                         spread: bool) -> list[WorkerProc]:
-    workers = [await fleet.spawn(f"w{i}", rotated(urls, i if spread else 0), prefetch=PREFETCH,
+    workers = [await fleet.spawn(f"w{i}", rotated(urls, i if spread else 0), prefetch=SIZE.prefetch,
                                  heartbeat=HEARTBEAT, wait_ready=False,
                                  comm_options=queue_options())
-               for i in range(N_WORKERS)]
-    async with trio.open_nursery() as nursery:
-        for worker in workers:
-            nursery.start_soon(worker.wait_ready)
+               for i in range(SIZE.workers)]
+    await wait_all_ready(workers)
     return workers
 
 
@@ -262,9 +270,9 @@ async def spread_senders(urls: Sequence[str], names: KiwitrioNames, *,
     """The senders, each given every URL (rotated by its number when ``spread``)."""
     async with AsyncExitStack() as stack:
         yield [await stack.enter_async_context(kiwitrio.open_communicator(
-                   rotated(urls, i + N_WORKERS if spread else 0), **names_options(names),
+                   rotated(urls, i + SIZE.workers if spread else 0), **names_options(names),
                    heartbeat=HEARTBEAT, reconnect=FAST_RECONNECT, **queue_options()))
-               for i in range(N_SENDERS)]
+               for i in range(SIZE.senders)]
 
 
 @dataclass
@@ -284,17 +292,17 @@ class Observed:
 
 async def run_workload(cluster: PrivateCluster, fleet: WorkerFleet, names: KiwitrioNames,
                        fault: Fault, *, spread: bool) -> tuple[Observed, list[WorkerProc]]:
-    """Workers and senders on the cluster; the fault once FAULT_AT of the results are in."""
+    """Workers and senders on the cluster; the fault once a share of the results is in."""
     workers = await spawn_workers(fleet, cluster.urls, spread=spread)
     book, record = TaskBook(), FaultRecord()
     async with spread_senders(cluster.urls, names, spread=spread) as senders, \
             traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
         seen = Observed(book, rpc, broadcasts, record)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(functools.partial(book.send_all, senders, range(N_TASKS),
-                                                 make_task, max_outstanding=MAX_OUTSTANDING))
+            nursery.start_soon(functools.partial(book.send_all, senders, range(SIZE.tasks),
+                                                 SIZE.task, max_outstanding=SIZE.in_flight))
             with trio.fail_after(FAULT_DEADLINE):
-                await book.wait_resolved(int(N_TASKS * FAULT_AT))
+                await book.wait_resolved(int(SIZE.tasks * SIZE.fault_at))
             seen.rpc_ok_at_fault, seen.broadcast_seq_at_fault = rpc.ok, broadcasts.sent
             seen.resolved_at_fault = book.resolved
             await fault(cluster, names.task_queue, record)
@@ -310,7 +318,7 @@ async def wait_for_results(book: TaskBook, seconds: float, *, stall: float) -> N
     """Until every task is sent and answered (or refused), at most ``seconds``; give up
     early when no result came for ``stall`` seconds (sends may be stuck too)."""
     with trio.move_on_after(seconds):
-        while book.resolved + len(book.send_errors) < N_TASKS:
+        while book.resolved + len(book.send_errors) < SIZE.tasks:
             with trio.move_on_after(stall) as progress:
                 await book.wait_resolved(book.resolved + 1)
             if progress.cancelled_caught:
@@ -365,7 +373,7 @@ async def check_scenario(scenario: str, cluster: PrivateCluster, fleet: WorkerFl
     detail = f"{figures.line()}\nfirst problems: {problems[:10]}\n" \
              f"send errors: {seen.book.send_errors[:5]}\n" \
              f"rpc errors: {seen.rpc.errors[:5]}\n{fleet.describe()}"
-    assert figures.sent == N_TASKS, detail
+    assert figures.sent == SIZE.tasks, detail
     assert figures.lost == 0, detail
     assert figures.extra["results_lost"] == 0, detail
     assert not seen.book.send_errors, detail
@@ -376,25 +384,16 @@ async def check_scenario(scenario: str, cluster: PrivateCluster, fleet: WorkerFl
 # -- the scenarios ---------------------------------------------------------------------------------
 
 
-async def test_first_node_sigkilled_and_left_down(
-    live_cluster: PrivateCluster, cluster_fleet: WorkerFleet, kiwitrio_names: KiwitrioNames,
+@pytest.mark.parametrize(("scenario", "fault", "spread"), [
+    pytest.param("first-node-killed", kill_first, False, id="first-node-killed"),
+    pytest.param("leader-killed", kill_leader, True, id="leader-killed"),
+    pytest.param("leader-paused", pause_leader, True, id="leader-paused"),
+])
+async def test_node_failure_loses_nothing(
+    scenario: str, fault: Fault, spread: bool, live_cluster: PrivateCluster,
+    cluster_fleet: WorkerFleet, kiwitrio_names: KiwitrioNames,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    await check_scenario("first-node-killed", live_cluster, cluster_fleet, kiwitrio_names,
-                         kill_first, capsys, spread=False)
-
-
-async def test_quorum_leader_sigkilled(
-    live_cluster: PrivateCluster, cluster_fleet: WorkerFleet, kiwitrio_names: KiwitrioNames,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    await check_scenario("leader-killed", live_cluster, cluster_fleet, kiwitrio_names,
-                         kill_leader, capsys, spread=True)
-
-
-async def test_quorum_leader_paused_and_resumed(
-    live_cluster: PrivateCluster, cluster_fleet: WorkerFleet, kiwitrio_names: KiwitrioNames,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    await check_scenario("leader-paused", live_cluster, cluster_fleet, kiwitrio_names,
-                         pause_leader, capsys, spread=True)
+    """The scenarios of the module docstring; ``spread``: the clients' URL orders rotated."""
+    await check_scenario(scenario, live_cluster, cluster_fleet, kiwitrio_names, fault, capsys,
+                         spread=spread)

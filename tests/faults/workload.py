@@ -233,9 +233,7 @@ class WorkerFleet:
         """Start ``count`` workers at once, then wait until every one is ready."""
         started = [await self.spawn(f"{prefix}{i}", url, wait_ready=False, **options)
                    for i in range(count)]
-        async with trio.open_nursery() as nursery:
-            for worker in started:
-                nursery.start_soon(worker.wait_ready)
+        await wait_all_ready(started)
         return started
 
     @property
@@ -259,6 +257,13 @@ class WorkerFleet:
 
     def describe(self) -> str:
         return "\n".join(worker.describe() for worker in self.workers)
+
+
+async def wait_all_ready(workers: Iterable[WorkerProc]) -> None:
+    """Wait for every worker's ``ready`` line, all at once."""
+    async with trio.open_nursery() as nursery:
+        for worker in workers:
+            nursery.start_soon(worker.wait_ready)
 
 
 # -- senders and results -------------------------------------------------------------------------
