@@ -24,6 +24,7 @@ from ._errors import (
     DeclarationMismatch,
     DecodeError,
     DeliveryFailed,
+    DeliveryLimitExceeded,
     DuplicateSubscriberIdentifier,
     InUseError,
     KiwitrioError,
@@ -33,13 +34,16 @@ from ._errors import (
     TaskRejected,
     UnroutableError,
 )
+from ._finished import FinishedTasks, MemoryFinishedTasks, SqliteFinishedTasks
 from ._gather import ResultsAsCompleted, as_completed
 from ._kinds._admin import QueueStatus
 from ._kinds._broadcast import BroadcastFilter
 from ._kinds._context import DeliveryInfo, current_delivery
 from ._kinds._control import CommunicatorInfo, InFlightTask
+from ._kinds._durable import QueueType
+from ._kinds._pulled import IncomingTask, TaskOutcome
 from ._kinds._replies import ResultHandle
-from ._kinds._tasks import IncomingTask, TaskOutcome, TaskQueue
+from ._kinds._tasks import TaskQueue
 from ._tracing import disable_tracing, enable_tracing
 from ._version import __version__
 
@@ -64,19 +68,24 @@ __all__ = [
     "Decoder",
     "DeliveryFailed",
     "DeliveryInfo",
+    "DeliveryLimitExceeded",
     "DuplicateSubscriberIdentifier",
     "Encoder",
+    "FinishedTasks",
     "InFlightTask",
     "InUseError",
     "IncomingTask",
     "KiwitrioError",
+    "MemoryFinishedTasks",
     "QueueEmpty",
     "QueueStatus",
+    "QueueType",
     "ReconnectPolicy",
     "RemoteException",
     "ResultHandle",
     "ResultsAsCompleted",
     "SendOutcomeUnknown",
+    "SqliteFinishedTasks",
     "TaskOutcome",
     "TaskQueue",
     "TaskRejected",

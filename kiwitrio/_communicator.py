@@ -13,12 +13,14 @@ from ._backends import ConnectionState, ReconnectPolicy, Session, open_session
 from ._bridge import BridgeChoice, resolve_bridge
 from ._codec import CBOR_CONTENT_TYPE, Decoder, Encoder, cbor_decode, cbor_encode
 from ._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, KiwitrioError
+from ._finished import FinishedTasks
 from ._groups import BaseExceptionGroup, single_leaf
 from ._kinds import _admin
 from ._kinds._admin import QueueStatus
 from ._kinds._broadcast import BroadcastHub, BroadcastSubscriber
 from ._kinds._context import SHUTDOWN_GRACE, Context
 from ._kinds._control import MAX_FIELD, CommunicatorInfo, ControlError, ControlHub, parse_info
+from ._kinds._durable import DurableQueues, QueueType
 from ._kinds._replies import ReplyRouter, ResultHandle
 from ._kinds._rpc import RpcHub, RpcSubscriber
 from ._kinds._tasks import TaskQueue, TaskSubscriber, dead_letter_exchange_name
@@ -58,6 +60,9 @@ async def open_communicator(
     on_connection_state: Callable[[ConnectionState], None] | None = None,
     bridge: BridgeChoice = "auto",
     trusted_reply_users: Iterable[str] | None = None,
+    queue_type: QueueType | None = None,
+    delivery_limit: int | None = None,
+    finished_tasks: FinishedTasks | None = None,
 ) -> AsyncIterator[Communicator]:
     """Connect to a broker and yield a :class:`Communicator` for the block.
 
@@ -96,6 +101,21 @@ async def open_communicator(
     ``max_message_size`` bytes (sending one raises :class:`ValueError`). ``testing_mode`` makes
     exchanges auto-delete and queues expire once unused, so that tests leave nothing behind.
 
+    ``queue_type="quorum"`` declares the durable queues (task queues, their dead-letter and
+    lease queues, reply queues) as quorum queues, replicated over the nodes of a cluster; the
+    default, ``None``, declares no type, which is the broker's default (classic) and what
+    queues made by kiwiPy or an earlier kiwitrio have: a queue's type cannot change, so a
+    declaration of another type is refused (:class:`~kiwitrio.DeclarationMismatch`). On quorum
+    queues a task is redelivered at most ``delivery_limit`` times (default 20, as RabbitMQ
+    4), then dead-lettered with a log line; ``current_delivery().delivery_count`` says how
+    often it was delivered before. See docs/deployment.md.
+
+    With ``finished_tasks`` (a :class:`~kiwitrio.FinishedTasks` store, such as
+    :class:`~kiwitrio.SqliteFinishedTasks` shared by the workers of one host), a task
+    subscriber remembers each task's reply before acknowledging it, and a task that comes
+    back after it finished (its acknowledgement was lost, or its sender published it again)
+    is answered with that reply instead of running again.
+
     Leaving the block stops consuming, gives tasks still being processed back to the queue,
     fails pending results with :class:`~kiwitrio.CommunicatorClosed` and closes the
     connection. Raises :class:`~kiwitrio.ConnectionFailed` if the broker cannot be reached.
@@ -108,6 +128,7 @@ async def open_communicator(
     resolve_bridge(bridge)  # a bad or unavailable choice fails here, before connecting
     if content_type is None:
         content_type = CBOR_CONTENT_TYPE if encoder is cbor_encode else "application/octet-stream"
+    durable = DurableQueues.checked(queue_type, delivery_limit, testing_mode)
     settings = Settings(
         message_exchange=message_exchange, task_exchange=task_exchange, task_queue=task_queue,
         task_prefetch_count=task_prefetch_count, encoder=encoder, decoder=decoder,
@@ -115,6 +136,7 @@ async def open_communicator(
         max_message_size=max_message_size, task_lease=task_lease,
         trusted_reply_users=(None if trusted_reply_users is None
                              else logins(trusted_reply_users)),
+        durable=durable, finished_tasks=finished_tasks,
     )
     body_error: BaseException | None = None
     try:
@@ -170,7 +192,8 @@ class Communicator:
             decoder=settings.decoder, content_type=settings.content_type, communicator=self,
             redeclare_exchanges=self._declare_exchanges, testing_mode=settings.testing_mode,
             max_message_size=settings.max_message_size, task_lease=settings.task_lease,
-            trusted_reply_users=settings.trusted_reply_users)
+            trusted_reply_users=settings.trusted_reply_users, durable=settings.durable,
+            finished_tasks=settings.finished_tasks)
         message_exchange = settings.message_exchange
         self._message_exchange = message_exchange
         self._task_exchange = settings.task_exchange
@@ -374,17 +397,29 @@ class Communicator:
         :meth:`task_send` and :meth:`add_task_subscriber` use."""
         return self._default_queue
 
-    async def task_queue(self, name: str, prefetch_count: int | None = None) -> TaskQueue:
+    async def task_queue(self, name: str, prefetch_count: int | None = None, *,
+                         queue_type: QueueType | None = None,
+                         delivery_limit: int | None = None) -> TaskQueue:
         """The durable task queue ``name`` (declared if new), with the same task methods.
 
         ``prefetch_count`` (default: the communicator's ``task_prefetch_count``) is how many
-        tasks its subscribers may work on at once.
+        tasks its subscribers may work on at once; ``queue_type`` and ``delivery_limit``
+        (default: the communicator's) as for :func:`open_communicator`. Asking again for a
+        queue already opened here, with other settings, raises :class:`ValueError`.
         """
         self._ctx.check_open()
+        durable = self._ctx.durable.overridden(queue_type, delivery_limit)
         if name in self._task_queues:
-            return self._task_queues[name]
+            queue = self._task_queues[name]
+            if (queue_type is not None or delivery_limit is not None) and \
+                    queue.durable != durable:
+                raise ValueError(f"the task queue {name!r} is open here already, as "
+                                 f"{queue.durable.queue_type or 'the default type'} with "
+                                 f"delivery_limit {queue.durable.limit}")
+            return queue
         queue = TaskQueue(self._ctx, self._replies, name=name, exchange=self._task_exchange,
-                          prefetch_count=prefetch_count or self._default_queue.prefetch_count)
+                          prefetch_count=prefetch_count or self._default_queue.prefetch_count,
+                          durable=durable)
         await queue.declare()
         return self._task_queues.setdefault(name, queue)
 

@@ -13,6 +13,7 @@ __all__ = [
     "DeclarationMismatch",
     "DecodeError",
     "DeliveryFailed",
+    "DeliveryLimitExceeded",
     "DuplicateSubscriberIdentifier",
     "InUseError",
     "KiwitrioError",
@@ -105,6 +106,12 @@ class InUseError(KiwitrioError):
         self.kind = kind
         self.name = name
         self.consumers = consumers
+
+
+class DeliveryLimitExceeded(KiwitrioError):
+    """A task was delivered more often than its queue's ``delivery_limit`` allows without
+    finishing (its workers died, lost their connection or gave it back each time): it was
+    dead-lettered unrun. Its sender gets it as a :class:`RemoteException` of this type."""
 
 
 class TaskRejected(KiwitrioError):

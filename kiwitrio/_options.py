@@ -11,6 +11,8 @@ from typing import TypedDict
 from ._backends import ConnectionState, ReconnectPolicy
 from ._bridge import BridgeChoice
 from ._codec import Decoder, Encoder
+from ._finished import FinishedTasks
+from ._kinds._durable import DurableQueues, QueueType
 
 __all__ = ["CommunicatorOptions", "Settings", "logins"]
 
@@ -35,6 +37,9 @@ class CommunicatorOptions(TypedDict, total=False):
     on_connection_state: Callable[[ConnectionState], None] | None
     bridge: BridgeChoice
     trusted_reply_users: Iterable[str] | None
+    queue_type: QueueType | None
+    delivery_limit: int | None
+    finished_tasks: FinishedTasks | None
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,10 @@ class Settings:
     task_prefetch_count: int
     task_lease: float | None
     trusted_reply_users: frozenset[str] | None
+    # How durable queues are declared (queue type, delivery limit, testing mode's expiry),
+    # and where finished tasks are remembered.
+    durable: DurableQueues
+    finished_tasks: FinishedTasks | None
 
 
 def logins(users: Iterable[str]) -> frozenset[str]:

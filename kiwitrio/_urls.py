@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["BROKER_SCHEMES", "check_broker_scheme", "check_broker_url", "redact_url"]
 
 #: The URL schemes open_communicator accepts.
-BROKER_SCHEMES = ("amqp", "amqps", "memory")
+BROKER_SCHEMES = ("amqp", "amqps", "memory", "sqlite")
 
 
 def redact_url(url: str) -> str:
@@ -37,7 +37,7 @@ def check_broker_scheme(url: str) -> None:
     :data:`BROKER_SCHEMES`."""
     if url.partition(":")[0] not in BROKER_SCHEMES:
         raise ValueError(f"unsupported broker URL {_redact_unparsed(url)!r}: use amqp://, "
-                         "amqps:// or memory://")
+                         "amqps://, memory:// or sqlite:///abs/path.db")
 
 
 def _redact_unparsed(url: str) -> str:

@@ -29,8 +29,9 @@ Fixtures:
     ``.kwargs()`` for :func:`kiwitrio.open_communicator` (including ``testing_mode=True``).
     Afterwards the task queues (with their ``.dead-letter`` queues) and the exchanges are
     deleted from the broker, if they were used on one.
-``kiwitrio_communicator``, ``kiwitrio_memory_communicator`` (async)
-    An open :class:`kiwitrio.Communicator` on those names: on the broker, or in memory.
+``kiwitrio_communicator``, ``kiwitrio_memory_communicator``, ``kiwitrio_sqlite_communicator``
+    (async) An open :class:`kiwitrio.Communicator` on those names: on the broker, in memory,
+    or on a sqlite file in ``tmp_path``.
 ``kiwitrio_open``
     A factory: ``async with kiwitrio_open(**overrides) as comm``; ``overrides`` are
     ``open_communicator`` options, plus ``url``.
@@ -51,6 +52,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -84,7 +86,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def _is_broker(url: str) -> bool:
-    return url.startswith(("amqp:", "amqps:"))
+    """Whether ``url`` outlives the test's Trio run (a RabbitMQ broker, a sqlite file), so
+    that the names used on it must be deleted afterwards."""
+    return url.startswith(("amqp:", "amqps:", "sqlite:"))
 
 
 class KiwitrioNames:
@@ -240,6 +244,20 @@ async def kiwitrio_memory_communicator(
     ``f"memory://{kiwitrio_names.prefix}"``. Needs pytest-trio.
     """
     async with kiwitrio_open(url=f"memory://{kiwitrio_names.prefix}") as comm:
+        yield comm
+
+
+@pytest.fixture
+async def kiwitrio_sqlite_communicator(
+    kiwitrio_open: KiwitrioOpen, tmp_path: Path,
+) -> AsyncIterator[kiwitrio.Communicator]:
+    """An open communicator on a sqlite file of its own (in ``tmp_path``); no RabbitMQ needed,
+    and worker processes the test starts can share it.
+
+    Its URL is ``f"sqlite://{tmp_path}/kiwitrio.db"``; open more on it with
+    ``kiwitrio_open(url=...)``. Needs pytest-trio.
+    """
+    async with kiwitrio_open(url=f"sqlite://{tmp_path}/kiwitrio.db") as comm:
         yield comm
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 import kiwitrio
-from kiwitrio import BroadcastFilter, CommunicatorClosed, QueueEmpty, ResultHandle
+from kiwitrio import BroadcastFilter, CommunicatorClosed, QueueEmpty, QueueType, ResultHandle
 from kiwitrio import IncomingTask as CoreIncomingTask
 from kiwitrio import TaskQueue as CoreTaskQueue
 from kiwitrio.lowlevel import (
@@ -272,15 +272,19 @@ class Communicator(BlockingBase):
         """The default task queue; see :attr:`kiwitrio.Communicator.default_queue`."""
         return self._default_queue
 
-    def task_queue(self, queue_name: str, prefetch_size: int = 0,
-                   prefetch_count: int = 0) -> TaskQueue:
+    def task_queue(self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0,
+                   *, queue_type: QueueType | None = None,
+                   delivery_limit: int | None = None) -> TaskQueue:
         """The named durable task queue; kiwiPy's signature.
 
         ``prefetch_count`` 0 means the communicator's ``task_prefetch_count``;
-        ``prefetch_size`` is accepted and ignored (RabbitMQ does not implement it).
+        ``prefetch_size`` is accepted and ignored (RabbitMQ does not implement it);
+        ``queue_type`` and ``delivery_limit`` as for :meth:`kiwitrio.Communicator.task_queue`.
         """
         del prefetch_size
-        core_queue = self._call(self._core.task_queue, queue_name, prefetch_count or None)
+        core_queue = self._call(functools.partial(
+            self._core.task_queue, queue_name, prefetch_count or None, queue_type=queue_type,
+            delivery_limit=delivery_limit))
         return self._queues.setdefault(queue_name, TaskQueue(self, core_queue))
 
     def task_send(self, task: Any, no_reply: bool = False) -> concurrent.futures.Future[Any]:

@@ -16,8 +16,10 @@ import pytest
 
 import kiwitrio
 from kiwitrio._bridge import BRIDGE_ENV
-from kiwitrio.backends import open_session
+from kiwitrio.backends import Session, open_session
 from kiwitrio.testing import KiwitrioNames
+
+from .contract import Backend
 
 AMQP_URL = os.environ.get("KIWITRIO_TEST_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -42,12 +44,34 @@ def names(kiwitrio_names: KiwitrioNames) -> KiwitrioNames:
     return kiwitrio_names
 
 
-@pytest.fixture(params=["amqp", "memory"])
-def broker_url(request: pytest.FixtureRequest, names: Names) -> str:
-    """Each communicator test runs against RabbitMQ and against the in-memory broker."""
+#: Whether the ``sqlite`` parameter of the backend fixtures runs (``KIWITRIO_TEST_SQLITE=0``
+#: skips it: CI runs it in one session only, see noxfile.py).
+SQLITE_ENABLED = os.environ.get("KIWITRIO_TEST_SQLITE", "1") != "0"
+_SQLITE_OFF = pytest.mark.skip(reason="KIWITRIO_TEST_SQLITE=0")
+#: The backends the communicator and contract tests run on.
+BACKENDS = ["amqp", "memory",
+            pytest.param("sqlite", marks=() if SQLITE_ENABLED else (_SQLITE_OFF,))]
+
+
+def test_url(request: pytest.FixtureRequest, names: Names) -> str:
+    """The URL of the backend ``request.param`` for this test (sqlite: a file in tmp_path,
+    polled twice a second; a killed process is noticed by its doorbell, not by the liveness
+    timeout, which stays long so that a loaded machine never declares a live session dead)."""
     if request.param == "amqp":
         return AMQP_URL
+    if request.param == "sqlite":
+        tmp_path = request.getfixturevalue("tmp_path")
+        return f"sqlite://{tmp_path}/kiwitrio.db?liveness=30&poll=0.5"
     return f"memory://{names.prefix}"
+
+
+test_url.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+@pytest.fixture(params=BACKENDS)
+def broker_url(request: pytest.FixtureRequest, names: Names) -> str:
+    """Each communicator test runs against RabbitMQ, the in-memory broker and sqlite."""
+    return test_url(request, names)
 
 
 OpenComm = Callable[..., AbstractAsyncContextManager[kiwitrio.Communicator]]
@@ -83,3 +107,17 @@ async def delete_queues(url: str, queues: set[str], names: Names | None = None) 
             await session.delete_queue(f"{names.task_exchange}.catalogue")
         for exchange in names.exchanges() if names else ():
             await session.delete_exchange(exchange)
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, names: Names) -> AsyncIterator[Backend]:
+    """A broker for a backend contract test (tests/contract.py), on each backend."""
+    made = Backend(test_url(request, names), names)
+    yield made
+    await made.clean_up()
+
+
+@pytest.fixture
+async def session(backend: Backend) -> AsyncIterator[Session]:
+    async with backend.open() as opened:
+        yield opened

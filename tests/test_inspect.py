@@ -77,7 +77,8 @@ async def test_inspect_says_when_a_task_is_on_a_lease(open_comm: OpenComm) -> No
             lambda infos: len(infos) == 1 and infos[0].in_flight[0].leased,
             lambda: asker.inspect(timeout=COLLECT))
     [task] = infos[0].in_flight
-    assert task.task_id.startswith("no-reply-")  # sent with no_reply: no correlation id
+    # Sent with no_reply: no correlation id, but an id of its own all the same.
+    assert len(task.task_id) == 32 and not task.task_id.startswith("no-reply-")
 
 
 async def test_pulled_tasks_are_in_flight_too(open_comm: OpenComm, names: Names) -> None:

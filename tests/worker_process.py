@@ -5,7 +5,8 @@ Run as ``python -m tests.worker_process ...`` or ``python tests/worker_process.p
 The worker opens a communicator on the given exchange and queue names (in testing mode),
 subscribes to the task queue and prints ``ready`` on stdout. For a task ``{"id": n}`` it
 returns ``{"id": n, "square": n * n, "pid": <its pid>}`` and appends ``done <n>`` to its log
-file. For a task marked ``"slow": True`` it first appends ``started <n>``; with
+file. For a task marked ``"crash": True`` it appends ``started <n>`` and SIGKILLs itself.
+For a task marked ``"slow": True`` it first appends ``started <n>``; with
 ``--block-slow`` it then blocks until cancelled (so the task is never finished by it).
 
 Every log line is written with one ``write`` and fsync'ed before the subscriber returns, so
@@ -25,8 +26,7 @@ Optional extras (used by the fault-injection suite, tests/faults/; off by defaul
   ``faults.*``;
 - ``--heartbeat`` and ``--reconnect-delay``/``--reconnect-max-delay``/
   ``--startup-give-up-after`` set the communicator's heartbeat and reconnection policy;
-- ``--url`` given again adds a node of a cluster; ``--comm-option NAME=JSON`` passes any
-  other ``open_communicator`` option (a queue type...);
+- ``--url`` given again adds a node of a cluster;
 - ``--hold-until-released``: a task marked ``"hold": True`` waits, after its ``started``
   line, until the line ``release`` arrives on stdin (from then on no task waits). The test
   thereby decides when the workers may finish such tasks: until then they hold them
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 import os
 import signal
@@ -78,8 +77,10 @@ class Worker:
 
     async def on_task(self, _comm: kiwitrio.Communicator, task: Any) -> dict[str, int]:
         task_id = int(task["id"])
-        if task.get("slow") or self._log_starts:
+        if task.get("slow") or self._log_starts or task.get("crash"):
             self._log.append(f"started {task_id}")
+        if task.get("crash"):
+            os.kill(os.getpid(), signal.SIGKILL)  # a task that kills its worker
         if task.get("slow") and self._block_slow:
             await trio.sleep_forever()
         if task.get("hold"):
@@ -163,6 +164,12 @@ def _connection_options(args: argparse.Namespace, worker: Worker) -> dict[str, A
         )
     if args.log_states:
         options["on_connection_state"] = worker.on_state
+    if args.finished_tasks:
+        options["finished_tasks"] = kiwitrio.SqliteFinishedTasks(args.finished_tasks)
+    if args.queue_type:
+        options["queue_type"] = args.queue_type
+    if args.delivery_limit is not None:
+        options["delivery_limit"] = args.delivery_limit
     return options
 
 
@@ -177,7 +184,6 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
             task_prefetch_count=args.prefetch,
             testing_mode=True,
             **_connection_options(args, worker),
-            **dict(args.comm_option),
         ) as comm:
             await comm.add_task_subscriber(worker.on_task_sync if args.sync else worker.on_task)
             if args.rpc_id:
@@ -193,16 +199,6 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
                         _read_stdin, worker, log, nursery.cancel_scope,
                         exit_on_eof=args.exit_on_stdin_eof))
         # Leaving the communicator block gave back the tasks still being worked on.
-
-
-def _comm_option(text: str) -> tuple[str, Any]:
-    name, sep, value = text.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError(f"expected NAME=JSON, not {text!r}")
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"{name}: not JSON: {exc}") from None
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -236,10 +232,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="longest reconnection delay (seconds)")
     parser.add_argument("--startup-give-up-after", type=float,
                         help="how long to keep trying to connect at start-up (seconds)")
-    parser.add_argument("--comm-option", action="append", default=[], metavar="NAME=JSON",
-                        type=_comm_option,
-                        help="another open_communicator option, its value in JSON "
-                             "(e.g. queue_type=\"quorum\"); repeatable")
+    parser.add_argument("--finished-tasks", metavar="PATH",
+                        help="remember finished tasks in this SQLite file (shared by workers)")
+    parser.add_argument("--queue-type", choices=["classic", "quorum"],
+                        help="declare the durable queues as this type")
+    parser.add_argument("--delivery-limit", type=int,
+                        help="redeliveries allowed per task (with --queue-type quorum)")
     args = parser.parse_args(argv)
     if args.sync and args.block_slow:
         parser.error("--block-slow needs the async subscriber (not --sync)")

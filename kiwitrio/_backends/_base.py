@@ -12,6 +12,7 @@ operation: a cancelled :meth:`Session.publish` may still have reached the broker
 from __future__ import annotations
 
 import abc
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -70,6 +71,7 @@ def declaration_mismatch(kind: str, name: str, argument: str, current: str,
                          received: str) -> DeclarationMismatch:
     """The error both backends raise for a declaration that differs from the existing queue
     or exchange: which ``argument`` differs, and its likely cause."""
+    current, received = _shown(argument, current), _shown(argument, received)
     if argument == "x-queue-type":
         hint = ("the queue exists with another queue type (classic, quorum, stream): use "
                 "the same type, or delete the queue (kiwitrio delete QUEUE) to change it")
@@ -82,6 +84,20 @@ def declaration_mismatch(kind: str, name: str, argument: str, current: str,
     return DeclarationMismatch(
         f"the {kind} {name!r} exists with other settings: {argument!r} is {current} on the "
         f"broker but {received} here; {hint}", kind=kind, name=name, argument=argument)
+
+
+_TYPED_VALUE = re.compile(r"^the value (?P<value>.*) of type '[^']*'$", re.DOTALL)
+
+
+def _shown(argument: str, value: str) -> str:
+    """A value of RabbitMQ's inequivalent-arg message, said plainly (RabbitMQ 3 writes "the
+    value 'quorum' of type 'longstr'" and "none" for an argument not set)."""
+    match = _TYPED_VALUE.match(value)
+    if match is not None:
+        value = match["value"]
+    if argument == "x-queue-type" and value == "none":
+        return "not set (a classic queue)"
+    return value
 
 
 class EntityNotFound(DeliveryFailed):
@@ -169,6 +185,13 @@ class Delivery(abc.ABC):
     @abc.abstractmethod
     def settled(self) -> bool:
         """True once acked or rejected (by us, or implicitly by a closed session)."""
+
+    @property
+    def delivery_count(self) -> int:
+        """How often a quorum queue had this message returned before (0: the first delivery,
+        and always 0 from a classic queue, which does not count): its ``x-delivery-count``."""
+        count = self.headers.get("x-delivery-count")
+        return count if type(count) is int and count > 0 else 0
 
     @property
     def stale(self) -> bool:

@@ -1,8 +1,10 @@
 """The backend factory: a :class:`Session` for a broker URL.
 
-``memory://`` gives the in-process broker; ``amqp://`` and ``amqps://`` give RabbitMQ, through
+``memory://`` gives the in-process broker, ``sqlite:///abs/path.db`` the one in a file that
+the processes of one host share; ``amqp://`` and ``amqps://`` give RabbitMQ, through
 a :class:`~kiwitrio.backends.ResilientSession` when there is a reconnect policy. The backends'
-modules are imported on first use, so that a program on ``memory://`` never imports aio-pika.
+modules are imported on first use, so that a program on ``memory://`` or ``sqlite://`` never
+imports aio-pika.
 """
 
 from __future__ import annotations
@@ -48,10 +50,17 @@ async def open_session(
         async with open_memory_session(urls[0]) as session:
             yield session
         return
+    if all(u.startswith("sqlite:") for u in urls) and len(urls) == 1:
+        from ._sqlite import open_sqlite_session
+
+        async with open_sqlite_session(urls[0]) as session:
+            yield session
+        return
     for one_url in urls:
         check_broker_scheme(one_url)
-        if one_url.startswith("memory:"):
-            raise ValueError("memory:// cannot be mixed with other broker URLs")
+        for local in ("memory:", "sqlite:"):
+            if one_url.startswith(local):
+                raise ValueError(f"{local}// cannot be mixed with other broker URLs")
         check_broker_url(one_url)
     from ._amqp import open_amqp_session
 

@@ -13,6 +13,7 @@ from ._common import CliError, ExitCode
 
 __all__ = [
     "MAX_SUBJECT_BYTES",
+    "non_negative_int_arg",
     "non_negative_seconds_arg",
     "parse_value",
     "port_arg",
@@ -42,6 +43,8 @@ def _number_arg(convert: Callable[[str], N], what: str, accept: Callable[[N], bo
 
 positive_int_arg = _number_arg(int, "an integer", lambda value: value >= 1,
                                "must be at least 1")
+non_negative_int_arg = _number_arg(int, "an integer", lambda value: value >= 0,
+                                   "must be 0 or more")
 port_arg = _number_arg(int, "a port number", lambda value: 0 <= value <= 65535,
                        "must be a port number from 0 to 65535")
 seconds_arg = _number_arg(float, "a number of seconds",

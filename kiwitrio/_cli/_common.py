@@ -68,6 +68,8 @@ def communicator(args: argparse.Namespace, **overrides: Any
         "task_exchange": args.task_exchange,
         "task_queue": args.task_queue,
         "testing_mode": args.testing,
+        "queue_type": args.queue_type,
+        "delivery_limit": args.delivery_limit,
     }
     connect_timeout = args.connect_timeout
     if connect_timeout is None and args.command in ONE_SHOT_COMMANDS:

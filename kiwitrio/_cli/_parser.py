@@ -15,7 +15,7 @@ import kiwitrio
 from .._communicator import DEFAULT_MESSAGE_EXCHANGE, DEFAULT_TASK_EXCHANGE, DEFAULT_TASK_QUEUE
 from .._urls import check_broker_scheme
 from . import _inspect, _messages, _queues, _scripts, _worker
-from ._args import non_negative_seconds_arg
+from ._args import non_negative_int_arg, non_negative_seconds_arg
 from ._common import ONE_SHOT_CONNECT_TIMEOUT, PROG, URL_ENV
 
 __all__ = ["COMMAND_MODULES", "build_parser", "parse_args"]
@@ -51,7 +51,8 @@ def _global_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     group = common.add_argument_group("connection and logging")
     group.add_argument("--url", default=argparse.SUPPRESS,
-                       help=f"broker URL: amqp://, amqps:// or memory:// (default: ${URL_ENV}, "
+                       help=f"broker URL: amqp://, amqps://, memory:// or "
+                            f"sqlite:///abs/path.db (default: ${URL_ENV}, "
                             f"else {kiwitrio.DEFAULT_URL})")
     group.add_argument("--message-exchange", default=argparse.SUPPRESS, metavar="NAME",
                        help=f"exchange for RPC and broadcasts (default {DEFAULT_MESSAGE_EXCHANGE})")
@@ -68,6 +69,15 @@ def _global_options() -> argparse.ArgumentParser:
     group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="log more (-v: kiwitrio info, -vv: debug, -vvv: everything) and "
                             "show tracebacks on errors")
+    group.add_argument("--queue-type", choices=["classic", "quorum"], default=argparse.SUPPRESS,
+                       help="declare the durable queues (task, dead-letter, lease and reply "
+                            "queues) as this type (queue_type; default: none given, the "
+                            "broker's default, classic). Every side must agree")
+    group.add_argument("--delivery-limit", type=non_negative_int_arg, metavar="N",
+                       default=argparse.SUPPRESS,
+                       help="with --queue-type quorum: a task is redelivered at most N times, "
+                            "then dead-lettered (delivery_limit; default 20). Every side must "
+                            "agree")
     group.add_argument("--testing", action="store_true", default=argparse.SUPPRESS,
                        help="testing mode (testing_mode=True): auto-delete exchanges and "
                             "expiring queues, so that tests and demos leave nothing behind. "
@@ -85,6 +95,8 @@ def _defaults() -> dict[str, Any]:
         "connect_timeout": None,
         "verbose": 0,
         "testing": False,
+        "queue_type": None,
+        "delivery_limit": None,
     }
 
 

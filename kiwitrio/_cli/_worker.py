@@ -46,6 +46,10 @@ def add_commands(command: Command) -> None:
                              "(from the global tracer provider: configure an exporter, e.g. "
                              "run under opentelemetry-instrument); needs pip install "
                              "'kiwitrio[tracing]'")
+    worker.add_argument("--finished-tasks", metavar="PATH",
+                        help="remember finished tasks in this SQLite file (the workers of "
+                             "a host can share it): a task that comes back after it finished "
+                             "is answered from it, not run again")
     worker.add_argument("--metrics-port", type=port_arg, metavar="N",
                         help="serve Prometheus metrics on port N of every interface (0: any "
                              "free port); needs prometheus_client: pip install "
@@ -226,7 +230,9 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                                 starting.cancel()
 
                 nursery.start_soon(watch_signals)
-                async with communicator(args, task_queue=queue,
+                finished = (None if args.finished_tasks is None
+                            else kiwitrio.SqliteFinishedTasks(args.finished_tasks))
+                async with communicator(args, task_queue=queue, finished_tasks=finished,
                                         task_prefetch_count=args.concurrency) as comm:
                     await comm.add_task_subscriber(run_task)
 

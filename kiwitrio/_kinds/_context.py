@@ -14,7 +14,10 @@ import trio
 from .._backends import Delivery, Session
 from .._codec import Decoder, Encoder
 from .._errors import CommunicatorClosed, ConnectionFailed, DecodeError
+from .._finished import FinishedTasks
 from .._saferepr import describe_error, safe_repr, safe_str_of_exception
+from ._durable import DurableQueues
+from ._redelivery import task_id_of
 
 __all__ = ["Context", "DeliveryInfo", "current_delivery"]
 
@@ -38,6 +41,11 @@ class DeliveryInfo:
     correlation_id: str | None
     routing_key: str
     headers: Mapping[str, Any]
+    #: How often a quorum queue handed this task out before (0 on classic queues, which do
+    #: not count); past the task queue's delivery limit it is dead-lettered unrun.
+    delivery_count: int = 0
+    #: The task's identity, the same on every delivery (see kiwitrio.FinishedTasks).
+    task_id: str | None = None
 
 
 _current_delivery: contextvars.ContextVar[DeliveryInfo] = contextvars.ContextVar(
@@ -64,6 +72,8 @@ def handling(delivery: Delivery) -> Iterator[None]:
         correlation_id=delivery.correlation_id,
         routing_key=delivery.routing_key,
         headers=delivery.headers,
+        delivery_count=delivery.delivery_count,
+        task_id=task_id_of(delivery),
     )
     token = _current_delivery.set(info)
     try:
@@ -92,10 +102,10 @@ class Context:
     #: Replies are accepted only from these logins (the broker-checked ``user_id``), if set.
     trusted_reply_users: frozenset[str] | None = None
     closed: bool = False
-    #: Extra queue arguments for durable queues in testing mode (expire when unused).
-    testing_queue_arguments: Mapping[str, Any] = field(
-        default_factory=lambda: {"x-expires": 60_000}
-    )
+    #: How the durable queues are declared (type, delivery limit, testing mode's expiry).
+    durable: DurableQueues = field(default_factory=DurableQueues)
+    #: Where task subscribers remember finished tasks, so as not to run them twice.
+    finished_tasks: FinishedTasks | None = None
     #: Large bodies are decoded in a worker thread, one at a time (bounding the memory and
     #: the CPU that decoding takes at once, whatever the prefetch counts).
     _decoding: trio.CapacityLimiter = field(default_factory=lambda: trio.CapacityLimiter(1))

@@ -65,8 +65,8 @@ class InFlightTask:
 
     #: The task queue it came from.
     queue: str
-    #: The sender's correlation id, or (for a task sent with ``no_reply``) an id that stays
-    #: the same while this communicator holds the task.
+    #: The task's id (``current_delivery().task_id``): its sender's correlation id, or for a
+    #: task sent with ``no_reply`` an id of its own; the same on every delivery.
     task_id: str
     #: Seconds since this communicator took it.
     age: float

@@ -34,6 +34,7 @@ import trio
 
 from .._backends import Delivery, OutgoingMessage, QueueSpec, dead_letter_to
 from ._context import SHUTDOWN_GRACE, Context
+from ._durable import DurableQueues
 
 __all__ = ["LeaseKeeper", "LeasedQueue", "TaskLease"]
 
@@ -57,6 +58,9 @@ class LeasedQueue(Protocol):
 
     @property
     def exchange(self) -> str: ...
+
+    @property
+    def durable(self) -> DurableQueues: ...
 
 
 class LeaseKeeper:
@@ -111,6 +115,7 @@ class LeaseKeeper:
             return
         await self._queue.ctx.session.declare_queue(QueueSpec(
             self.name, durable=True, arguments={
+                **self._queue.durable.arguments(dead_letters=True),
                 "x-message-ttl": self._lease_ms,
                 **dead_letter_to(self._queue.exchange, self._queue.name),
                 # Outlives its last copy: an unused lease queue is gone after its copies.

@@ -218,7 +218,8 @@ class ReplyRouter:
             if self._queue is None:
                 queue = await self._ctx.session.declare_queue(QueueSpec(
                     self.queue_name, durable=True,
-                    arguments={"x-expires": REPLY_QUEUE_EXPIRES_MS},
+                    arguments={**self._ctx.durable.arguments(),
+                               "x-expires": REPLY_QUEUE_EXPIRES_MS},
                 ))
                 # Exclusively: nobody else can consume our replies (and take them away from
                 # the handles waiting for them) while we do. See docs/reliability.md, trust.
@@ -310,10 +311,21 @@ class ReplyRouter:
         requester sees as a RemoteException. A requester that is gone (its reply queue no
         longer exists) is logged, not an error.
         """
+        body = self.encode(request, envelope)
+        if body is not None:
+            await self.send_encoded(request, body, persistent=persistent)
+
+    def encode(self, request: Delivery, envelope: dict[str, Any]) -> bytes | None:
+        """The body of the reply to ``request``; ``None`` if it asked for none (or not even
+        a short error could be encoded)."""
         if not request.reply_to:
-            return
-        body = self._encode_reply(envelope, request.correlation_id)
-        if body is None:
+            return None
+        return self._encode_reply(envelope, request.correlation_id)
+
+    async def send_encoded(self, request: Delivery, body: bytes, *,
+                           persistent: bool = False) -> None:
+        """Publish the reply ``body`` (from :meth:`encode`) to ``request``; see :meth:`send`."""
+        if not request.reply_to:
             return
         message = OutgoingMessage(body, self._ctx.content_type,
                                   correlation_id=request.correlation_id, persistent=persistent)

@@ -12,7 +12,9 @@ unacknowledged task to one consumer only, so no task is processed by two workers
 
 from __future__ import annotations
 
+import functools
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
@@ -29,7 +31,6 @@ from .._backends import (
     dead_letter_to,
 )
 from .._errors import (
-    CommunicatorClosed,
     DecodeError,
     DuplicateSubscriberIdentifier,
     QueueEmpty,
@@ -40,12 +41,15 @@ from . import _pipeline as pipeline
 from ._admin import dead_letter_queue_name, record_task_queue
 from ._context import Context, handling
 from ._control import InFlightTask
+from ._durable import DurableQueues
 from ._envelopes import exception_envelope, pending_envelope, result_envelope
 from ._invoke import call_subscriber, check_subscriber_signature
 from ._leases import LeaseKeeper, TaskLease
+from ._pulled import IncomingTask, TaskIterator
+from ._redelivery import TASK_ID_HEADER, Redeliveries, task_id_of
 from ._replies import ReplyRouter, ResultHandle
 
-__all__ = ["IncomingTask", "TaskOutcome", "TaskQueue", "TaskSubscriber"]
+__all__ = ["TaskQueue", "TaskSubscriber"]
 
 logger = logging.getLogger("kiwitrio.tasks")  # a public name (docs/configuration.md#logging)
 
@@ -58,111 +62,10 @@ def dead_letter_exchange_name(task_exchange: str) -> str:
     return f"{task_exchange}.dead-letter"
 
 
-class TaskOutcome:
-    """What a pull-mode worker reports for a task: set a result or an exception, once."""
-
-    def __init__(self) -> None:
-        self._value: Any = _MISSING
-        self._error: BaseException | None = None
-
-    def done(self) -> bool:
-        return self._value is not _MISSING or self._error is not None
-
-    def set_result(self, value: Any) -> None:
-        self._check_not_done()
-        self._value = value
-
-    def set_exception(self, error: BaseException) -> None:
-        self._check_not_done()
-        self._error = error
-
-    def _check_not_done(self) -> None:
-        if self.done():
-            raise RuntimeError("the task outcome is already set")
-
-    def envelope(self) -> dict[str, Any]:
-        if self._error is not None:
-            return exception_envelope(self._error)
-        return result_envelope(self._value)
-
-
-class IncomingTask:
-    """A task taken from a queue in pull mode (:meth:`TaskQueue.next_task`, iteration).
-
-    It is reserved for this worker until it is finished (its outcome set and the block left:
-    the result goes to the sender and the task is acknowledged) or requeued.
-    """
-
-    def __init__(self, queue: TaskQueue, delivery: Delivery, body: Any) -> None:
-        self._queue = queue
-        self._delivery = delivery
-        #: The task itself, decoded.
-        self.body = body
-        self._outcome: TaskOutcome | None = None
-        #: When it was taken (trio.current_time()), for inspect's age.
-        self.started = trio.current_time()
-
-    @property
-    def redelivered(self) -> bool:
-        """True if the broker handed this task out before (a worker died or gave it back)."""
-        return self._delivery.redelivered
-
-    @property
-    def settled(self) -> bool:
-        return self._delivery.settled
-
-    def process(self) -> TaskOutcome:
-        """Start processing: returns the outcome to set. Calling it again returns the same."""
-        if self._outcome is None:
-            self._outcome = TaskOutcome()
-        return self._outcome
-
-    @asynccontextmanager
-    async def processing(self) -> AsyncIterator[TaskOutcome]:
-        """Process the task in a block; an exception escaping it becomes the task's outcome.
-
-        On leaving the block: outcome set -> reply sent and task acknowledged; not set ->
-        requeued. An ``Exception`` escaping the block is recorded as the outcome (the sender
-        gets a RemoteException) and re-raised; cancellation and other BaseExceptions requeue.
-        """
-        outcome = self.process()
-        try:
-            yield outcome
-        except Exception as exc:
-            if not outcome.done():
-                outcome.set_exception(exc)
-            await self.settle()
-            raise
-        except BaseException:
-            await self.requeue()
-            raise
-        await self.settle()
-
-    async def requeue(self) -> None:
-        """Give the task back to the queue for any worker."""
-        if not self._delivery.settled:
-            await self._queue.ctx.give_back(self._delivery)
-
-    async def settle(self) -> None:
-        """Finish the task if its outcome is set (the reply goes to the sender), else put it
-        back in the queue; a no-op once settled. For tasks taken with
-        :meth:`TaskQueue.take_task`; ``processing()`` and ``next_task()`` settle their own.
-        """
-        self._queue._pulled.pop(self, None)
-        if self._delivery.settled:
-            return
-        if self._outcome is not None and self._outcome.done():
-            reply = self._queue.replies.send(self._delivery, self._outcome.envelope(),
-                                             persistent=True)
-            await self._queue.ctx.finish(self._delivery, reply)
-        else:
-            await self.requeue()
-
-
 def _task_id(delivery: Delivery) -> str:
-    """The sender's correlation id; for a task sent with no_reply (none), an id that stays
-    the same while this process holds the delivery."""
-    return delivery.correlation_id or f"no-reply-{id(delivery):x}"
+    """The task's id (see _redelivery); for a task without one (a kiwiPy sender's task sent
+    with no_reply), an id that stays the same while this process holds the delivery."""
+    return task_id_of(delivery) or f"no-reply-{id(delivery):x}"
 
 
 class TaskQueue:
@@ -173,10 +76,12 @@ class TaskQueue:
     """
 
     def __init__(self, ctx: Context, replies: ReplyRouter, *, name: str, exchange: str,
-                 prefetch_count: int) -> None:
+                 prefetch_count: int, durable: DurableQueues | None = None) -> None:
         if prefetch_count < 1:
             raise ValueError("prefetch_count must be at least 1")
         self.ctx = ctx
+        #: How this queue, its dead-letter queue and its lease queue are declared.
+        self.durable = ctx.durable if durable is None else durable
         self.replies = replies
         self.name = name
         self.exchange = exchange
@@ -194,24 +99,26 @@ class TaskQueue:
         self._lock = trio.Lock()
         #: How log lines name a message of this queue.
         self._what = f"task on {name!r}"
+        self._redeliveries = Redeliveries(self._what, self.durable.limit, ctx.finished_tasks)
 
     async def declare(self) -> None:
         """Declare the queue, its dead-letter queue and their bindings (idempotent)."""
-        extra = dict(self.ctx.testing_queue_arguments) if self.ctx.testing_mode else {}
         session = self.ctx.session
         # Whoever creates the queue lists it in the catalogue (kiwitrio status reads it).
         is_new = await session.inspect_queue(self.name) is None
         dlx = dead_letter_exchange_name(self.exchange)
-        dead_letters = await session.declare_queue(
-            QueueSpec(dead_letter_queue_name(self.name), durable=True, arguments=extra)
-        )
+        dead_letters = await session.declare_queue(QueueSpec(
+            dead_letter_queue_name(self.name), durable=True, arguments=self.durable.arguments()
+        ))
         await session.bind_queue(dead_letters, dlx, self.name)
         await session.declare_queue(QueueSpec(
-            self.name, durable=True, arguments={**dead_letter_to(dlx), **extra}
+            self.name, durable=True,
+            arguments={**dead_letter_to(dlx), **self.durable.task_queue_arguments()},
         ))
         await session.bind_queue(self.name, self.exchange, self.name)
         if is_new:
-            await record_task_queue(session, self.exchange, self.name, extra)
+            await record_task_queue(session, self.exchange, self.name,
+                                    dict(self.durable.testing_arguments))
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -230,17 +137,21 @@ class TaskQueue:
         body = self.ctx.encode(task)
         started = _metrics.now()
         if no_reply:
+            task_id = {TASK_ID_HEADER: uuid.uuid4().hex}
             with self._tracing_send(None) as headers:
                 await self._publish(OutgoingMessage(body, self.ctx.content_type,
-                                                    headers=headers, persistent=True))
+                                                    headers={**headers, **task_id},
+                                                    persistent=True))
             _metrics.record_sent("task", started)
             return ResultHandle.completed(None)
         reply_to, handle = await self.replies.expect()
+        # A task that wants a result is known by its correlation id: the one its handle has.
+        task_id = {TASK_ID_HEADER: handle.correlation_id or uuid.uuid4().hex}
         try:
             with self._tracing_send(handle.correlation_id) as headers:
                 await self._publish(OutgoingMessage(
                     body, self.ctx.content_type, correlation_id=handle.correlation_id,
-                    reply_to=reply_to, headers=headers, persistent=True,
+                    reply_to=reply_to, headers={**headers, **task_id}, persistent=True,
                 ))
         except BaseException:
             self.replies.forget(handle)
@@ -327,6 +238,8 @@ class TaskQueue:
                              self._reject_undecodable)
 
     async def _handle(self, delivery: Delivery, task: Any) -> None:
+        if await self._settled_before_running(delivery):
+            return
         keeper = self._lease_keeper
         lease = TaskLease(self.ctx, keeper, delivery)
         if keeper is not None:
@@ -345,7 +258,33 @@ class TaskQueue:
         if envelope is None:
             await lease.give_back()  # every subscriber declined
             return
-        await lease.finish(self.replies.send(delivery, envelope, persistent=True))
+        await lease.finish(self._reply(delivery, envelope))
+
+    async def _reply(self, delivery: Delivery, envelope: dict[str, Any]) -> None:
+        # Remembered first: once the reply is out, a redelivery must find the task finished.
+        body = self.replies.encode(delivery, envelope)
+        await self._redeliveries.remember(delivery, body)
+        if body is not None:
+            await self.replies.send_encoded(delivery, body, persistent=True)
+
+    async def finish_task(self, delivery: Delivery, envelope: dict[str, Any]) -> None:
+        """Reply with ``envelope`` (remembered as finished first), then acknowledge."""
+        await self.ctx.finish(delivery, self._reply(delivery, envelope))
+
+    def release_pulled(self, task: IncomingTask) -> None:
+        self._pulled.pop(task, None)
+
+    async def _settled_before_running(self, delivery: Delivery) -> bool:
+        """Past its delivery limit, or finished before: see _redelivery."""
+        async def refuse(error: Exception) -> None:
+            await self.replies.send(delivery, exception_envelope(error), persistent=True)
+
+        return await self._redeliveries.settled_before_running(
+            delivery, functools.partial(self._answer_again, delivery), refuse)
+
+    async def _answer_again(self, delivery: Delivery, reply: bytes) -> None:
+        await self.ctx.finish(delivery, self.replies.send_encoded(delivery, reply,
+                                                                  persistent=True))
 
     @property
     def consuming(self) -> bool:
@@ -423,6 +362,8 @@ class TaskQueue:
                 delivery = await self._wait_for_delivery(deadline)
             if delivery is None:
                 raise QueueEmpty(f"no task in {self.name!r}")
+            if await self._settled_before_running(delivery):
+                continue
             try:
                 task = IncomingTask(self, delivery, await self.ctx.decode(delivery))
             except trio.Cancelled:
@@ -458,24 +399,4 @@ class TaskQueue:
         ``break``, it stays reserved until :meth:`settle_pulled` or until the communicator
         closes, and is then finished (if its outcome was set) or requeued.
         """
-        return _TaskIterator(self)
-
-
-class _TaskIterator:
-    def __init__(self, queue: TaskQueue) -> None:
-        self._queue = queue
-        self._current: IncomingTask | None = None
-
-    def __aiter__(self) -> _TaskIterator:
-        return self
-
-    async def __anext__(self) -> IncomingTask:
-        if self._current is not None:
-            with trio.CancelScope(shield=True):
-                await self._current.settle()
-            self._current = None
-        try:
-            self._current = await self._queue.take_task(None)
-        except (QueueEmpty, CommunicatorClosed):
-            raise StopAsyncIteration from None
-        return self._current
+        return TaskIterator(self)

@@ -16,7 +16,7 @@ import trio
 import trio.testing
 
 import kiwitrio
-from kiwitrio import CommunicatorClosed, ConnectionFailed
+from kiwitrio import CommunicatorClosed, ConnectionFailed, QueueType
 from kiwitrio.lowlevel import (
     DEFAULT_MESSAGE_EXCHANGE,
     DEFAULT_TASK_EXCHANGE,
@@ -318,12 +318,16 @@ class RmqThreadCommunicator(BlockingBase, KiwipyCommunicator):
 
     # -- tasks --------------------------------------------------------------------------------
 
-    def task_queue(self, queue_name: str, prefetch_size: int = 0,
-                   prefetch_count: int = 0) -> RmqThreadTaskQueue:
-        """The named task queue; ``prefetch_count`` 0 takes the communicator's."""
+    def task_queue(self, queue_name: str, prefetch_size: int = 0, prefetch_count: int = 0,
+                   *, queue_type: QueueType | None = None,
+                   delivery_limit: int | None = None) -> RmqThreadTaskQueue:
+        """The named task queue; ``prefetch_count`` 0 takes the communicator's;
+        ``queue_type`` and ``delivery_limit`` as for :meth:`kiwitrio.Communicator.task_queue`."""
         del prefetch_size
         core = self._core
-        core_queue = self._call(core.task_queue, queue_name, prefetch_count or None)
+        core_queue = self._call(functools.partial(
+            core.task_queue, queue_name, prefetch_count or None, queue_type=queue_type,
+            delivery_limit=delivery_limit))
         return self._queues.setdefault(queue_name, RmqThreadTaskQueue(self, core_queue))
 
     def task_send(self, task: Any, no_reply: bool = False,

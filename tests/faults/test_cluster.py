@@ -27,7 +27,6 @@ measures classic queues instead (which lose tasks on node death: that is what it
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 import os
 import time
@@ -105,9 +104,7 @@ CLUSTER_DEADLINE = 240.0
 
 
 def queue_options() -> dict[str, Any]:
-    """The communicators' queue options for this run."""
-    if "queue_type" not in inspect.signature(kiwitrio.open_communicator).parameters:
-        return {}  # a kiwitrio without queue types: classic queues only
+    """The senders' queue options (the workers get the same through their command line)."""
     return {"queue_type": QUEUE_TYPE}
 
 
@@ -257,8 +254,7 @@ def broadcasts_after(workers: Sequence[WorkerProc], seq: int) -> int:
 async def spawn_workers(fleet: WorkerFleet, urls: Sequence[str], *,
                         spread: bool) -> list[WorkerProc]:
     workers = [await fleet.spawn(f"w{i}", rotated(urls, i if spread else 0), prefetch=SIZE.prefetch,
-                                 heartbeat=HEARTBEAT, wait_ready=False,
-                                 comm_options=queue_options())
+                                 heartbeat=HEARTBEAT, wait_ready=False, queue_type=QUEUE_TYPE)
                for i in range(SIZE.workers)]
     await wait_all_ready(workers)
     return workers
@@ -348,7 +344,7 @@ def figures_of(scenario: str, seen: Observed, fleet: WorkerFleet,
             "results_lost": len(results_lost), "send_errors": len(book.send_errors),
             "failover_s": longest_wait(book.resolved_times, seen.record.at, seen.ended),
             "node": seen.record.node.split("@")[0], **seen.record.extra,
-            "queue_type": queue_options().get("queue_type", "classic"),
+            "queue_type": QUEUE_TYPE,
             "resolved_at_fault": seen.resolved_at_fault,
             "worker_reconnects": sum(w.states().count("reconnecting") for w in workers),
             "rpc_ok": seen.rpc.ok, "rpc_ok_after_fault": seen.rpc.ok - seen.rpc_ok_at_fault,

@@ -12,6 +12,7 @@ connection), which is counted from the workers' logs and reported.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,15 +50,22 @@ def make_task(task_id: int) -> dict[str, Any]:
     return {"id": task_id, "sleep": TASK_SECONDS}
 
 
+@pytest.mark.parametrize("remembered", [False, True],
+                         ids=["plain", "with-finished-tasks"])
 async def test_connections_cut_repeatedly_mid_stream(
-    names: Names, fleet: WorkerFleet, capsys: pytest.CaptureFixture[str]
+    names: Names, fleet: WorkerFleet, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+    remembered: bool,
 ) -> None:
+    """With ``remembered``, the workers share a store of finished tasks (SQLite): a task
+    that comes back after it finished is answered from it, and executed_twice drops."""
     began = time.monotonic()
     book = TaskBook()
     connections_cut: list[int] = []
     resolved_at_cut: list[int] = []
     async with open_tcp_proxy() as proxy:
-        workers = await fleet.spawn_many(N_WORKERS, proxy.url(), prefetch=4)
+        store = tmp_path / "finished.db" if remembered else None
+        workers = await fleet.spawn_many(N_WORKERS, proxy.url(), prefetch=4,
+                                         finished_tasks=store)
         async with open_senders(proxy.url(), names, N_SENDERS, fleet,
                                 reconnect=FAST_RECONNECT) as senders, \
                 traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
@@ -86,7 +94,8 @@ async def test_connections_cut_repeatedly_mid_stream(
     completions = fleet.completions()
     reconnects = {w.name: w.states().count("reconnecting") for w in workers}
     figures = Figures(
-        "connection-cuts", sent=book.sent, completed=completed, lost=book.sent - completed,
+        "connection-cuts" + (" (finished tasks remembered)" if remembered else ""),
+        sent=book.sent, completed=completed, lost=book.sent - completed,
         executed_twice=executed_twice(completions),
         extra={
             "cuts": CUTS, "connections_cut": sum(connections_cut),

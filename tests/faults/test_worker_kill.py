@@ -1,9 +1,10 @@
 """Scenario 3: worker processes SIGKILLed in the middle of tasks.
 
 Four worker processes (prefetch 4) work through 1600 tasks from three senders on the shared
-broker, with RPCs and broadcasts alongside. Every 40th task takes 1.5 s, so that a worker
-can be caught in the middle of one: twice, the test waits until a worker's log shows such a
-task started and not finished, SIGKILLs it and starts a replacement.
+broker (3000 on a sqlite file the processes share), with RPCs and broadcasts alongside. Every
+40th task takes 1.5 s, so that a worker can be caught in the middle of one: twice, the test
+waits until a worker's log shows such a task started and not finished, SIGKILLs it and starts
+a replacement.
 
 Promised: the broker redelivers what a dead worker had not acknowledged, so nothing is lost;
 only those tasks can run twice (a worker may die after its result went out but before its
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 import trio
 
-from ..conftest import AMQP_URL, Names
+from ..conftest import BACKENDS, Names, test_url
 from .workload import (
     Figures,
     TaskBook,
@@ -33,6 +34,9 @@ from .workload import (
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(150)]
 
 N_TASKS = 1600
+#: On sqlite, where the worker processes share a file: more tasks, as the issue asks
+#: ("thousands"), at about 10 s more.
+N_TASKS_SQLITE = 3000
 N_WORKERS = 4
 N_SENDERS = 3
 PREFETCH = 4
@@ -56,23 +60,31 @@ def in_a_long_task(worker: WorkerProc) -> bool:
     return any(is_long(task_id) for task_id in worker.in_flight_ids())
 
 
+@pytest.fixture(params=[b for b in BACKENDS if b != "memory"])
+def url(request: pytest.FixtureRequest, names: Names) -> str:
+    """RabbitMQ, and the sqlite file (which the worker processes share as they would a
+    broker)."""
+    return test_url(request, names)
+
+
 async def test_sigkilled_workers_tasks_are_finished_elsewhere(
-    names: Names, fleet: WorkerFleet, capsys: pytest.CaptureFixture[str]
+    names: Names, fleet: WorkerFleet, url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     began = time.monotonic()
+    n_tasks = N_TASKS_SQLITE if url.startswith("sqlite:") else N_TASKS
     book = TaskBook()
     victims: list[WorkerProc] = []
     replacements: list[WorkerProc] = []
     in_flight_at_kill: dict[str, set[int]] = {}
-    workers = await fleet.spawn_many(N_WORKERS, AMQP_URL, prefetch=PREFETCH,
+    workers = await fleet.spawn_many(N_WORKERS, url, prefetch=PREFETCH,
                                      reconnect_fast=False)
-    async with open_senders(AMQP_URL, names, N_SENDERS, fleet) as senders, \
+    async with open_senders(url, names, N_SENDERS, fleet) as senders, \
             traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(book.send_all, senders, range(N_TASKS), make_task)
+            nursery.start_soon(book.send_all, senders, range(n_tasks), make_task)
             for number, share in enumerate(KILL_AT):
                 with trio.fail_after(30):
-                    await book.wait_resolved(int(N_TASKS * share))
+                    await book.wait_resolved(int(n_tasks * share))
                 victim = workers[number]
                 await victim.wait_for(in_a_long_task, "in the middle of a long task", 20)
                 await victim.kill()
@@ -80,7 +92,7 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
                 # Its log is fsync'ed line by line: complete up to the kill.
                 in_flight_at_kill[victim.name] = victim.in_flight_ids()
                 replacements.append(await fleet.spawn(
-                    f"replacement{number}", AMQP_URL, prefetch=PREFETCH,
+                    f"replacement{number}", url, prefetch=PREFETCH,
                     reconnect_fast=False, wait_ready=False))
             resolved_at_last_kill = book.resolved
         await book.wait_all(RESULTS_DEADLINE)
@@ -101,7 +113,8 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
         taken_over[victim.name] = set(victim.started_ids()) & elsewhere
     killed_in_flight = sum(len(ids) for ids in taken_over.values())
     figures = Figures(
-        "worker-kill", sent=book.sent, completed=completed, lost=book.sent - completed,
+        f"worker-kill[{url.partition(':')[0]}]", sent=book.sent, completed=completed,
+        lost=book.sent - completed,
         executed_twice=executed_twice(completions),
         extra={
             "workers_killed": len(victims),
@@ -117,11 +130,11 @@ async def test_sigkilled_workers_tasks_are_finished_elsewhere(
     report(figures, capsys)
 
     assert book.send_errors == []
-    assert book.sent == N_TASKS
+    assert book.sent == n_tasks
     assert problems == [], problems[:20]
     assert figures.lost == 0
     assert set(completions) >= set(book.handles), "a result came for a task no worker logged"
-    assert resolved_at_last_kill < N_TASKS, "the workload ended before the kills"
+    assert resolved_at_last_kill < n_tasks, "the workload ended before the kills"
     for victim in victims:
         # Killed mid-task: what it had started and not finished was finished elsewhere ...
         assert in_flight_at_kill[victim.name], victim.describe()

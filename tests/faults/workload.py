@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -182,7 +181,9 @@ class WorkerFleet:
         startup_give_up_after: float = 60.0,
         hold_until_released: bool = False,
         wait_ready: bool = True,
-        comm_options: dict[str, Any] | None = None,
+        finished_tasks: Path | None = None,
+        queue_type: str | None = None,
+        delivery_limit: int | None = None,
     ) -> WorkerProc:
         log_path = self._dir / f"{name}.log"
         stderr_path = self._dir / f"{name}.stderr"
@@ -210,8 +211,12 @@ class WorkerFleet:
             command += ["--heartbeat", str(heartbeat)]
         if hold_until_released:
             command.append("--hold-until-released")  # see WorkerProc.release
-        for option, value in (comm_options or {}).items():
-            command += ["--comm-option", f"{option}={json.dumps(value)}"]
+        if finished_tasks is not None:
+            command += ["--finished-tasks", str(finished_tasks)]
+        if queue_type is not None:
+            command += ["--queue-type", queue_type]
+        if delivery_limit is not None:
+            command += ["--delivery-limit", str(delivery_limit)]
         if reconnect_fast:
             command += ["--reconnect-delay", str(FAST_RECONNECT.initial_delay),
                         "--reconnect-max-delay", str(FAST_RECONNECT.max_delay),

@@ -4,40 +4,29 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import secrets
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from dataclasses import replace
+from typing import TYPE_CHECKING, get_args
 
 import trio
 
-from ..._errors import DeclarationMismatch, DeliveryFailed
+from ..._errors import DeliveryFailed
 from .._base import (
     DEAD_LETTER_EXCHANGE,
     DEAD_LETTER_ROUTING_KEY,
     EntityNotFound,
     ExchangeType,
-    OutgoingMessage,
-    QueueInUse,
     QueueSpec,
-    declaration_mismatch,
 )
+from ._entities import _death_headers, _Exchange, _Message, _Outcome, _Queue, check_quorum_spec
 from ._routing import _binding_matches
 
 if TYPE_CHECKING:
-    from ._session import _MemoryConsumer, _MemorySession
+    from ._session import _MemorySession
 
-__all__ = [
-    "_PREDECLARED_EXCHANGES",
-    "_PRODUCT",
-    "_Broker",
-    "_Message",
-    "_Outcome",
-    "_Queue",
-]
+__all__ = ["_PREDECLARED_EXCHANGES", "_PRODUCT", "_Broker", "_Message", "_Outcome", "_Queue"]
 
 _PRODUCT = "kiwitrio-memory"
 #: Names with this prefix are reserved to the broker (RabbitMQ answers ACCESS_REFUSED).
@@ -49,166 +38,6 @@ _PREDECLARED_EXCHANGES: Mapping[str, ExchangeType] = {
     "amq.topic": "topic",
     "amq.fanout": "fanout",
 }
-
-_Outcome = Literal["ack", "requeue", "dead-letter"]
-
-
-@dataclass(frozen=True)
-class _Message:
-    """A message as stored in one queue. Immutable: each queue and each hand-over gets a copy."""
-
-    body: bytes
-    content_type: str | None
-    correlation_id: str | None
-    reply_to: str | None
-    headers: Mapping[str, Any]
-    exchange: str
-    routing_key: str
-    redelivered: bool = False
-    #: The publishing session's login (as RabbitMQ checks a ``user_id``).
-    user_id: str | None = None
-    #: The AMQP ``expiration`` property, kept for ``x-death``'s ``original-expiration``.
-    expiration_ms: int | None = None
-    #: Trio time after which the message is dead; ``None`` for no TTL.
-    expires_at: float | None = None
-
-    @classmethod
-    def published(
-        cls, exchange: str, routing_key: str, message: OutgoingMessage, now: float,
-        user_id: str | None = None,
-    ) -> _Message:
-        """Snapshot an outgoing message, so later changes to the caller's headers don't leak in."""
-        ttl = message.expiration_ms
-        return cls(
-            body=message.body,
-            content_type=message.content_type,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            headers=copy.deepcopy(dict(message.headers)),
-            exchange=exchange,
-            routing_key=routing_key,
-            user_id=user_id,
-            expiration_ms=ttl,
-            expires_at=None if ttl is None else now + ttl / 1000,
-        )
-
-    def expired(self, now: float) -> bool:
-        """Strictly after the deadline, so a TTL of 0 still reaches a consumer that is ready
-        at publish time, as in RabbitMQ."""
-        return self.expires_at is not None and now > self.expires_at
-
-
-def _death_headers(message: _Message, queue: str, reason: str) -> dict[str, Any]:
-    """The headers of ``message`` once dead-lettered from ``queue``, written as RabbitMQ does.
-
-    ``x-death`` holds one entry per (queue, reason), most recent first; dying again the same
-    way moves that entry to the front and bumps its ``count``. ``x-first-death-*`` record the
-    first death and never change.
-    """
-    headers = copy.deepcopy(dict(message.headers))
-    deaths = [dict(entry) for entry in headers.get("x-death", ()) if isinstance(entry, Mapping)]
-    key = (queue, reason)
-    same = [entry for entry in deaths if (entry.get("queue"), entry.get("reason")) == key]
-    if same:
-        entry = same[0]
-        deaths.remove(entry)
-        entry["count"] = int(entry.get("count", 0)) + 1
-    else:
-        entry = {
-            "count": 1,
-            "reason": reason,
-            "queue": queue,
-            "exchange": message.exchange,
-            "routing-keys": [message.routing_key],
-        }
-        if message.expiration_ms is not None:
-            entry["original-expiration"] = str(message.expiration_ms)
-    headers["x-death"] = [entry, *deaths]
-    headers.setdefault("x-first-death-queue", queue)
-    headers.setdefault("x-first-death-reason", reason)
-    headers.setdefault("x-first-death-exchange", message.exchange)
-    return headers
-
-
-@dataclass(eq=False)
-class _Exchange:
-    """A named exchange. Bindings are (queue name, binding key), kept in insertion order."""
-
-    name: str
-    type: ExchangeType
-    durable: bool
-    auto_delete: bool
-    bindings: dict[tuple[str, str], None] = field(default_factory=dict)
-
-
-@dataclass(eq=False)
-class _Queue:
-    """A queue: the broker's storage, plus who may use it and who consumes it."""
-
-    name: str
-    durable: bool
-    exclusive: bool
-    auto_delete: bool
-    arguments: dict[str, Any]
-    #: The session an exclusive queue belongs to; ``None`` for shared queues.
-    owner: _MemorySession | None
-    messages: deque[_Message] = field(default_factory=deque)
-    consumers: list[_MemoryConsumer] = field(default_factory=list)
-    #: Index in :attr:`consumers` where the round-robin search for the next consumer starts.
-    cursor: int = 0
-    deleted: bool = False
-    #: Guards against re-entrant dispatch (dead-lettering can route back into this queue).
-    dispatching: bool = False
-    #: When it was last used (declared, fetched from, consumed): ``x-expires`` counts from it.
-    last_used: float = 0.0
-
-    def expires_at(self) -> float | None:
-        """When ``x-expires`` deletes it if nothing uses it meanwhile (RabbitMQ: no
-        consumers, no redeclaration, no ``basic.get``); ``None`` if it never expires."""
-        ttl = self.arguments.get("x-expires")
-        if not isinstance(ttl, int) or ttl <= 0 or self.consumers:
-            return None
-        return self.last_used + ttl / 1000
-
-    def difference(self, spec: QueueSpec) -> DeclarationMismatch | None:
-        """What makes redeclaring with ``spec`` inequivalent (RabbitMQ's
-        ``assert_equivalence``), named as RabbitMQ names it; ``None`` if it is equivalent."""
-        for flag in ("durable", "exclusive", "auto_delete"):
-            current, received = getattr(self, flag), getattr(spec, flag)
-            if current != received:
-                return declaration_mismatch("queue", self.name, flag, _flag(current),
-                                            _flag(received))
-        wanted = dict(spec.arguments)
-        for argument in sorted(set(self.arguments) | set(wanted)):
-            current, received = self.arguments.get(argument), wanted.get(argument)
-            if current != received:
-                return declaration_mismatch("queue", self.name, argument,
-                                            _argument(current), _argument(received))
-        return None
-
-    def check_access(self, session: _MemorySession) -> None:
-        """Refuse a session other than the owner, like RabbitMQ's RESOURCE_LOCKED."""
-        if self.exclusive and self.owner is not session:
-            raise QueueInUse(
-                f"RESOURCE_LOCKED: queue {self.name!r} is exclusive to another connection"
-            )
-
-    def requeue(self, messages: Sequence[_Message]) -> None:
-        """Put ``messages`` back at the head, in the given order, flagged as redelivered."""
-        if not self.deleted:  # a deleted queue took its messages with it
-            self.messages.extendleft(replace(m, redelivered=True) for m in reversed(messages))
-
-    def next_consumer(self) -> _MemoryConsumer | None:
-        """The next consumer, round-robin, that has room for one more unsettled delivery."""
-        count = len(self.consumers)
-        for offset in range(count):
-            index = (self.cursor + offset) % count
-            consumer = self.consumers[index]
-            if consumer.has_room():
-                self.cursor = (index + 1) % count
-                return consumer
-        return None
-
 
 class _Broker:
     """Exchanges, queues and bindings shared by the sessions opened on one URL.
@@ -266,13 +95,9 @@ class _Broker:
             _check_not_reserved("exchange", name)
             self.exchanges[name] = _Exchange(name, kind, durable, auto_delete)
         else:
-            for argument, current, received in [("type", existing.type, kind),
-                                                ("durable", existing.durable, durable),
-                                                ("auto_delete", existing.auto_delete,
-                                                 auto_delete)]:
-                if current != received:
-                    raise declaration_mismatch("exchange", name, argument, _flag(current),
-                                               _flag(received))
+            mismatch = existing.difference(kind, durable, auto_delete)
+            if mismatch is not None:
+                raise mismatch
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         """Delete an exchange and its bindings. Deleting a missing exchange is fine.
@@ -316,6 +141,7 @@ class _Broker:
         return existing
 
     def _create_queue(self, name: str, spec: QueueSpec, session: _MemorySession) -> _Queue:
+        check_quorum_spec(name, spec, server_named=not spec.name)
         queue = _Queue(
             name=name,
             durable=spec.durable,
@@ -431,6 +257,22 @@ class _Broker:
         finally:
             queue.dispatching = False
 
+    def requeue(self, queue: _Queue, messages: Sequence[_Message], now: float) -> None:
+        """Give ``messages`` back to the head of ``queue``, in order, flagged as redelivered.
+
+        A quorum queue counts each return (``x-delivery-count``); a message returned more
+        often than the queue's ``x-delivery-limit`` is dead-lettered instead, with the
+        reason ``delivery_limit``, as RabbitMQ does.
+        """
+        back = []
+        for message in messages:
+            returned, over_limit = queue.returned(message)
+            if over_limit:
+                self.dead_letter(queue, returned, "delivery_limit", now)
+            else:
+                back.append(returned)
+        queue.put_back(back)
+
     def dead_letter(self, queue: _Queue, message: _Message, reason: str, now: float) -> None:
         """Republish to the queue's dead-letter exchange, or drop the message if it has none.
 
@@ -474,15 +316,3 @@ def _check_not_reserved(kind: str, name: str) -> None:
         raise DeliveryFailed(
             f"ACCESS_REFUSED: {kind} name {name!r} contains reserved prefix 'amq.*'"
         )
-
-
-def _flag(value: object) -> str:
-    """A value as RabbitMQ's inequivalent-arg message shows it (``'true'``, ``'direct'``)."""
-    if isinstance(value, bool):
-        return f"'{str(value).lower()}'"
-    return f"'{value}'"
-
-
-def _argument(value: object) -> str:
-    """An x-argument as RabbitMQ shows it (``none`` when it is not set)."""
-    return "none" if value is None else repr(value)

@@ -23,7 +23,8 @@ from .._base import (
     Session,
 )
 from .._buffer import DeliveryBuffer
-from ._broker import _PRODUCT, _Broker, _Message, _Outcome, _Queue
+from ._broker import _PRODUCT, _Broker
+from ._entities import _Message, _Outcome, _Queue
 
 __all__ = ["open_memory_session"]
 
@@ -247,7 +248,7 @@ class _MemorySession(Session):
         self._unsettled.clear()
         now = trio.current_time()
         for queue, messages in by_queue.items():
-            queue.requeue(messages)
+            self._broker.requeue(queue, messages, now)
             self._broker.dispatch(queue, now)
 
     def _hand_out(
@@ -265,7 +266,8 @@ class _MemorySession(Session):
         for delivery in buffered:
             delivery._settled = True
             del self._unsettled[delivery._tag]
-        consumer._queue.requeue([delivery._message for delivery in buffered])
+        self._broker.requeue(consumer._queue, [delivery._message for delivery in buffered],
+                             trio.current_time())
         self._broker.consumer_removed(consumer._queue, trio.current_time())
 
     def _settle(self, delivery: _MemoryDelivery, outcome: _Outcome) -> None:
@@ -279,7 +281,7 @@ class _MemorySession(Session):
             delivery._consumer._in_flight -= 1
         queue, now = delivery._queue, trio.current_time()
         if outcome == "requeue":
-            queue.requeue([delivery._message])
+            self._broker.requeue(queue, [delivery._message], now)
         elif outcome == "dead-letter":
             self._broker.dead_letter(queue, delivery._message, "rejected", now)
         # The consumer has room again, or the queue has a message back: hand out more.

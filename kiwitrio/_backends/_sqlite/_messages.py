@@ -1,0 +1,202 @@
+"""Messages in the database: routing a publish, handing ready messages to a consumer
+(claiming them for its connection), settling them, expiry and dead-lettering.
+
+Every function works inside a transaction (:class:`~._store.Tx`). A message row with a
+``holder`` is out with that connection and nobody else's: a claim is an UPDATE of ready rows
+inside the write lock, so no two consumers ever hold one message.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..._errors import DeliveryFailed, UnroutableError
+from .._base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, OutgoingMessage
+from .._memory._entities import _death_headers, _Message
+from .._memory._routing import _binding_matches
+from . import _values
+from ._doorbell import is_gone
+from ._entities import (
+    DEATH_REASON_HEADER,
+    accessible_queue,
+    drop_connection,
+    exchange_type,
+    give_back_held,
+)
+from ._store import Tx
+
+__all__ = ["Stored", "claim", "dead_letter", "expire_messages", "publish", "settle"]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A message row handed out to this connection."""
+
+    id: int
+    queue: str
+    body: bytes
+    redelivered: bool
+    properties: Mapping[str, Any]
+
+
+def _properties(exchange: str, routing_key: str, message: OutgoingMessage,
+                user_id: str | None) -> dict[str, Any]:
+    return {"content_type": message.content_type, "correlation_id": message.correlation_id,
+            "reply_to": message.reply_to, "headers": dict(message.headers),
+            "exchange": exchange, "routing_key": routing_key, "user_id": user_id,
+            "expiration_ms": message.expiration_ms}
+
+
+def _route(tx: Tx, exchange: str, routing_key: str) -> list[str]:
+    """The queues a message goes to, each once however many of its bindings match."""
+    if exchange == "":
+        # The default exchange is implicitly bound to every queue by the queue's name.
+        found = tx.one("SELECT name FROM queues WHERE name = ?", [routing_key])
+        return [] if found is None else [routing_key]
+    kind = exchange_type(tx, exchange)
+    rows = tx.execute("SELECT queue, key FROM bindings WHERE exchange = ? ORDER BY rowid",
+                      [exchange])
+    return list(dict.fromkeys(row["queue"] for row in rows
+                              if _binding_matches(kind, row["key"], routing_key)))
+
+
+def _live_targets(tx: Tx, exchange: str, routing_key: str) -> list[str]:
+    """:func:`_route`, after dropping dead owners of exclusive target queues: a message for an
+    RPC subscriber whose process died is unroutable at once, not stored for nobody."""
+    targets = _route(tx, exchange, routing_key)
+    if not targets:
+        return targets
+    marks = ",".join("?" * len(targets))
+    owners = tx.execute(
+        f"SELECT DISTINCT q.owner, c.heartbeat, c.bell FROM queues q LEFT JOIN connections c "
+        f"ON c.id = q.owner WHERE q.name IN ({marks}) AND q.owner IS NOT NULL "
+        f"AND q.owner != ?", [*targets, tx.me]).fetchall()
+    dead = [row["owner"] for row in owners if row["heartbeat"] is None
+            or row["heartbeat"] < tx.now - tx.liveness or is_gone(row["bell"])]
+    for owner in dead:
+        drop_connection(tx, owner)
+    return _route(tx, exchange, routing_key) if dead else targets
+
+
+def publish(tx: Tx, exchange: str, routing_key: str, message: OutgoingMessage, *,
+            mandatory: bool, user_id: str | None) -> None:
+    """Store a copy in every queue the message routes to; UnroutableError (and nothing
+    stored) if ``mandatory`` and there is none."""
+    if message.expiration_ms is not None and message.expiration_ms < 0:
+        raise DeliveryFailed("PRECONDITION_FAILED: negative expiration")
+    targets = _live_targets(tx, exchange, routing_key)
+    if mandatory and not targets:
+        raise UnroutableError(f"no queue for routing key {routing_key!r} on {exchange!r}")
+    _store(tx, targets, message.body, _properties(exchange, routing_key, message, user_id),
+           message.expiration_ms)
+
+
+def _store(tx: Tx, queues: list[str], body: bytes, properties: Mapping[str, Any],
+           expiration_ms: int | None) -> None:
+    text = _values.dumps(properties)
+    for queue in queues:
+        row = tx.one("SELECT message_ttl_ms FROM queues WHERE name = ?", [queue])
+        # The queue's TTL and the message's own: whichever ends first.
+        ttls = [ttl for ttl in (expiration_ms, row["message_ttl_ms"]) if ttl is not None]
+        expires_at = tx.now + min(ttls) / 1000 if ttls else None
+        tx.execute("INSERT INTO messages (queue, body, properties, expires_at) "
+                   "VALUES (?, ?, ?, ?)", [queue, body, text, expires_at])
+        tx.touched.add(queue)
+
+
+def claim(tx: Tx, queue: str, consumer: str | None, limit: int) -> list[Stored]:
+    """Hand up to ``limit`` ready messages of ``queue``, oldest first, to this connection
+    (for ``consumer``, or for a ``basic.get`` if ``None``). Expired ones are left for
+    :func:`expire_messages`."""
+    rows = tx.execute(
+        "UPDATE messages SET holder = ?, consumer = ? WHERE id IN (SELECT id FROM messages "
+        "WHERE queue = ? AND holder IS NULL AND (expires_at IS NULL OR expires_at >= ?) "
+        "ORDER BY id LIMIT ?) RETURNING id, queue, body, redelivered, properties",
+        [tx.me, consumer, queue, tx.now, limit]).fetchall()
+    rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
+    return [_stored(row) for row in rows]
+
+
+def _stored(row: sqlite3.Row) -> Stored:
+    return Stored(id=row["id"], queue=row["queue"], body=bytes(row["body"]),
+                  redelivered=bool(row["redelivered"]),
+                  properties=_values.loads(row["properties"]))
+
+
+def settle(tx: Tx, message_id: int, outcome: str) -> None:
+    """Ack (delete), requeue, or dead-letter a message this connection holds; nothing if it
+    does not hold it any more (it was requeued when the connection was declared dead)."""
+    if outcome == "requeue":
+        row = tx.one("SELECT queue FROM messages WHERE id = ? AND holder = ?",
+                     [message_id, tx.me])
+        if row is not None:
+            if give_back_held(tx, "id = ? AND holder = ?", [message_id, tx.me]):
+                expire_messages(tx)  # past its delivery limit: dead-lettered now
+            tx.touched.add(row["queue"])
+        return
+    row = tx.one("DELETE FROM messages WHERE id = ? AND holder = ? "
+                 "RETURNING id, queue, body, redelivered, properties", [message_id, tx.me])
+    if row is not None and outcome == "dead-letter":
+        dead_letter(tx, _stored(row), "rejected")
+
+
+def requeue_many(tx: Tx, message_ids: list[int]) -> None:
+    for message_id in message_ids:
+        settle(tx, message_id, "requeue")
+
+
+def dead_letter(tx: Tx, message: Stored, reason: str) -> None:
+    """Republish to the queue's dead-letter exchange, or drop the message if it has none.
+
+    As in RabbitMQ, a dead letter whose exchange is missing or that routes nowhere is
+    dropped silently, and its TTL is removed so that it does not expire again.
+    """
+    row = tx.one("SELECT arguments FROM queues WHERE name = ?", [message.queue])
+    arguments = {} if row is None else _values.loads(row["arguments"])
+    if DEAD_LETTER_EXCHANGE not in arguments:
+        return
+    exchange = str(arguments[DEAD_LETTER_EXCHANGE])
+    if exchange and tx.one("SELECT 1 FROM exchanges WHERE name = ?", [exchange]) is None:
+        return
+    properties = dict(message.properties)
+    routing_key = str(arguments.get(DEAD_LETTER_ROUTING_KEY, properties["routing_key"]))
+    as_memory = _Message(
+        body=b"", content_type=None, correlation_id=None, reply_to=None,
+        headers=properties["headers"], exchange=properties["exchange"],
+        routing_key=properties["routing_key"], expiration_ms=properties["expiration_ms"])
+    properties.update(headers=_death_headers(as_memory, message.queue, reason),
+                      exchange=exchange, routing_key=routing_key, expiration_ms=None)
+    _store(tx, _route(tx, exchange, routing_key), message.body, properties, None)
+
+
+def expire_messages(tx: Tx) -> None:
+    """Dead-letter (or drop) the ready messages whose time to live is over."""
+    rows = tx.execute(
+        "DELETE FROM messages WHERE holder IS NULL AND expires_at IS NOT NULL "
+        "AND expires_at < ? RETURNING id, queue, body, redelivered, properties",
+        [tx.now]).fetchall()
+    rows.sort(key=lambda row: int(row["id"]))
+    for row in rows:
+        stored = _stored(row)
+        headers = dict(stored.properties["headers"])
+        reason = headers.pop(DEATH_REASON_HEADER, "expired")  # see give_back_held
+        dead_letter(tx, replace(stored, properties={**stored.properties, "headers": headers}),
+                    str(reason))
+
+
+def next_expiry(tx: Tx) -> float | None:
+    """When the next ready message expires (wall clock), if any does."""
+    row = tx.one("SELECT min(expires_at) FROM messages WHERE holder IS NULL "
+                 "AND expires_at IS NOT NULL")
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def queue_counts(tx: Tx, queue: str) -> tuple[int, int]:
+    """Ready messages and consumers of a queue this connection may see."""
+    accessible_queue(tx, queue)
+    ready = tx.one("SELECT count(*) FROM messages WHERE queue = ? AND holder IS NULL", [queue])
+    consumers = tx.one("SELECT count(*) FROM consumers WHERE queue = ?", [queue])
+    return int(ready[0]), int(consumers[0])
