@@ -18,9 +18,10 @@ completed whose result never came), failover_s (the longest wait for a result fr
 on) and what RPCs and broadcasts did.
 
 Opt-in, as the cluster costs about 20-30 s to start and each scenario 30-60 s:
-``KIWITRIO_CLUSTER_TESTS=short`` (CI: scripts/test.sh sets it for the Python 3.12 session on
-the host's RabbitMQ) or ``=long`` (more tasks; ``nox -s cluster``, which also runs it on a
-RabbitMQ 4.3 cluster in the Debian sid chroot). ``KIWITRIO_CLUSTER_QUEUE_TYPE=classic``
+``KIWITRIO_CLUSTER_TESTS=short`` (1500 tasks a scenario; CI: scripts/test.sh sets it for the
+Python 3.12 session on the host's RabbitMQ) or ``=long`` (5000 tasks, and every scenario again
+with the workers sharing a store of finished tasks; ``nox -s cluster``, which also runs it on
+a RabbitMQ 4.3 cluster in the Debian sid chroot). ``KIWITRIO_CLUSTER_QUEUE_TYPE=classic``
 measures classic queues instead (which lose tasks on node death: that is what it shows).
 """
 
@@ -87,7 +88,10 @@ class Workload:
         return {"id": task_id, "sleep": self.task_seconds}
 
 
-SIZE = Workload(tasks=6000) if VARIANT == "long" else Workload(tasks=2000)
+SIZE = Workload(tasks=5000) if VARIANT == "long" else Workload(tasks=1500)
+#: The long variant also runs every scenario with the workers sharing a store of finished
+#: tasks (one SQLite file), to measure executed_twice with and without it.
+STORES = [False, True] if VARIANT == "long" else [False]
 #: A paused node stays paused this long: well past the clients' heartbeat timeout (they move
 #: away), well under Erlang's net_ticktime (60 s; the other nodes keep it as a member, so
 #: resuming it makes no partition).
@@ -251,10 +255,11 @@ def broadcasts_after(workers: Sequence[WorkerProc], seq: int) -> int:
     return sum(1 for s in seen if s > seq)
 
 
-async def spawn_workers(fleet: WorkerFleet, urls: Sequence[str], *,
-                        spread: bool) -> list[WorkerProc]:
+async def spawn_workers(fleet: WorkerFleet, urls: Sequence[str], *, spread: bool,
+                        store: Path | None) -> list[WorkerProc]:
     workers = [await fleet.spawn(f"w{i}", rotated(urls, i if spread else 0), prefetch=SIZE.prefetch,
-                                 heartbeat=HEARTBEAT, wait_ready=False, queue_type=QUEUE_TYPE)
+                                 heartbeat=HEARTBEAT, wait_ready=False, queue_type=QUEUE_TYPE,
+                                 finished_tasks=store)
                for i in range(SIZE.workers)]
     await wait_all_ready(workers)
     return workers
@@ -287,9 +292,10 @@ class Observed:
 
 
 async def run_workload(cluster: PrivateCluster, fleet: WorkerFleet, names: KiwitrioNames,
-                       fault: Fault, *, spread: bool) -> tuple[Observed, list[WorkerProc]]:
+                       fault: Fault, *, spread: bool,
+                       store: Path | None) -> tuple[Observed, list[WorkerProc]]:
     """Workers and senders on the cluster; the fault once a share of the results is in."""
-    workers = await spawn_workers(fleet, cluster.urls, spread=spread)
+    workers = await spawn_workers(fleet, cluster.urls, spread=spread, store=store)
     book, record = TaskBook(), FaultRecord()
     async with spread_senders(cluster.urls, names, spread=spread) as senders, \
             traffic_alongside(senders[0], fleet) as (rpc, broadcasts):
@@ -360,11 +366,12 @@ def figures_of(scenario: str, seen: Observed, fleet: WorkerFleet,
 
 async def check_scenario(scenario: str, cluster: PrivateCluster, fleet: WorkerFleet,
                          names: KiwitrioNames, fault: Fault, capsys: pytest.CaptureFixture[str],
-                         *, spread: bool) -> None:
+                         *, spread: bool, store: Path | None) -> None:
     began = time.monotonic()
-    seen, workers = await run_workload(cluster, fleet, names, fault, spread=spread)
+    seen, workers = await run_workload(cluster, fleet, names, fault, spread=spread, store=store)
     await fleet.stop_all()
     figures, problems = figures_of(scenario, seen, fleet, workers, began)
+    figures.extra["finished_tasks_store"] = store is not None
     report(figures, capsys)
     detail = f"{figures.line()}\nfirst problems: {problems[:10]}\n" \
              f"send errors: {seen.book.send_errors[:5]}\n" \
@@ -385,11 +392,13 @@ async def check_scenario(scenario: str, cluster: PrivateCluster, fleet: WorkerFl
     pytest.param("leader-killed", kill_leader, True, id="leader-killed"),
     pytest.param("leader-paused", pause_leader, True, id="leader-paused"),
 ])
+@pytest.mark.parametrize("with_store", STORES, ids=lambda on: "store" if on else "no-store")
 async def test_node_failure_loses_nothing(
-    scenario: str, fault: Fault, spread: bool, live_cluster: PrivateCluster,
-    cluster_fleet: WorkerFleet, kiwitrio_names: KiwitrioNames,
+    scenario: str, fault: Fault, spread: bool, with_store: bool, live_cluster: PrivateCluster,
+    cluster_fleet: WorkerFleet, kiwitrio_names: KiwitrioNames, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The scenarios of the module docstring; ``spread``: the clients' URL orders rotated."""
+    """The scenarios of the module docstring; ``spread``: the clients' URL orders rotated;
+    ``with_store``: the workers share a store of finished tasks."""
     await check_scenario(scenario, live_cluster, cluster_fleet, kiwitrio_names, fault, capsys,
-                         spread=spread)
+                         spread=spread, store=tmp_path / "finished.db" if with_store else None)
