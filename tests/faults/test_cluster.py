@@ -336,13 +336,20 @@ async def wait_until(condition: Callable[[], bool], seconds: float) -> None:
             await trio.sleep(0.1)
 
 
+def answered(book: TaskBook, task_id: int) -> bool:
+    """Whether the sender got a result (not an error) for the task."""
+    handle = book.handles.get(task_id)
+    return handle is not None and handle.done() and handle.exception() is None
+
+
 def figures_of(scenario: str, seen: Observed, fleet: WorkerFleet,
                workers: Sequence[WorkerProc], began: float) -> tuple[Figures, list[str]]:
     book = seen.book
     completed, problems = book.check(fleet.pids)
     completions = fleet.completions()
-    unresolved = book.unresolved()
-    results_lost = [task_id for task_id in unresolved if task_id in completions]
+    # A task some worker completed whose sender got no result (its handle still waiting, or
+    # failed when the sender closed): the result went missing, not the task.
+    results_lost = [task_id for task_id in completions if not answered(book, task_id)]
     figures = Figures(
         f"cluster-{scenario}", sent=book.sent, completed=completed,
         lost=book.sent - completed, executed_twice=executed_twice(completions),
