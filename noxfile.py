@@ -1,4 +1,5 @@
-"""nox sessions: ``nox -s tests`` (Python 3.10-3.13), ``lint``, ``typecheck``, ``demo``.
+"""nox sessions: ``nox -s tests`` (Python 3.10-3.13), ``lint``, ``typecheck``, ``demo``,
+``cluster`` (the cluster fault scenarios, long variant, on RabbitMQ 3.10 and 4.3 clusters).
 
 The tests and the demo need a broker on 127.0.0.1:5672; these sessions run
 ``scripts/ensure-broker.sh`` first, which starts (or installs) RabbitMQ if nothing answers.
@@ -212,10 +213,30 @@ def tests_trio_asyncio(session: nox.Session) -> None:
                 env={"KIWITRIO_BRIDGE": "trio-asyncio", **_sqlite_env(False)})
 
 
+CLUSTER_TESTS = "tests/faults/test_cluster.py"
+
+
+@nox.session(python="3.12")
+def cluster(session: nox.Session) -> None:
+    """The cluster scenarios, long variant, on a private 3-node RabbitMQ 3.10 cluster (the
+    host's) and then on a 3-node RabbitMQ 4.3 cluster (Python 3.14 in the sid chroot, whose
+    RabbitMQ the private nodes are there); -- goes to pytest. Needs root. CI runs only the
+    short variant, on 3.10 (scripts/test.sh); this takes about 10 minutes.
+    """
+    args = session.posargs or ["-q", "-s", "-p", "no:cacheprovider"]
+    env = {"KIWITRIO_CLUSTER_TESTS": "long"}
+    session.install("-e", ".[test]")
+    session.run("python", "-m", "pytest", CLUSTER_TESTS, *args, env=env)
+    python = _sid_venv(session, "3.14")
+    session.run(*SID, "run", python, "-m", "pytest", CLUSTER_TESTS, *args,
+                external=True, env=env)
+
+
 #: What CI runs (scripts/test.sh without arguments): Python 3.12 and 3.14, each against the
 #: shared broker (RabbitMQ 3.10 here) and a RabbitMQ 4.3 node, on the default thread bridge;
-#: and 3.12 on the trio-asyncio bridge without the fault suite. Only tests-3.12 also runs the
-#: suites on sqlite:// (SQLITE_PYTHON).
+#: 3.12 on the trio-asyncio bridge without the fault suite. Only tests-3.12 also runs the
+#: suites on sqlite:// (SQLITE_PYTHON) and the cluster scenarios' short variant
+#: (KIWITRIO_CLUSTER_TESTS=short, set by scripts/test.sh).
 CI_SESSIONS = ["tests-3.12", "tests_rmq43-3.12", "tests-3.14", "tests_rmq43-3.14",
                "tests_trio_asyncio-3.12"]
 

@@ -47,8 +47,15 @@ run() {
     "$@" || status=1
 }
 start=$SECONDS
-# Each session installs the working tree into its own environment (.nox/...).
-run .venv/bin/python -m nox -s tests-3.12 tests_rmq43-3.12 -- "${PYTEST_ARGS[@]}"
+# Each session installs the working tree into its own environment (.nox/...). The cluster
+# scenarios (tests/faults/test_cluster.py: a private 3-node RabbitMQ 3.10 cluster, three node
+# failures; about 3 minutes) are meant to run in the first session only, in their short
+# variant (KIWITRIO_CLUSTER_CI=short); the long one, and the one on a RabbitMQ 4.3 cluster,
+# are `nox -s cluster`. Off by default until a reconnecting communicator no longer needs the
+# classic task-queue catalogue (`<task exchange>.catalogue`), which is unavailable while its
+# node is down: the scenarios then lose results now and then.
+KIWITRIO_CLUSTER_TESTS=${KIWITRIO_CLUSTER_CI:-} run .venv/bin/python -m nox -s tests-3.12 -- "${PYTEST_ARGS[@]}"
+run .venv/bin/python -m nox -s tests_rmq43-3.12 -- "${PYTEST_ARGS[@]}"
 # The fault suite (private nodes, worker processes: the slowest part, about 90 s a session)
 # runs on 3.12 against both brokers; on 3.14 it is left out to keep CI within its 30
 # minutes (nox -s tests-3.14 runs it there).

@@ -26,6 +26,7 @@ Optional extras (used by the fault-injection suite, tests/faults/; off by defaul
   ``faults.*``;
 - ``--heartbeat`` and ``--reconnect-delay``/``--reconnect-max-delay``/
   ``--startup-give-up-after`` set the communicator's heartbeat and reconnection policy;
+- ``--url`` given again adds a node of a cluster;
 - ``--hold-until-released``: a task marked ``"hold": True`` waits, after its ``started``
   line, until the line ``release`` arrives on stdin (from then on no task waits). The test
   thereby decides when the workers may finish such tasks: until then they hold them
@@ -176,7 +177,7 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
     worker = Worker(log, block_slow=args.block_slow, log_starts=args.log_starts)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with kiwitrio.open_communicator(
-            args.url,
+            args.url[0] if len(args.url) == 1 else args.url,
             message_exchange=args.message_exchange,
             task_exchange=args.task_exchange,
             task_queue=args.task_queue,
@@ -202,7 +203,8 @@ async def run_worker(args: argparse.Namespace, log: TaskLog) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--url", required=True, help="broker URL (amqp://...)")
+    parser.add_argument("--url", required=True, action="append",
+                        help="broker URL (amqp://...); again for each node of a cluster")
     parser.add_argument("--message-exchange", required=True)
     parser.add_argument("--task-exchange", required=True)
     parser.add_argument("--task-queue", required=True)

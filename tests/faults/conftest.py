@@ -21,6 +21,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "faults: fault-injection scenarios (connection cuts, broker crashes, killed workers, "
         "slow consumers, bad input) with worker processes; about a minute each",
     )
+    config.addinivalue_line(
+        "markers",
+        "cluster: scenarios on a private three-node RabbitMQ cluster; opt-in with "
+        "KIWITRIO_CLUSTER_TESTS=short|long",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,24 +71,48 @@ def amqp_ready(port: int, timeout: float = 1.0) -> bool:
     return len(frame) == 7 and frame[0] == _METHOD_FRAME
 
 
+@dataclass(frozen=True)
+class NodeRecord:
+    """A node's name, ports and directory: enough to find (and kill) it again."""
+
+    node: str
+    port: int
+    dist_port: int
+    base: str
+
+
 class PrivateBroker:
     """One private RabbitMQ node; see the module docstring.
 
     :meth:`start` (again after :meth:`kill`: same data directory, so durable queues and
     persistent messages survive), :meth:`kill` (SIGKILL), :meth:`destroy` (kill and remove
-    every file). All methods block; call them from Trio with ``trio.to_thread.run_sync``.
+    every file), :meth:`pause` / :meth:`resume` (SIGSTOP / SIGCONT). All methods block; call
+    them from Trio with ``trio.to_thread.run_sync``. ``existing`` attaches to a node that an
+    earlier process started (and detached, see :meth:`detach`) instead of making a new one.
     """
 
     def __init__(self, *, consumer_timeout_ms: int = 60_000,
-                 channel_tick_ms: int | None = None) -> None:
+                 channel_tick_ms: int | None = None, name_prefix: str = "kt-faults",
+                 parent_dir: Path | None = None, extra_config: str = "",
+                 existing: NodeRecord | None = None) -> None:
         # The broker checks consumer timeouts on its channel tick (every 60 s by default):
         # a short tick makes a short consumer_timeout fire on time.
         self.consumer_timeout_ms = consumer_timeout_ms
         self.channel_tick_ms = channel_tick_ms
-        self.base = Path(tempfile.mkdtemp(prefix="kt-faults-"))
-        self.node = f"kt-faults-{uuid.uuid4().hex[:10]}@localhost"
-        self.port = free_port()
-        self.dist_port = free_port()
+        #: rabbitmq.conf lines of the caller's own (a cluster's partition handling).
+        self.extra_config = extra_config
+        if existing is None:
+            existing = NodeRecord(
+                node=f"{name_prefix}-{uuid.uuid4().hex[:10]}@localhost",
+                port=free_port(), dist_port=free_port(),
+                base=tempfile.mkdtemp(prefix=f"{name_prefix}-", dir=parent_dir))
+            prepare = True
+        else:
+            prepare = False
+        self.base = Path(existing.base)
+        self.node = existing.node
+        self.port = existing.port
+        self.dist_port = existing.dist_port
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
         self.starts = 0
         self.kills = 0
@@ -95,9 +120,21 @@ class PrivateBroker:
         self._as_root = os.geteuid() == 0
         self._home = (pwd.getpwnam(SERVICE_USER).pw_dir if self._as_root
                       else os.environ.get("HOME", str(self.base)))
-        self._prepare()
-        # Also if pytest is interrupted before the fixture's finalizer runs.
-        atexit.register(self.destroy)
+        if prepare:
+            self._prepare()
+            # Also if pytest is interrupted before the fixture's finalizer runs. A node
+            # attached to (``existing``) belongs to whoever started it.
+            atexit.register(self.destroy)
+
+    def record(self) -> NodeRecord:
+        """What finds this node again from another process (scripts/cluster.sh)."""
+        return NodeRecord(node=self.node, port=self.port, dist_port=self.dist_port,
+                          base=str(self.base))
+
+    def detach(self) -> None:
+        """Leave the node running when this process exits (its record finds it again)."""
+        atexit.unregister(self.destroy)
+        self._process = None
 
     # -- files ----------------------------------------------------------------------------
 
@@ -112,6 +149,7 @@ class PrivateBroker:
             f"consumer_timeout = {self.consumer_timeout_ms}\n"
             "log.console = false\n"
             "log.file.level = info\n"
+            f"{self.extra_config}"
         )
         if self.channel_tick_ms is not None:
             (self.base / "advanced.config").write_text(
@@ -223,7 +261,11 @@ class PrivateBroker:
             shutil.rmtree(self.base, ignore_errors=True)
 
     def own_pids(self) -> list[int]:
-        """Live processes whose environment names this node (zombies have none)."""
+        """Live processes whose environment names this node (zombies have none).
+
+        epmd is left out: a node that finds none running starts it, with the node's
+        environment, but every node on the machine (the shared one too) then uses it.
+        """
         marker = f"RABBITMQ_NODENAME={self.node}".encode()
         pids = []
         for entry in Path("/proc").iterdir():
@@ -231,11 +273,30 @@ class PrivateBroker:
                 continue
             try:
                 environ = (entry / "environ").read_bytes()
+                command = (entry / "comm").read_text().strip()
             except OSError:
                 continue
-            if marker in environ.split(b"\0"):
+            if marker in environ.split(b"\0") and command != "epmd":
                 pids.append(int(entry.name))
         return pids
+
+    def pause(self) -> None:
+        """SIGSTOP every process of the node: it keeps its sockets and answers nothing."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT what :meth:`pause` stopped."""
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, signum: signal.Signals) -> None:
+        pids = self.own_pids()
+        if not pids:
+            raise RuntimeError(f"{self.node} has no processes to send {signum.name} to")
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
 
     # -- administration -----------------------------------------------------------------------
 

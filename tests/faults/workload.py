@@ -170,7 +170,7 @@ class WorkerFleet:
     async def spawn(
         self,
         name: str,
-        url: str,
+        url: str | Sequence[str],
         *,
         prefetch: int = 4,
         sync: bool = False,
@@ -188,9 +188,10 @@ class WorkerFleet:
         log_path = self._dir / f"{name}.log"
         stderr_path = self._dir / f"{name}.stderr"
         rpc_id = f"{self.names.prefix}.{name}" if rpc else None
+        urls = [url] if isinstance(url, str) else list(url)
         command = [
             sys.executable, str(WORKER_SCRIPT),
-            "--url", url,
+            *(arg for one_url in urls for arg in ("--url", one_url)),
             "--message-exchange", self.names.message_exchange,
             "--task-exchange", self.names.task_exchange,
             "--task-queue", self.names.task_queue,
@@ -232,14 +233,12 @@ class WorkerFleet:
             await worker.wait_ready()
         return worker
 
-    async def spawn_many(self, count: int, url: str, *, prefix: str = "w",
+    async def spawn_many(self, count: int, url: str | Sequence[str], *, prefix: str = "w",
                          **options: Any) -> list[WorkerProc]:
         """Start ``count`` workers at once, then wait until every one is ready."""
         started = [await self.spawn(f"{prefix}{i}", url, wait_ready=False, **options)
                    for i in range(count)]
-        async with trio.open_nursery() as nursery:
-            for worker in started:
-                nursery.start_soon(worker.wait_ready)
+        await wait_all_ready(started)
         return started
 
     @property
@@ -263,6 +262,13 @@ class WorkerFleet:
 
     def describe(self) -> str:
         return "\n".join(worker.describe() for worker in self.workers)
+
+
+async def wait_all_ready(workers: Iterable[WorkerProc]) -> None:
+    """Wait for every worker's ``ready`` line, all at once."""
+    async with trio.open_nursery() as nursery:
+        for worker in workers:
+            nursery.start_soon(worker.wait_ready)
 
 
 # -- senders and results -------------------------------------------------------------------------
@@ -295,6 +301,8 @@ class TaskBook:
     def __init__(self) -> None:
         self.handles: dict[int, kiwitrio.ResultHandle] = {}
         self.resolutions: Counter[int] = Counter()
+        #: When each resolution came (time.monotonic()), in order: gaps show outages.
+        self.resolved_times: list[float] = []
         self.send_errors: list[str] = []
         self._waiters: list[tuple[Callable[[], bool], trio.Event]] = []
 
@@ -344,6 +352,7 @@ class TaskBook:
 
         def on_done(_handle: kiwitrio.ResultHandle) -> None:
             self.resolutions[task_id] += 1
+            self.resolved_times.append(time.monotonic())
             outstanding.release()
             self._wake()
 
