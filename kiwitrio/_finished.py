@@ -80,7 +80,8 @@ class SqliteFinishedTasks:
     stays the size of a week's work.
 
     The file is opened on first use; a file of another schema version raises
-    :class:`ValueError`. Calls run in a worker thread, one at a time per store.
+    :class:`ValueError`. Calls run in a worker thread, one at a time per store. Close it
+    (``close()``, or use it as a ``with`` block) once the communicator using it is closed.
     """
 
     def __init__(self, path: str | Path, max_age: float = DEFAULT_MAX_AGE) -> None:
@@ -103,6 +104,12 @@ class SqliteFinishedTasks:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+    def __enter__(self) -> SqliteFinishedTasks:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- in the worker thread ---------------------------------------------------------------
 

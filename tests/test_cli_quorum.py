@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sqlite3
 from collections.abc import Callable
@@ -29,7 +30,7 @@ def test_a_quorum_worker_remembers_what_it_finished(
     # Every side must declare the queues alike: a classic sender is refused, plainly.
     assert_clean_error(run(cli_env, "send", "6", *flags(names)), 1, "x-queue-type")
     assert worker.stop(signal.SIGTERM) == 0, worker.describe()
-    with sqlite3.connect(store) as db:
+    with contextlib.closing(sqlite3.connect(store)) as db, db:
         assert db.execute("SELECT count(*) FROM finished").fetchone()[0] == 2
 
 

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 import kiwitrio
+from kiwitrio.backends import QueueSpec, open_session
 
 from .conftest import AMQP_URL, Names
 from .tcp_proxy import open_tcp_proxy
@@ -238,3 +239,27 @@ async def test_consumer_the_broker_cancelled_consumes_again(names: Names) -> Non
                 assert await (await other.task_send(2)) == 4
         assert inner._channel.is_closed or inner._cancelled
         assert comm.connection_state is kiwitrio.ConnectionState.CONNECTED
+
+
+async def test_a_queue_declared_once_is_not_declared_again_on_reconnecting(
+        names: Names) -> None:
+    """The catalogue of task queues is declared with redeclare=False: if the node that has it
+    is down, reconnecting must not wait for it (issue 11). Here: a queue deleted behind the
+    session's back comes back after a reconnection only if it is redeclared."""
+    kept, once = names.unique("kept"), names.unique("once")
+    async with open_tcp_proxy() as proxy, \
+            open_session(proxy.url(), heartbeat=0, reconnect=FAST) as session, \
+            open_session(AMQP_URL, heartbeat=0) as other:
+        for name, redeclare in ((kept, True), (once, False)):
+            await session.declare_queue(QueueSpec(name, durable=True, redeclare=redeclare))
+            await other.delete_queue(name)
+        seen = proxy.connections_seen
+        proxy.cut()
+        with trio.fail_after(DEADLINE):
+            await proxy.wait_for_connections(seen + 1)
+            while True:  # the new connection declares what it must: polled
+                if await other.inspect_queue(kept) is not None:
+                    break
+                await trio.sleep(0.05)
+        assert await session.inspect_queue(once) is None
+        await other.delete_queue(kept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -40,7 +41,7 @@ async def test_the_sqlite_store_is_shared_through_its_file(tmp_path: Path) -> No
     finally:
         one.close()
         other.close()
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -61,7 +62,7 @@ async def test_the_sqlite_store_forgets_old_tasks(tmp_path: Path,
 
 async def test_a_file_of_another_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "finished.db"
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         db.execute("PRAGMA user_version = 99")
     store = kiwitrio.SqliteFinishedTasks(path)
     with pytest.raises(ValueError, match="schema version 99; this kiwitrio reads version 1"):

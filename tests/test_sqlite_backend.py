@@ -7,6 +7,7 @@ and the communicator suites (the ``sqlite`` parameter of their fixtures).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import sqlite3
@@ -82,7 +83,7 @@ async def test_a_file_of_another_schema_version_is_refused_clearly(tmp_path: Pat
     path = tmp_path / "kt.db"
     async with open_session(url_of(path), heartbeat=0):
         pass
-    with sqlite3.connect(path) as db:
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     with pytest.raises(SchemaMismatch, match=f"schema version {SCHEMA_VERSION + 1}.*uses "
@@ -99,12 +100,12 @@ async def test_a_foreign_file_is_refused_and_left_alone(tmp_path: Path) -> None:
         async with open_session(url_of(garbage), heartbeat=0):
             pass
     other = tmp_path / "other.db"
-    with sqlite3.connect(other) as db:
+    with contextlib.closing(sqlite3.connect(other)) as db, db:
         db.execute("CREATE TABLE mine (x)")
     with pytest.raises(SchemaMismatch, match="schema version 0"):
         async with open_session(url_of(other), heartbeat=0):
             pass
-    with sqlite3.connect(other) as db:  # untouched
+    with contextlib.closing(sqlite3.connect(other)) as db, db:  # untouched
         assert [row[0] for row in db.execute("SELECT name FROM sqlite_master")] == ["mine"]
 
 
@@ -183,7 +184,7 @@ async def test_a_writer_killed_mid_transaction_leaves_the_file_consistent(
     for round_number in range(8):
         confirmed |= await _publish_then_kill(url, start=round_number * 10_000,
                                               after=3 + round_number)
-    with sqlite3.connect(tmp_path / "kt.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "kt.db")) as db, db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         held = {name: sorted(int(bytes(body).rstrip(b".")) for (body,) in db.execute(
             "SELECT body FROM messages WHERE queue = ?", [name])) for name in QUEUES}
@@ -237,10 +238,10 @@ async def test_the_plugin_deletes_what_a_test_left_in_the_file(
     async with kiwitrio_open(url=url) as comm:
         await comm.add_task_subscriber(lambda _comm, x: x)
         await comm.task_send("left behind", no_reply=True)
-    with sqlite3.connect(tmp_path / "kt.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "kt.db")) as db, db:
         assert _ours(db, kiwitrio_names.prefix)
     await kiwitrio_names.delete()  # what the fixture does after the test
-    with sqlite3.connect(tmp_path / "kt.db") as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "kt.db")) as db, db:
         assert _ours(db, kiwitrio_names.prefix) == []
 
 
@@ -301,7 +302,7 @@ async def test_a_dead_connections_messages_come_back_at_once_a_hung_ones_after_l
     hung_bell = Doorbell.bind(str(path), "hung-connection")
     try:
         stopped = time.time()
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("INSERT INTO connections VALUES ('dead', 'x', 1, ?, ?)",
                        ["@kiwitrio-nobody-" + uuid.uuid4().hex, stopped - 1])
             db.execute("INSERT INTO connections VALUES ('hung', 'x', 1, ?, ?)",
@@ -331,7 +332,7 @@ async def test_a_session_declared_dead_is_lost(tmp_path: Path) -> None:
     timeout), its next heartbeat finds out: wait_lost() returns and calls fail."""
     path = tmp_path / "kt.db"
     async with open_session(url_of(path, poll=0.2), heartbeat=0) as session:
-        with sqlite3.connect(path) as db:
+        with contextlib.closing(sqlite3.connect(path)) as db, db:
             db.execute("DELETE FROM connections")  # what a reaper does to a dead one
         with trio.fail_after(ARRIVAL):
             reason = await session.wait_lost()

@@ -150,6 +150,10 @@ class QueueSpec:
     exclusive: bool = False
     auto_delete: bool = False
     arguments: Mapping[str, Any] = field(default_factory=dict)
+    #: Whether a reconnecting session declares it again on each new connection (False: a
+    #: queue nothing waits for, such as the catalogue of task queues, which must not hold
+    #: up a reconnection when the node that has it is down).
+    redeclare: bool = True
 
 
 @dataclass(frozen=True)

@@ -308,6 +308,8 @@ class ResilientSession(Session):
         if not spec.name:
             raise ValueError("queues must be named to survive reconnection")
         name = spec.name
+        if not spec.redeclare:
+            return await self._run(lambda s: s.declare_queue(spec))
         return await self._run_and_record(
             lambda s: s.declare_queue(spec), lambda: self._queues.__setitem__(name, spec))
 

@@ -4,13 +4,14 @@ shutdown, reporting each failed task once and counting what it did."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
@@ -232,8 +233,10 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
                 nursery.start_soon(watch_signals)
                 finished = (None if args.finished_tasks is None
                             else kiwitrio.SqliteFinishedTasks(args.finished_tasks))
-                async with communicator(args, task_queue=queue, finished_tasks=finished,
-                                        task_prefetch_count=args.concurrency) as comm:
+                # The store is closed after the communicator, which may still finish tasks.
+                async with _closing(finished), communicator(
+                        args, task_queue=queue, finished_tasks=finished,
+                        task_prefetch_count=args.concurrency) as comm:
                     await comm.add_task_subscriber(run_task)
 
                     def control_shutdown() -> None:  # kiwitrio control shutdown: as SIGTERM
@@ -255,3 +258,11 @@ async def cmd_worker(args: argparse.Namespace, function: Callable[..., Any]) -> 
     return ExitCode.OK
 
 
+@contextlib.asynccontextmanager
+async def _closing(store: kiwitrio.SqliteFinishedTasks | None) -> AsyncIterator[None]:
+    """Close the worker's store of finished tasks (if any) when its communicator closed."""
+    try:
+        yield
+    finally:
+        if store is not None:
+            store.close()

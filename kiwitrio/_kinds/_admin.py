@@ -74,7 +74,9 @@ class QueueStatus:
 
 
 def _catalogue_spec(task_exchange: str, extra_arguments: dict[str, object]) -> QueueSpec:
-    return QueueSpec(catalogue_name(task_exchange), durable=True, arguments={
+    # Declared once, not again on reconnecting: a classic queue (see _durable) whose node is
+    # down must not keep a communicator from coming back on another node of a cluster.
+    return QueueSpec(catalogue_name(task_exchange), durable=True, redeclare=False, arguments={
         "x-max-length": MAX_ENTRIES, "x-overflow": "reject-publish", **extra_arguments})
 
 
@@ -84,14 +86,18 @@ async def record_task_queue(session: Session, task_exchange: str, name: str,
 
     A full catalogue is logged, not raised: the task queue itself is fine.
     """
-    catalogue = await session.declare_queue(_catalogue_spec(task_exchange, extra_arguments))
+    spec = _catalogue_spec(task_exchange, extra_arguments)
     entry = OutgoingMessage(body=name.encode(), content_type="text/plain",
                             headers={ENTRY_HEADER: 1}, persistent=True)
     try:
+        catalogue = await session.declare_queue(spec)
         await session.publish("", catalogue, entry, mandatory=True)
     except NegativeAck:
         logger.warning("the catalogue %r is full (%d entries): kiwitrio status will not list "
-                       "the new task queue %r", catalogue, MAX_ENTRIES, name)
+                       "the new task queue %r", spec.name, MAX_ENTRIES, name)
+    except DeliveryFailed as exc:  # its node is down, say: the task queue itself is fine
+        logger.warning("could not list the new task queue %r in the catalogue %r (kiwitrio "
+                       "status will not show it): %s", name, spec.name, exc)
 
 
 async def read_catalogue(session: Session, task_exchange: str,
