@@ -9,6 +9,7 @@ import pytest
 import trio
 
 import kiwitrio
+from kiwitrio._backends import NegativeAck
 
 from .conftest import OpenComm
 
@@ -97,7 +98,7 @@ async def test_refused_rpc_call_is_unroutable_only_if_the_queue_is_gone(
         session = comm._ctx.session
 
         async def refused(*_args: Any, **_kwargs: Any) -> None:
-            raise kiwitrio.DeliveryFailed("the broker did not accept the message: Basic.Nack")
+            raise NegativeAck("the broker did not accept the message: Basic.Nack")
 
         await comm.add_rpc_subscriber(lambda _c, m: m, "alive")
         monkeypatch.setattr(session, "publish", refused)

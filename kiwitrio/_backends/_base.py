@@ -25,6 +25,7 @@ from .._errors import DeclarationMismatch, DeliveryFailed
 __all__ = [
     "DEAD_LETTER_EXCHANGE",
     "DEAD_LETTER_ROUTING_KEY",
+    "RENAMES",
     "Consumer",
     "Delivery",
     "DeliveryReceiver",
@@ -40,6 +41,7 @@ __all__ = [
     "declaration_mismatch",
     "drain",
     "is_negative_ack",
+    "names_in_place_of",
 ]
 
 ExchangeType = Literal["direct", "topic", "fanout"]
@@ -113,6 +115,17 @@ class NegativeAck(DeliveryFailed):
     """
 
 
+#: How many fresh names a renamable queue (:attr:`QueueSpec.renamable`) may take in turn.
+RENAMES = 4
+
+
+def names_in_place_of(name: str) -> list[str]:
+    """The names a renamable queue ``name`` takes, in this order, where the ones before are
+    held: ``name.1``, ``name.2``... Fixed, so that a sender that addresses the queue by name
+    can find it under another one."""
+    return [f"{name}.{n}" for n in range(1, RENAMES + 1)]
+
+
 def is_negative_ack(exc: BaseException) -> bool:
     """Whether a publish failed with a negative publisher confirm (``Basic.Nack``).
 
@@ -154,6 +167,12 @@ class QueueSpec:
     #: queue nothing waits for, such as the catalogue of task queues, which must not hold
     #: up a reconnection when the node that has it is down).
     redeclare: bool = True
+    #: Whether a reconnecting session may declare it under a fresh name when its own name is
+    #: still held on the broker (:class:`QueueInUse`). For exclusive queues that nothing
+    #: addresses by name, only through bindings: RabbitMQ 4 with Khepri keeps the exclusive
+    #: queues of a node that died until that node is back or forgotten, so the old name can
+    #: stay locked for good. The session keeps using the name it was given; it translates.
+    renamable: bool = False
 
 
 @dataclass(frozen=True)

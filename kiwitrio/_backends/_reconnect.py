@@ -11,10 +11,15 @@ cancel scope) and then run; a publish whose confirm never came is published agai
 connection, so a send is reported done only once a broker confirmed it (at least once: the
 message may arrive twice). Deliveries that came on a lost connection are *stale*: the broker
 has requeued them, so they are dropped from the consumer's stream instead of processed.
+
+An exclusive queue declared ``renamable`` whose name is still held when it is declared again
+(RabbitMQ 4 keeps a dead node's exclusive queues) gets a fresh name on the broker, with its
+bindings and consumers; callers keep using the name they declared, which the session maps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -42,6 +47,7 @@ from ._base import (
     QueueStats,
     Session,
     drain,
+    names_in_place_of,
 )
 from ._buffer import DeliveryBuffer
 from ._policy import ConnectionState, ReconnectPolicy, failed_attempt
@@ -109,6 +115,9 @@ class ResilientSession(Session):
         self._queues: dict[str, QueueSpec] = {}
         self._bindings: dict[tuple[str, str, str], None] = {}
         self._consumers: dict[_ResilientConsumer, None] = {}
+        #: Declared name -> the name on the broker, for renamable queues renamed on a
+        #: reconnection; empty until a name was found held.
+        self._renamed: dict[str, str] = {}
 
     # -- the supervisor -----------------------------------------------------------------------
 
@@ -192,12 +201,39 @@ class ResilientSession(Session):
     async def _restore(self, inner: Session) -> None:
         for name, (type_, durable, auto_delete) in list(self._exchanges.items()):
             await inner.declare_exchange(name, type_, durable=durable, auto_delete=auto_delete)
+        self._renamed.clear()  # the names are free again on a node that forgot them
         for spec in list(self._queues.values()):
-            await inner.declare_queue(spec)
+            await self._declare_again(inner, spec)
         for queue, exchange, key in list(self._bindings):
-            await inner.bind_queue(queue, exchange, key)
+            await inner.bind_queue(self.on_broker(queue), exchange, key)
         for consumer in list(self._consumers):
             await consumer.attach(inner)
+
+    async def _declare_again(self, inner: Session, spec: QueueSpec) -> None:
+        """Declare ``spec`` on a new connection; under a fresh name if its own is held."""
+        assert spec.name is not None
+        try:
+            await inner.declare_queue(spec)
+            return
+        except QueueInUse as exc:
+            if not spec.renamable:
+                raise
+            held = exc
+        for fresh in names_in_place_of(spec.name):
+            try:
+                await inner.declare_queue(dataclasses.replace(spec, name=fresh))
+            except QueueInUse as exc:
+                held = exc
+                continue
+            self._renamed[spec.name] = fresh
+            logger.warning("queue %r is still held on the broker (%s); declared %r in its "
+                           "place", spec.name, held, fresh)
+            return
+        raise held
+
+    def on_broker(self, queue: str) -> str:
+        """The name ``queue`` (as declared through this session) has on the broker now."""
+        return self._renamed.get(queue, queue)
 
     @property
     def blocked_reason(self) -> str | None:  # type: ignore[override]
@@ -310,19 +346,28 @@ class ResilientSession(Session):
         name = spec.name
         if not spec.redeclare:
             return await self._run(lambda s: s.declare_queue(spec))
-        return await self._run_and_record(
-            lambda s: s.declare_queue(spec), lambda: self._queues.__setitem__(name, spec))
+        first = self.generation
+
+        async def declare(inner: Session) -> None:
+            if self.generation == first:
+                await inner.declare_queue(spec)
+            else:  # interrupted by a reconnection: as a replay would (the old one may hold it)
+                await self._declare_again(inner, spec)
+
+        await self._run_and_record(declare, lambda: self._queues.__setitem__(name, spec))
+        return name
 
     async def delete_queue(self, name: str, *, if_unused: bool = False) -> int:
-        count = await self._run(lambda s: s.delete_queue(name, if_unused=if_unused))
+        count = await self._run(
+            lambda s: s.delete_queue(self.on_broker(name), if_unused=if_unused))
         self._forget_queue(name)
         return count
 
     async def purge_queue(self, name: str) -> int:
-        return await self._run(lambda s: s.purge_queue(name))
+        return await self._run(lambda s: s.purge_queue(self.on_broker(name)))
 
     async def inspect_queue(self, name: str) -> QueueStats | None:
-        return await self._run(lambda s: s.inspect_queue(name))
+        return await self._run(lambda s: s.inspect_queue(self.on_broker(name)))
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         await self._run(lambda s: s.delete_exchange(name, if_unused=if_unused))
@@ -330,20 +375,20 @@ class ResilientSession(Session):
 
     async def bind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
         await self._run_and_record(
-            lambda s: s.bind_queue(queue, exchange, routing_key),
+            lambda s: s.bind_queue(self.on_broker(queue), exchange, routing_key),
             lambda: self._bindings.__setitem__((queue, exchange, routing_key), None),
         )
 
     async def unbind_queue(self, queue: str, exchange: str, routing_key: str) -> None:
         self._bindings.pop((queue, exchange, routing_key), None)
-        await self._run(lambda s: s.unbind_queue(queue, exchange, routing_key))
+        await self._run(lambda s: s.unbind_queue(self.on_broker(queue), exchange, routing_key))
 
     async def publish(self, exchange: str, routing_key: str, message: OutgoingMessage, *,
                       mandatory: bool) -> None:
         await self._run(lambda s: s.publish(exchange, routing_key, message, mandatory=mandatory))
 
     async def get(self, queue: str) -> Delivery | None:
-        return await self._run(lambda s: s.get(queue))
+        return await self._run(lambda s: s.get(self.on_broker(queue)))
 
     async def consume(self, queue: str, *, prefetch_count: int,
                       exclusive: bool = False) -> Consumer:
@@ -362,6 +407,7 @@ class ResilientSession(Session):
 
     def _forget_queue(self, name: str) -> None:
         self._queues.pop(name, None)
+        self._renamed.pop(name, None)
         for binding in [b for b in self._bindings if b[0] == name]:
             del self._bindings[binding]
 
@@ -419,7 +465,8 @@ class _ResilientConsumer(Consumer):
         self._cancelled = False
 
     async def attach(self, inner_session: Session) -> None:
-        inner = await inner_session.consume(self.queue, prefetch_count=self._prefetch_count,
+        inner = await inner_session.consume(self._session.on_broker(self.queue),
+                                            prefetch_count=self._prefetch_count,
                                             exclusive=self._exclusive)
         self._inner = inner
         self._session.nursery.start_soon(self._pump, inner_session, inner)

@@ -302,7 +302,7 @@ class BroadcastHub:
         # Named by us, so that it can be declared again after a reconnection.
         name = f"{self._exchange}.broadcast.{uuid.uuid4().hex}"
         self._queue = await session.declare_queue(
-            QueueSpec(name, exclusive=True, auto_delete=True))
+            QueueSpec(name, exclusive=True, auto_delete=True, renamable=True))
         consumer = await session.consume(self._queue, prefetch_count=BROADCAST_PREFETCH)
         self._ctx.nursery.start_soon(self._dispatch, consumer, name="kiwitrio broadcasts")
         return self._queue

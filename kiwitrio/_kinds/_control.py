@@ -201,8 +201,10 @@ class ControlHub:
     async def start(self) -> None:
         """Listen for control requests (the exchange is declared with the others)."""
         session = self._ctx.session
+        # Renamable: nothing addresses it by name, and RabbitMQ 4 can hold the name for good
+        # after the node it was on died (see QueueSpec.renamable).
         queue = await session.declare_queue(QueueSpec(self._queue, exclusive=True,
-                                                      auto_delete=True))
+                                                      auto_delete=True, renamable=True))
         await session.bind_queue(queue, self.exchange, "")
         consumer = await session.consume(queue, prefetch_count=CONTROL_PREFETCH)
         self._ctx.nursery.start_soon(self._serve, consumer, name="kiwitrio control")

@@ -6,25 +6,40 @@ that queue with ``mandatory`` set. So a call to an identifier nobody subscribes 
 from the broker as unroutable at once (:class:`~kiwitrio.UnroutableError`), and the
 exclusivity makes an identifier unique across every communicator on the broker.
 
-A call racing the removal of its subscriber can also come back as a negative publisher
-confirm instead: RabbitMQ 4 still routes to a queue that is being deleted, and then nacks the
-message, which no queue took. Any refused call is therefore checked against the broker: if
-the recipient's queue is gone, nobody subscribes with that identifier, and the call raises
-:class:`~kiwitrio.UnroutableError` as it would have a moment later.
+A call can also come back as a negative publisher confirm (a nack: no queue took it):
+RabbitMQ 4 still routes to a queue that is being deleted, and, with Khepri, keeps the
+exclusive queues of a node that died until the node is back or forgotten, so the name of a
+subscriber that was on that node stays held by a queue nobody consumes. Such a subscriber
+comes back on its new connection under the first free one of a few fixed names instead
+(``<queue>.1``, ``<queue>.2``..., given by the reconnecting session). A call that its own
+queue refuses, or that is unroutable there, therefore tries those names in turn, up to the
+first that does not exist. Where none took it: :class:`~kiwitrio.UnroutableError` if its own
+queue is gone too, otherwise the broker's refusal (:class:`~kiwitrio.DeliveryFailed`).
+Identifiers stay unique as long as no communicator claims one while its owner is cut off
+and its old queue still holds the name; then both may answer its calls.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from .. import _metrics, _tracing
-from .._backends import Consumer, Delivery, OutgoingMessage, QueueInUse, QueueSpec
+from .._backends import (
+    RENAMES,
+    Consumer,
+    Delivery,
+    OutgoingMessage,
+    QueueInUse,
+    QueueSpec,
+    is_negative_ack,
+    names_in_place_of,
+)
 from .._errors import DecodeError, DeliveryFailed, DuplicateSubscriberIdentifier, UnroutableError
 from . import _pipeline as pipeline
 from ._context import Context, handling
@@ -40,7 +55,8 @@ RpcSubscriber = Callable[[Any, Any], Any]
 
 #: Calls handled concurrently by one RPC subscriber.
 RPC_PREFETCH = 32
-_MAX_QUEUE_NAME_BYTES = 255
+#: AMQP's limit, less room for the suffix of the names taken in place of a held one.
+_MAX_QUEUE_NAME_BYTES = 255 - len(f".{RENAMES}")
 #: After a refused call: how often, and how far apart (s), to look for the recipient's queue
 #: before deciding that it still exists. A queue being deleted is gone at once (RabbitMQ 4.3,
 #: every time it was checked), so the wait only ever delays an error that is not about routing.
@@ -85,7 +101,8 @@ class RpcHub:
             raise DuplicateSubscriberIdentifier(f"RPC subscriber {identifier!r} exists")
         session = self._ctx.session
         try:
-            await session.declare_queue(QueueSpec(queue, exclusive=True, auto_delete=True))
+            await session.declare_queue(QueueSpec(queue, exclusive=True, auto_delete=True,
+                                                  renamable=True))
             consumer = await session.consume(queue, prefetch_count=RPC_PREFETCH)
         except QueueInUse as exc:
             raise DuplicateSubscriberIdentifier(
@@ -117,24 +134,54 @@ class RpcHub:
                 message = OutgoingMessage(body, self._ctx.content_type, headers=headers,
                                           correlation_id=handle.correlation_id,
                                           reply_to=reply_to)
-                await self._ctx.session.publish("", queue, message, mandatory=True)
-        except UnroutableError:
-            self._replies.forget(handle)
-            raise
-        except DeliveryFailed as exc:
-            self._replies.forget(handle)
-            # A nack (or another refusal): if the recipient's queue is gone, the call was not
-            # delivered because nobody subscribes, whatever way the broker said so.
-            if await self._queue_gone(queue):
-                raise UnroutableError(
-                    f"nobody subscribes to RPC identifier {recipient_id!r} (the broker refused "
-                    f"the call while its queue was being deleted: {exc})") from exc
-            raise
+                await self._deliver(recipient_id, queue, message)
         except BaseException:
             self._replies.forget(handle)
             raise
         _metrics.record_sent("rpc", started)
         return handle
+
+    async def _deliver(self, recipient_id: str, queue: str, message: OutgoingMessage) -> None:
+        """Publish a call to the recipient's queue, or to one it took in place of its own
+        (see the module docstring). UnroutableError where nobody subscribes."""
+        publish = functools.partial(self._ctx.session.publish, "", message=message,
+                                    mandatory=True)
+        refusal = await self._try_publish(publish, queue)
+        if refusal is None:
+            return
+        first = refusal
+        for name in names_in_place_of(queue):
+            refusal = await self._try_publish(publish, name)
+            if refusal is None:
+                return
+            if isinstance(refusal, UnroutableError):
+                break  # the names are taken in order: none further on
+        if isinstance(first, UnroutableError) and isinstance(refusal, UnroutableError):
+            raise UnroutableError(f"nobody subscribes to RPC identifier {recipient_id!r}")
+        # Refused where its own queue is: if that is gone, it was being deleted.
+        if await self._queue_gone(queue):
+            raise UnroutableError(
+                f"nobody subscribes to RPC identifier {recipient_id!r} (the broker refused "
+                f"the call while its queue was being deleted: {first})") from first
+        raise DeliveryFailed(
+            f"the broker refused the call to RPC identifier {recipient_id!r}: its queue exists "
+            f"but did not take it (being deleted, or left behind by a node that died, with "
+            f"nobody in its place): {first}") from first
+
+    @staticmethod
+    async def _try_publish(publish: Callable[..., Awaitable[None]],
+                           queue: str) -> DeliveryFailed | None:
+        """None if ``queue`` took the call; else why not: unroutable (no such queue) or a
+        nack (a queue that did not take it). Other errors propagate."""
+        try:
+            await publish(routing_key=queue)
+        except UnroutableError as exc:
+            return exc
+        except DeliveryFailed as exc:
+            if not is_negative_ack(exc):
+                raise
+            return exc
+        return None
 
     async def _queue_gone(self, queue: str) -> bool:
         """True if ``queue`` does not exist; False if it does or if that cannot be told."""
