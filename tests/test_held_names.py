@@ -84,7 +84,7 @@ async def test_a_communicator_whose_queue_names_are_held_comes_back_under_new_on
                 await client.rpc_send("nobody", 1)
             # Removed, with its old name still held: calls are refused, at once and saying so.
             await worker.remove_rpc_subscriber("pinger")
-            with pytest.raises(kiwitrio.DeliveryFailed, match="'pinger'.*left behind"):
+            with pytest.raises(kiwitrio.DeliveryFailed, match=r"'pinger'.*left behind"):
                 while True:
                     await client.rpc_send("pinger", 2)
                     await trio.sleep(0.05)  # until the removal is seen: polled

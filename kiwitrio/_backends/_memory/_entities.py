@@ -164,7 +164,9 @@ class _Queue:
                 return declaration_mismatch("queue", self.name, flag, _flag(current),
                                             _flag(received))
         current_arguments, wanted = _typed(self.arguments), _typed(spec.arguments)
-        for argument in sorted(set(current_arguments) | set(wanted)):
+        # The type first, as RabbitMQ does: the other arguments differ because of it.
+        for argument in sorted(set(current_arguments) | set(wanted),
+                               key=lambda argument: (argument != QUEUE_TYPE, argument)):
             current, received = current_arguments.get(argument), wanted.get(argument)
             if current != received:
                 return declaration_mismatch("queue", self.name, argument,
