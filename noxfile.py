@@ -236,7 +236,7 @@ def cluster(session: nox.Session) -> None:
 #: 30 minutes: Python 3.12 against the shared broker (RabbitMQ 3.10 here) with the fault suite
 #: and the suites on sqlite:// (SQLITE_PYTHON), Python 3.14 against a RabbitMQ 4.3 node, and
 #: 3.12 on the trio-asyncio bridge (these two without the fault suite, side by side). The
-#: cluster scenarios' short variant joins tests-3.12 with KIWITRIO_CLUSTER_CI=short.
+#: cluster scenarios' short variant joins tests-3.12 (KIWITRIO_CLUSTER_CI=short, the default).
 CI_SESSIONS = ["tests-3.12", "tests_rmq43-3.14", "tests_trio_asyncio-3.12"]
 
 

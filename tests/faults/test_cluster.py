@@ -19,7 +19,7 @@ on) and what RPCs and broadcasts did.
 
 Opt-in, as the cluster costs about 20-30 s to start and each scenario 30-60 s:
 ``KIWITRIO_CLUSTER_TESTS=short`` (1500 tasks a scenario; scripts/test.sh sets it for its
-Python 3.12 session on the host's RabbitMQ when KIWITRIO_CLUSTER_CI=short) or ``=long``
+Python 3.12 session on the host's RabbitMQ unless KIWITRIO_CLUSTER_CI is set empty) or ``=long``
 (5000 tasks, and every scenario again with the workers sharing a store of finished tasks;
 ``nox -s cluster``, which also runs it on a RabbitMQ 4.3 cluster in the Debian sid chroot).
 ``KIWITRIO_CLUSTER_QUEUE_TYPE=classic`` measures classic queues instead (which lose tasks on
