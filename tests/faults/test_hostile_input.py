@@ -267,4 +267,7 @@ async def test_hostile_set_on_every_queue_and_exchange(
           f"+{peak_mb:.0f} MB (bound {MEMORY_BOUND_MB}); longest loop pause "
           f"{max(pauses):.3f} s")
     assert peak_mb < MEMORY_BOUND_MB
-    assert max(pauses) < 2.0
+    # A liveness bound, not a speed one: the loop never stopped for long (a loaded 2-CPU
+    # machine stalls a process for a second or two now and then; a decode that blocked the
+    # loop on these payloads would stop it far longer).
+    assert max(pauses) < 5.0

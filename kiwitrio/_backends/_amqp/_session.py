@@ -225,6 +225,10 @@ class _AmqpSession(Session):
         try:
             return await self.bridge.run(_on_underlay, self._admin_channel, fn)
         except aiormq.exceptions.AMQPChannelError as exc:
+            # The broker closed the channel with its refusal; aiormq may not have marked it
+            # closed yet, and the next operation (a queue declared under another name after
+            # RESOURCE_LOCKED) would fail on it as if the connection were lost: a new one.
+            self._admin_channel = None
             raise channel_error(exc, "the broker refused") from exc
         except (aiormq.exceptions.AMQPError, ConnectionError,
                 aiormq.exceptions.ChannelInvalidStateError) as exc:
