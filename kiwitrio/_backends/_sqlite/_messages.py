@@ -28,7 +28,8 @@ from ._entities import (
 )
 from ._store import Tx
 
-__all__ = ["Stored", "claim", "dead_letter", "expire_messages", "publish", "settle"]
+__all__ = ["Stored", "claim", "consumers_with_ready", "dead_letter", "expire_messages",
+           "publish", "settle"]
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,18 @@ def claim(tx: Tx, queue: str, consumer: str | None, limit: int) -> list[Stored]:
         [tx.me, consumer, queue, tx.now, limit]).fetchall()
     rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
     return [_stored(row) for row in rows]
+
+
+def consumers_with_ready(tx: Tx, consumers: list[str]) -> tuple[set[str], set[str]]:
+    """Read-only: which of these consumers' queues have a ready message, and which of the
+    consumers are gone (their queue was deleted, or their connection declared dead)."""
+    marks = ",".join("?" * len(consumers))
+    rows = tx.execute(
+        "SELECT k.id, EXISTS (SELECT 1 FROM messages m WHERE m.queue = k.queue AND "
+        "m.holder IS NULL AND (m.expires_at IS NULL OR m.expires_at >= ?)) FROM consumers k "
+        f"WHERE k.id IN ({marks})", [tx.now, *consumers]).fetchall()
+    ready = {row[0] for row in rows if row[1]}
+    return ready, set(consumers) - {row[0] for row in rows}
 
 
 def _stored(row: sqlite3.Row) -> Stored:

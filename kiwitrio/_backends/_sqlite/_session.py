@@ -316,10 +316,22 @@ class _SqliteSession(Session):
         self._lost_event.set()
 
     async def _fill(self) -> None:
-        """Claim ready messages for every consumer with room, in one transaction."""
+        """Claim ready messages for every consumer with room, in one transaction, if a look
+        (no write lock) finds any: every consumer of a queue is rung for each publish to it,
+        and most rings find the message taken already, by another worker."""
         wanting = {cid: c.room() for cid, c in self._consumers.items() if c.room() > 0}
         if not wanting:
             return
+        looked = await self._store.read(
+            lambda tx: messages.consumers_with_ready(tx, list(wanting)))
+        if looked is not None:
+            ready, gone = looked
+            for cid in gone:
+                if cid in self._consumers:
+                    self._consumers[cid]._end()
+            wanting = {cid: room for cid, room in wanting.items() if cid in ready}
+            if not wanting:
+                return
 
         def work(tx: Tx) -> tuple[dict[str, list[messages.Stored]], list[str]]:
             claimed: dict[str, list[messages.Stored]] = {}

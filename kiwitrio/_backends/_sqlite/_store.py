@@ -243,6 +243,24 @@ class Store:
             time.sleep(delay)
             delay = min(delay * 2, _LAST_RETRY)
 
+    async def read(self, work: Callable[[Tx], T]) -> T | None:
+        """Run read-only ``work`` outside a write transaction: in WAL mode it takes no lock
+        that writers wait for, so looking costs the other processes nothing. ``None`` if the
+        file could not be read at once (a reader meets SQLITE_BUSY only in rare moments,
+        e.g. while another connection recovers the WAL): the caller then does not know.
+
+        Cancellation: waiting for the connection is cancellable; the read itself is short.
+        """
+        async with self._lock:
+            if self._closed:
+                raise CommunicatorClosed("the sqlite broker session is closed")
+            try:
+                return work(Tx(self._db, self._me, self._liveness))
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise _as_kiwitrio_error(exc) from exc
+                return None
+
     async def checkpoint(self) -> None:
         """Copy the WAL back into the database file, in a worker thread (SQLite would do it
         in some COMMIT, on the Trio thread, if it were left to it: auto-checkpoints are off).
