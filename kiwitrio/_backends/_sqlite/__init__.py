@@ -22,7 +22,8 @@ bindings, connections), ``_messages`` (routing, claiming, settling, expiry, dead
 ``_doorbell`` (wake-ups), ``_session`` (the Session).
 """
 
+from ._options import SqliteOptions
 from ._schema import SCHEMA_VERSION, SchemaMismatch
 from ._session import open_sqlite_session
 
-__all__ = ["SCHEMA_VERSION", "SchemaMismatch", "open_sqlite_session"]
+__all__ = ["SCHEMA_VERSION", "SchemaMismatch", "SqliteOptions", "open_sqlite_session"]
