@@ -21,6 +21,7 @@ from ..._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, InU
 from ..._version import __version__
 from .._base import Consumer, Delivery, EntityNotFound, QueueStats, Session
 from .._buffer import DeliveryBuffer
+from .._memory._entities import full_queue_error
 from . import _entities as entities
 from . import _messages as messages
 from ._doorbell import Doorbell, ring
@@ -190,11 +191,16 @@ class _SqliteSession(Session):
         A persistent message's commit is on the disk by then (fsync); a transient one's
         survives any process being killed, as on RabbitMQ not necessarily a power loss.
 
+        NegativeAck if a full ``reject-publish`` queue refused it (the others have it), as
+        RabbitMQ nacks it.
+
         Cancellation: once the transaction started it commits; the message may be sent.
         """
-        await self._enter(lambda tx: messages.publish(
+        full = await self._enter(lambda tx: messages.publish(
             tx, exchange, routing_key, message, mandatory=mandatory,
             user_id=self.login), durable=message.persistent)
+        if full:
+            raise full_queue_error(full)
 
     async def get(self, queue: str) -> Delivery | None:
         def work(tx: Tx) -> list[messages.Stored]:
