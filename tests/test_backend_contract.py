@@ -318,3 +318,32 @@ async def test_an_unused_queue_expires_and_a_used_one_does_not(session: Session,
     assert await session.inspect_queue(consumed) is not None
     await consumer.cancel()
     await eventually(gone(consumed))  # unused since its consumer left
+
+
+# -- length limits ----------------------------------------------------------------------------
+
+
+async def test_a_full_reject_publish_queue_nacks_the_publish(session: Session,
+                                                             backend: Backend) -> None:
+    """``x-max-length`` with ``x-overflow: reject-publish`` (the task queue catalogue's): a
+    publish beyond the limit is nacked and not stored there; other queues it routes to take
+    it. Only ready messages count: one delivered and not yet settled makes room."""
+    limited = await backend.queue(session, "limited", arguments={
+        "x-max-length": 2, "x-overflow": "reject-publish"})
+    other = await backend.queue(session, "other")
+    fanout = await backend.exchange(session, "fan", "fanout")
+    for queue in (limited, other):
+        await session.bind_queue(queue, fanout, "")
+    for body in (b"1", b"2"):
+        await session.publish(fanout, "", message(body), mandatory=True)
+    with pytest.raises(NegativeAck):
+        await session.publish(fanout, "", message(b"3"), mandatory=True)
+    with pytest.raises(NegativeAck):
+        await session.publish("", limited, message(b"3 again"), mandatory=True)
+    await queue_holds(session, limited, 2)
+    await queue_holds(session, other, 3)
+    held = await get_within(session, limited)
+    await session.publish("", limited, message(b"4"), mandatory=True)  # 1 ready, 1 held
+    await held.ack()
+    got = [(await get_within(session, limited)).body for _ in range(2)]
+    assert got == [b"2", b"4"]

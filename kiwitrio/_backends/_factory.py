@@ -51,9 +51,7 @@ async def open_session(
             yield session
         return
     if all(u.startswith("sqlite:") for u in urls) and len(urls) == 1:
-        from ._sqlite import open_sqlite_session
-
-        async with open_sqlite_session(urls[0]) as session:
+        async with _open_sqlite(urls[0], reconnect, on_state) as session:
             yield session
         return
     for one_url in urls:
@@ -78,4 +76,28 @@ async def open_session(
                                  connect_timeout=connect_timeout)
 
     async with open_resilient_session(urls, opener, reconnect, on_state) as session:
+        yield session
+
+
+@asynccontextmanager
+async def _open_sqlite(url: str, reconnect: ReconnectPolicy | None,
+                       on_state: Callable[[ConnectionState], None] | None,
+                       ) -> AsyncIterator[Session]:
+    """A sqlite session; with a reconnect policy, a ResilientSession over successive ones:
+    a session that the others declared dead (its process hung past the liveness timeout)
+    comes back as a new connection, as an AMQP one does after a network cut."""
+    from ._sqlite import SqliteOptions, open_sqlite_session
+
+    SqliteOptions.from_url(url)  # a bad URL: ValueError now, not retried as an outage
+    if reconnect is None:
+        async with open_sqlite_session(url) as session:
+            yield session
+        return
+
+    def opener(one_url: str, _connect_timeout: float | None,
+               ) -> AbstractAsyncContextManager[Session]:
+        # Opening a local file has no network to time out; the lock wait is bounded inside.
+        return open_sqlite_session(one_url)
+
+    async with open_resilient_session([url], opener, reconnect, on_state) as session:
         yield session

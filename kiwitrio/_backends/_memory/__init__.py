@@ -14,9 +14,11 @@ in the current Trio run. It mimics what RabbitMQ does for the vocabulary of
 * consumers get at most ``prefetch_count`` unsettled deliveries, round-robin;
 * ``publish`` returns once the message sits in every queue it was routed to (the "confirm").
 
-Not enforced: length limits (``x-max-length``, ``x-overflow``: kiwitrio sets them only on the
-task queue catalogue, which holds one entry per task queue), and RabbitMQ 4's refusal of
-transient non-exclusive queues (kiwitrio declares none).
+``x-max-length`` is enforced with ``x-overflow: reject-publish`` only (what kiwitrio's task
+queue catalogue uses): a publish to a full queue raises NegativeAck, as RabbitMQ nacks it.
+Not enforced: the other overflow behaviours (``drop-head``, RabbitMQ's default, and
+``reject-publish-dlx``), ``x-max-length-bytes``, and RabbitMQ 4's refusal of transient
+non-exclusive queues (kiwitrio declares none).
 
 Errors RabbitMQ reports as channel errors raise :class:`~kiwitrio.DeliveryFailed`, of the
 same types as the AMQP backend's (tests/test_backend_contract.py): EntityNotFound for

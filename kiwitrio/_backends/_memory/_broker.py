@@ -20,7 +20,15 @@ from .._base import (
     ExchangeType,
     QueueSpec,
 )
-from ._entities import _death_headers, _Exchange, _Message, _Outcome, _Queue, check_quorum_spec
+from ._entities import (
+    _death_headers,
+    _Exchange,
+    _Message,
+    _Outcome,
+    _Queue,
+    check_quorum_spec,
+    refuses_more,
+)
 from ._routing import _binding_matches
 
 if TYPE_CHECKING:
@@ -277,7 +285,8 @@ class _Broker:
         """Republish to the queue's dead-letter exchange, or drop the message if it has none.
 
         As in RabbitMQ, an unroutable dead letter, or one whose exchange is missing, is dropped
-        silently, and the TTL is removed so that the letter does not expire again.
+        silently (so is the copy for a full ``reject-publish`` queue), and the TTL is removed
+        so that the letter does not expire again.
         """
         if queue.deleted or DEAD_LETTER_EXCHANGE not in queue.arguments:
             return
@@ -295,7 +304,8 @@ class _Broker:
             expires_at=None,
         )
         for target in self.route(exchange, routing_key):
-            self.enqueue(target, letter, now)
+            if not refuses_more(target.arguments, len(target.messages)):
+                self.enqueue(target, letter, now)
 
     def consumer_removed(self, queue: _Queue, now: float) -> None:
         """After a consumer left: delete an auto-delete queue left without consumers, or else

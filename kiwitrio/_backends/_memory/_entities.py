@@ -11,12 +11,20 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..._errors import DeclarationMismatch, DeliveryFailed
-from .._base import ExchangeType, OutgoingMessage, QueueInUse, QueueSpec, declaration_mismatch
+from .._base import (
+    ExchangeType,
+    NegativeAck,
+    OutgoingMessage,
+    QueueInUse,
+    QueueSpec,
+    declaration_mismatch,
+)
 
 if TYPE_CHECKING:
     from ._session import _MemoryConsumer, _MemorySession
 
-__all__ = ["_Exchange", "_Message", "_Outcome", "_Queue", "_death_headers", "check_quorum_spec"]
+__all__ = ["_Exchange", "_Message", "_Outcome", "_Queue", "_death_headers", "check_quorum_spec",
+           "full_queue_error", "refuses_more"]
 
 QUEUE_TYPE = "x-queue-type"
 #: Quorum queues: how often a message may be returned before it is dead-lettered...
@@ -211,6 +219,22 @@ class _Queue:
                 self.cursor = (index + 1) % count
                 return consumer
         return None
+
+
+def refuses_more(arguments: Mapping[str, Any], ready: int) -> bool:
+    """Whether a queue with these arguments, holding ``ready`` ready messages, refuses one
+    more: ``x-max-length`` with ``x-overflow: reject-publish``, as RabbitMQ counts it
+    (messages delivered and not yet settled do not count)."""
+    limit = arguments.get("x-max-length")
+    return (arguments.get("x-overflow") == "reject-publish" and type(limit) is int
+            and ready >= limit)
+
+
+def full_queue_error(queues: Sequence[str]) -> NegativeAck:
+    """The publisher's error when ``queues`` refused a message (RabbitMQ nacks it; the other
+    queues it was routed to keep it)."""
+    return NegativeAck(f"the broker nacked the message: queue {', '.join(map(repr, queues))} "
+                       "is full (x-max-length, x-overflow: reject-publish)")
 
 
 def _flag(value: object) -> str:

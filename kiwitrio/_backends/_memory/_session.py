@@ -24,7 +24,7 @@ from .._base import (
 )
 from .._buffer import DeliveryBuffer
 from ._broker import _PRODUCT, _Broker
-from ._entities import _Message, _Outcome, _Queue
+from ._entities import _Message, _Outcome, _Queue, full_queue_error, refuses_more
 
 __all__ = ["open_memory_session"]
 
@@ -176,7 +176,8 @@ class _MemorySession(Session):
     async def publish(
         self, exchange: str, routing_key: str, message: OutgoingMessage, *, mandatory: bool
     ) -> None:
-        """Route a copy to every matching queue; done (confirmed) when this returns."""
+        """Route a copy to every matching queue; done (confirmed) when this returns.
+        NegativeAck if a full ``reject-publish`` queue refused it (the others have it)."""
         await self._enter()
         if message.expiration_ms is not None and message.expiration_ms < 0:
             raise DeliveryFailed("PRECONDITION_FAILED: negative expiration")
@@ -185,8 +186,13 @@ class _MemorySession(Session):
             raise UnroutableError(f"no queue for routing key {routing_key!r} on {exchange!r}")
         now = trio.current_time()
         stored = _Message.published(exchange, routing_key, message, now, self.login)
+        full = [queue.name for queue in targets
+                if refuses_more(queue.arguments, len(queue.messages))]
         for queue in targets:
-            self._broker.enqueue(queue, stored, now)
+            if queue.name not in full:
+                self._broker.enqueue(queue, stored, now)
+        if full:
+            raise full_queue_error(full)
 
     async def get(self, queue: str) -> Delivery | None:
         """Take the head message (``basic.get`` without auto-ack); ``None`` if none is left."""

@@ -13,8 +13,9 @@ being killed and a reboot:
   process), what it held goes back to the queues and its exclusive queues are deleted;
 * consumers are woken by doorbells (:mod:`._doorbell`), with a slow poll as the safety net.
 
-Not implemented: length limits (as in the memory broker), and the difference between durable
-and transient entities (everything is kept in the file until deleted).
+Length limits as in the memory broker (``x-max-length`` with ``x-overflow:
+reject-publish`` only). Not implemented: the difference between durable and transient
+entities (everything is kept in the file until deleted).
 
 Modules: ``_options`` (the URL), ``_schema`` (tables, version check), ``_values`` (headers
 as text), ``_store`` (transactions off the Trio thread), ``_entities`` (exchanges, queues,
@@ -22,7 +23,8 @@ bindings, connections), ``_messages`` (routing, claiming, settling, expiry, dead
 ``_doorbell`` (wake-ups), ``_session`` (the Session).
 """
 
+from ._options import SqliteOptions
 from ._schema import SCHEMA_VERSION, SchemaMismatch
 from ._session import open_sqlite_session
 
-__all__ = ["SCHEMA_VERSION", "SchemaMismatch", "open_sqlite_session"]
+__all__ = ["SCHEMA_VERSION", "SchemaMismatch", "SqliteOptions", "open_sqlite_session"]

@@ -12,7 +12,7 @@ import secrets
 import sqlite3
 from typing import Any, get_args
 
-from ..._errors import DeliveryFailed
+from ..._errors import ConnectionFailed, DeliveryFailed
 from .._base import EntityNotFound, ExchangeType, QueueInUse, QueueSpec, declaration_mismatch
 from .._memory._broker import _SERVER_NAMED_PREFIX, _check_not_default, _check_not_reserved
 from .._memory._entities import (
@@ -28,8 +28,10 @@ from ._doorbell import is_gone
 from ._store import Tx
 
 __all__ = [
+    "DeclaredDead",
     "accessible_queue",
     "bind",
+    "check_registered",
     "consumer_left",
     "declare_exchange",
     "declare_queue",
@@ -330,6 +332,19 @@ def reap_consumers_of(tx: Tx, queue: str) -> None:
 
 def register_connection(tx: Tx, login: str, pid: int, bell: str) -> None:
     tx.execute("INSERT INTO connections VALUES (?, ?, ?, ?, ?)", [tx.me, login, pid, bell, tx.now])
+
+
+class DeclaredDead(ConnectionFailed):
+    """The other connections dropped this one's row: they found it silent past the liveness
+    timeout, gave back what it held and deleted its exclusive queues."""
+
+
+def check_registered(tx: Tx) -> None:
+    """DeclaredDead if this connection's row is gone. Checked before taking messages or
+    adding consumers: rows held by a connection that no longer exists would stay out of
+    their queues until the next reaper noticed."""
+    if tx.one("SELECT 1 FROM connections WHERE id = ?", [tx.me]) is None:
+        raise DeclaredDead("the other connections to the sqlite file declared this one dead")
 
 
 def heartbeat(tx: Tx) -> bool:

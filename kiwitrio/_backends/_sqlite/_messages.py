@@ -15,7 +15,7 @@ from typing import Any
 
 from ..._errors import DeliveryFailed, UnroutableError
 from .._base import DEAD_LETTER_EXCHANGE, DEAD_LETTER_ROUTING_KEY, OutgoingMessage
-from .._memory._entities import _death_headers, _Message
+from .._memory._entities import _death_headers, _Message, refuses_more
 from .._memory._routing import _binding_matches
 from . import _values
 from ._doorbell import is_gone
@@ -28,7 +28,8 @@ from ._entities import (
 )
 from ._store import Tx
 
-__all__ = ["Stored", "claim", "dead_letter", "expire_messages", "publish", "settle"]
+__all__ = ["Stored", "claim", "consumers_with_ready", "dead_letter", "expire_messages",
+           "publish", "settle"]
 
 
 @dataclass(frozen=True)
@@ -82,29 +83,47 @@ def _live_targets(tx: Tx, exchange: str, routing_key: str) -> list[str]:
 
 
 def publish(tx: Tx, exchange: str, routing_key: str, message: OutgoingMessage, *,
-            mandatory: bool, user_id: str | None) -> None:
+            mandatory: bool, user_id: str | None) -> list[str]:
     """Store a copy in every queue the message routes to; UnroutableError (and nothing
-    stored) if ``mandatory`` and there is none."""
+    stored) if ``mandatory`` and there is none. Returns the full ``reject-publish`` queues
+    that refused it (the caller raises once the others' copies are committed)."""
     if message.expiration_ms is not None and message.expiration_ms < 0:
         raise DeliveryFailed("PRECONDITION_FAILED: negative expiration")
     targets = _live_targets(tx, exchange, routing_key)
     if mandatory and not targets:
         raise UnroutableError(f"no queue for routing key {routing_key!r} on {exchange!r}")
-    _store(tx, targets, message.body, _properties(exchange, routing_key, message, user_id),
-           message.expiration_ms)
+    return _store(tx, targets, message.body,
+                  _properties(exchange, routing_key, message, user_id), message.expiration_ms)
 
 
 def _store(tx: Tx, queues: list[str], body: bytes, properties: Mapping[str, Any],
-           expiration_ms: int | None) -> None:
+           expiration_ms: int | None) -> list[str]:
+    """Store a copy in each queue that takes it; the full ones that refused it."""
     text = _values.dumps(properties)
+    full: list[str] = []
     for queue in queues:
-        row = tx.one("SELECT message_ttl_ms FROM queues WHERE name = ?", [queue])
+        row = tx.one("SELECT message_ttl_ms, arguments FROM queues WHERE name = ?", [queue])
+        if _is_full(tx, queue, row["arguments"]):
+            full.append(queue)
+            continue
         # The queue's TTL and the message's own: whichever ends first.
         ttls = [ttl for ttl in (expiration_ms, row["message_ttl_ms"]) if ttl is not None]
         expires_at = tx.now + min(ttls) / 1000 if ttls else None
         tx.execute("INSERT INTO messages (queue, body, properties, expires_at) "
                    "VALUES (?, ?, ?, ?)", [queue, body, text, expires_at])
         tx.touched.add(queue)
+    return full
+
+
+def _is_full(tx: Tx, queue: str, arguments_text: str) -> bool:
+    """``x-max-length`` with ``x-overflow: reject-publish`` reached (ready messages count)."""
+    if "x-max-length" not in arguments_text:  # most queues: no need to decode or count
+        return False
+    arguments = _values.loads(arguments_text)
+    if arguments.get("x-overflow") != "reject-publish":
+        return False
+    ready = tx.one("SELECT count(*) FROM messages WHERE queue = ? AND holder IS NULL", [queue])
+    return refuses_more(arguments, int(ready[0]))
 
 
 def claim(tx: Tx, queue: str, consumer: str | None, limit: int) -> list[Stored]:
@@ -118,6 +137,18 @@ def claim(tx: Tx, queue: str, consumer: str | None, limit: int) -> list[Stored]:
         [tx.me, consumer, queue, tx.now, limit]).fetchall()
     rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
     return [_stored(row) for row in rows]
+
+
+def consumers_with_ready(tx: Tx, consumers: list[str]) -> tuple[set[str], set[str]]:
+    """Read-only: which of these consumers' queues have a ready message, and which of the
+    consumers are gone (their queue was deleted, or their connection declared dead)."""
+    marks = ",".join("?" * len(consumers))
+    rows = tx.execute(
+        "SELECT k.id, EXISTS (SELECT 1 FROM messages m WHERE m.queue = k.queue AND "
+        "m.holder IS NULL AND (m.expires_at IS NULL OR m.expires_at >= ?)) FROM consumers k "
+        f"WHERE k.id IN ({marks})", [tx.now, *consumers]).fetchall()
+    ready = {row[0] for row in rows if row[1]}
+    return ready, set(consumers) - {row[0] for row in rows}
 
 
 def _stored(row: sqlite3.Row) -> Stored:
@@ -152,7 +183,8 @@ def dead_letter(tx: Tx, message: Stored, reason: str) -> None:
     """Republish to the queue's dead-letter exchange, or drop the message if it has none.
 
     As in RabbitMQ, a dead letter whose exchange is missing or that routes nowhere is
-    dropped silently, and its TTL is removed so that it does not expire again.
+    dropped silently (so is the copy for a full ``reject-publish`` queue), and its TTL is
+    removed so that it does not expire again.
     """
     row = tx.one("SELECT arguments FROM queues WHERE name = ?", [message.queue])
     arguments = {} if row is None else _values.loads(row["arguments"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from ..._errors import ConnectionFailed
+from ..._errors import ConnectionRefusedByBroker
 from .._memory._broker import _PREDECLARED_EXCHANGES
 
 __all__ = ["SCHEMA_VERSION", "SchemaMismatch", "connect", "pragma"]
@@ -55,9 +55,12 @@ CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT
 """
 
 
-class SchemaMismatch(ConnectionFailed):
+class SchemaMismatch(ConnectionRefusedByBroker):
     """The database file was written by another version of kiwitrio's sqlite schema (or is
-    not a kiwitrio database at all)."""
+    not a kiwitrio database at all).
+
+    A refusal (a ConnectionFailed): trying again would get the same answer, so a
+    communicator's first connection is not retried."""
 
 
 def connect(path: str, *, synchronous: str) -> sqlite3.Connection:

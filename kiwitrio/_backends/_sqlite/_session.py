@@ -6,6 +6,7 @@ queues."""
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import os
 import time
@@ -20,6 +21,7 @@ from ..._errors import CommunicatorClosed, ConnectionFailed, DeliveryFailed, InU
 from ..._version import __version__
 from .._base import Consumer, Delivery, EntityNotFound, QueueStats, Session
 from .._buffer import DeliveryBuffer
+from .._memory._entities import full_queue_error
 from . import _entities as entities
 from . import _messages as messages
 from ._doorbell import Doorbell, ring
@@ -33,6 +35,8 @@ __all__ = ["open_sqlite_session"]
 
 _PRODUCT = "kiwitrio-sqlite"
 T = TypeVar("T")
+
+logger = logging.getLogger("kiwitrio.connection")  # a public name (docs/configuration.md#logging)
 
 
 @asynccontextmanager
@@ -103,7 +107,12 @@ class _SqliteSession(Session):
         settlements, housekeeping: at worst a message is delivered again); see
         :meth:`Store.run`.
         """
-        result, bells = await self._store.run(work, durable=durable)
+        try:
+            result, bells = await self._store.run(work, durable=durable)
+        except entities.DeclaredDead:
+            self._become_lost()
+            self._check_open()
+            raise
         if self._bell.address in bells:
             bells.discard(self._bell.address)
             self._wake.set()
@@ -182,14 +191,20 @@ class _SqliteSession(Session):
         A persistent message's commit is on the disk by then (fsync); a transient one's
         survives any process being killed, as on RabbitMQ not necessarily a power loss.
 
+        NegativeAck if a full ``reject-publish`` queue refused it (the others have it), as
+        RabbitMQ nacks it.
+
         Cancellation: once the transaction started it commits; the message may be sent.
         """
-        await self._enter(lambda tx: messages.publish(
+        full = await self._enter(lambda tx: messages.publish(
             tx, exchange, routing_key, message, mandatory=mandatory,
             user_id=self.login), durable=message.persistent)
+        if full:
+            raise full_queue_error(full)
 
     async def get(self, queue: str) -> Delivery | None:
         def work(tx: Tx) -> list[messages.Stored]:
+            entities.check_registered(tx)
             entities.accessible_queue(tx, queue)
             entities.use_queue(tx, queue)
             messages.expire_messages(tx)
@@ -206,6 +221,7 @@ class _SqliteSession(Session):
         consumer_id = uuid.uuid4().hex
 
         def work(tx: Tx) -> None:
+            entities.check_registered(tx)
             entities.accessible_queue(tx, queue)
             entities.reap_consumers_of(tx, queue)
             others = [bool(row[0]) for row in tx.execute(
@@ -281,9 +297,14 @@ class _SqliteSession(Session):
             if trio.current_time() >= min(next_tick, next_expiry):
                 next_expiry = await self._housekeep(tick)
                 next_tick = trio.current_time() + tick
-                if self._lost is not None:
-                    return
-            await self._fill()
+            if self._lost is not None:
+                return
+            try:
+                await self._fill()
+            except CommunicatorClosed:
+                if self._lost is None:
+                    raise
+                return
             with trio.move_on_at(min(next_tick, next_expiry)):
                 await self._wake.wait()
 
@@ -308,6 +329,8 @@ class _SqliteSession(Session):
         return trio.current_time() + max(0.0, expiry - time.time())
 
     def _become_lost(self) -> None:
+        if self._lost is not None:
+            return
         self._lost = ConnectionFailed(
             "the other connections to the sqlite file declared this one dead (no heartbeat "
             f"for {self._options.liveness} s): its deliveries went back to their queues")
@@ -316,12 +339,25 @@ class _SqliteSession(Session):
         self._lost_event.set()
 
     async def _fill(self) -> None:
-        """Claim ready messages for every consumer with room, in one transaction."""
+        """Claim ready messages for every consumer with room, in one transaction, if a look
+        (no write lock) finds any: every consumer of a queue is rung for each publish to it,
+        and most rings find the message taken already, by another worker."""
         wanting = {cid: c.room() for cid, c in self._consumers.items() if c.room() > 0}
         if not wanting:
             return
+        looked = await self._store.read(
+            lambda tx: messages.consumers_with_ready(tx, list(wanting)))
+        if looked is not None:
+            ready, gone = looked
+            for cid in gone:
+                if cid in self._consumers:
+                    self._consumers[cid]._end()
+            wanting = {cid: room for cid, room in wanting.items() if cid in ready}
+            if not wanting:
+                return
 
         def work(tx: Tx) -> tuple[dict[str, list[messages.Stored]], list[str]]:
+            entities.check_registered(tx)
             claimed: dict[str, list[messages.Stored]] = {}
             ended: list[str] = []
             for cid, room in wanting.items():
@@ -433,6 +469,12 @@ class _SqliteDelivery(Delivery):
     async def _finish(self, outcome: str) -> None:
         await trio.lowlevel.checkpoint()
         if self.settled:
+            return
+        if self.stale:
+            # As on RabbitMQ after a lost connection: nothing to settle any more.
+            self._settled = True
+            logger.warning("could not settle a delivery: the other connections to the sqlite "
+                           "file declared this one dead and gave the message back")
             return
         self._session._check_open()
         self._settled = True

@@ -18,6 +18,7 @@ import trio
 
 from ..._errors import CommunicatorClosed, DeliveryFailed
 from ._schema import connect, pragma
+from ._walsync import WalSync
 
 __all__ = ["Store", "Tx"]
 
@@ -84,6 +85,8 @@ class _Job:
     result: Any = None
     error: BaseException | None = None
     bells: set[str] = field(default_factory=set)
+    #: For a durable job that committed: its commit's :meth:`WalSync.committed` number.
+    sync_ticket: int = 0
 
 
 class Store:
@@ -96,13 +99,12 @@ class Store:
     """
 
     def __init__(self, db: sqlite3.Connection, me: str, liveness: float,
-                 synchronous: str) -> None:
+                 wal_sync: WalSync | None) -> None:
         self._db = db
         self._me = me
         self._liveness = liveness
-        #: SQLite's ``synchronous`` for durable transactions; the others run at NORMAL.
-        self._synchronous = synchronous
-        self._current_synchronous = synchronous
+        #: Makes durable commits durable (``None``: the URL said ``synchronous=normal``).
+        self._wal_sync = wal_sync
         self._lock = trio.Lock()
         self._pending: list[_Job] = []
         self._closed = False
@@ -113,19 +115,19 @@ class Store:
 
         Cancellation waits for the open to finish (and then closes it).
         """
-        db = await trio.to_thread.run_sync(lambda: connect(path, synchronous=synchronous))
-        return cls(db, me, liveness, synchronous)
+        db = await trio.to_thread.run_sync(lambda: connect(path, synchronous="normal"))
+        return cls(db, me, liveness, None if synchronous == "normal" else WalSync(path))
 
     async def run(self, work: Callable[[Tx], T], *, durable: bool) -> tuple[T, set[str]]:
         """Run ``work`` in a transaction in a worker thread; its result and the doorbells to
         ring now that it committed. An exception from ``work`` undoes all its work; an
         error of the file (disk full, I/O) is raised as DeliveryFailed.
 
-        ``durable``: the commit reaches the disk before this returns (fsync, with the
-        URL's ``synchronous=full``). Otherwise (``synchronous=NORMAL`` in WAL mode) it
-        survives any process being killed but maybe not a power loss, until the next
-        durable commit, which makes it and everything before it durable too (the WAL is
-        written in order).
+        ``durable``: the commit reaches the disk before this returns (an fsync of the WAL
+        after the commit, outside the write lock: see :mod:`._walsync`; none with the URL's
+        ``synchronous=normal``). Every commit is at SQLite's ``synchronous=NORMAL``: it
+        survives any process being killed, and a power loss once the next fsync is done
+        (the WAL is written in order).
 
         Cancellation: while the work waits for the connection, it is withdrawn and not done;
         once taken into a transaction, it runs to its commit or rollback and this returns
@@ -145,6 +147,9 @@ class Store:
                 await job.done.wait()
         if job.error is not None:
             raise job.error
+        if job.sync_ticket and self._wal_sync is not None:
+            with trio.CancelScope(shield=True):  # it committed: report its outcome
+                await self._wal_sync.wait(job.sync_ticket)
         result: T = job.result
         return result, job.bells
 
@@ -171,12 +176,10 @@ class Store:
         write lock is taken first) and, done in a worker thread, each statement would wait
         for the GIL while the lock is held, stretching everyone's wait for the file. What can
         block goes to a worker thread: waiting for the lock while another process holds it,
-        and a durable COMMIT (its fsync).
+        and, once the lock is released, a durable commit's fsync (:meth:`run`).
         """
         if self._closed:
             raise CommunicatorClosed("the sqlite broker session is closed")
-        durable = any(job.durable for job in batch)
-        self._set_synchronous(durable)
         if not self._try_begin():
             await trio.to_thread.run_sync(self._begin)
         try:
@@ -185,14 +188,16 @@ class Store:
                 self._run_job(job, wakes, alone=len(batch) == 1)
             # The doorbells of the whole batch, rung by one of its callers.
             batch[0].bells = wakes.bells()
-            if durable:
-                await trio.to_thread.run_sync(self._db.execute, "COMMIT")
-            else:
-                self._db.execute("COMMIT")  # no fsync at NORMAL, no auto-checkpoint
+            self._db.execute("COMMIT")  # no fsync at NORMAL, no auto-checkpoint
         except BaseException:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
+        if self._wal_sync is not None and any(job.durable for job in batch):
+            ticket = self._wal_sync.committed()
+            for job in batch:
+                if job.durable and job.error is None:
+                    job.sync_ticket = ticket
 
     def _run_job(self, job: _Job, wakes: Tx, *, alone: bool) -> None:
         """Run one job, in a savepoint unless it is ``alone`` in its transaction (whose
@@ -212,12 +217,6 @@ class Store:
             wakes.notify |= tx.notify
         if not alone:
             self._db.execute("RELEASE job")
-
-    def _set_synchronous(self, durable: bool) -> None:
-        synchronous = self._synchronous if durable else "normal"
-        if synchronous != self._current_synchronous:  # only outside a transaction
-            pragma(self._db, f"synchronous={synchronous}")
-            self._current_synchronous = synchronous
 
     def _try_begin(self) -> bool:
         """Take the file's write lock if it is free; never waits (busy_timeout is 0)."""
@@ -242,6 +241,24 @@ class Store:
                 raise DeliveryFailed(f"the sqlite file stayed locked for {_LOCK_TIMEOUT} s")
             time.sleep(delay)
             delay = min(delay * 2, _LAST_RETRY)
+
+    async def read(self, work: Callable[[Tx], T]) -> T | None:
+        """Run read-only ``work`` outside a write transaction: in WAL mode it takes no lock
+        that writers wait for, so looking costs the other processes nothing. ``None`` if the
+        file could not be read at once (a reader meets SQLITE_BUSY only in rare moments,
+        e.g. while another connection recovers the WAL): the caller then does not know.
+
+        Cancellation: waiting for the connection is cancellable; the read itself is short.
+        """
+        async with self._lock:
+            if self._closed:
+                raise CommunicatorClosed("the sqlite broker session is closed")
+            try:
+                return work(Tx(self._db, self._me, self._liveness))
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise _as_kiwitrio_error(exc) from exc
+                return None
 
     async def checkpoint(self) -> None:
         """Copy the WAL back into the database file, in a worker thread (SQLite would do it
