@@ -65,6 +65,7 @@ def main() -> int:
         b_median = statistics.median(b for _, b in pairs)
         ratio = statistics.median(b / a for a, b in pairs)
         print(f"| {key} | {a_median:,.2f} | {b_median:,.2f} | {ratio:.2f}× |")
+        print(f"{key}: " + " ".join(f"{a:,.0f}/{b:,.0f}" for a, b in pairs), file=sys.stderr)
     return 0
 
 
