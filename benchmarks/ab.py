@@ -26,7 +26,8 @@ from benchmarks._common import DEFAULT_URL, new_prefix
 
 KEYS = ["task_rate_1KiB", "task_rate_64KiB", "publish_rate", "consume_rate", "rpc_median_ms",
         "rpc_p99_ms", "rpc_concurrent_rate", "broadcast_rate_1", "broadcast_rate_10",
-        "task_cpu_1KiB", "publish_cpu", "consume_cpu"]
+        "task_cpu_1KiB", "publish_cpu", "consume_cpu", "broker_task_cpu_1KiB",
+        "broker_publish_cpu", "broker_consume_cpu"]
 
 
 def main() -> int:
