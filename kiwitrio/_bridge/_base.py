@@ -1,16 +1,18 @@
 """What every bridge offers the AMQP backend, and what the implementations share.
 
-A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs three crossings:
+A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs four crossings:
 
 * Trio awaits an asyncio coroutine: :meth:`AsyncioBridge.run`;
-* Trio starts an asyncio coroutine without waiting for it (acks, channel closes):
+* Trio starts an asyncio coroutine without waiting for it (channel closes):
   :meth:`AsyncioBridge.start_in_asyncio`;
+* Trio calls a plain function in asyncio context without waiting for it (acks and rejects,
+  for the channel's settler): :meth:`AsyncioBridge.call_soon_in_asyncio`;
 * asyncio callbacks hand data to Trio (deliveries, "connection lost"):
   :meth:`AsyncioBridge.call_in_trio`.
 
 Which thread runs which side is the implementation's business; nothing above the bridge may
 touch an asyncio object from Trio code, or a Trio object from asyncio code, except through
-these three.
+these four.
 """
 
 from __future__ import annotations
