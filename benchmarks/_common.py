@@ -19,7 +19,6 @@ import json
 import math
 import os
 import queue
-import statistics
 import subprocess
 import sys
 import threading
@@ -29,6 +28,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
+
+# Re-exported: the clients import them from here.
+from benchmarks._cpu import cpu_cost as cpu_cost
+from benchmarks._cpu import latency_summary as latency_summary
+from benchmarks._cpu import percentile as percentile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -72,25 +76,6 @@ def payload(size: int) -> str:
 
 def log(*args: Any) -> None:
     print(*args, file=sys.stderr, flush=True)
-
-
-# -- statistics -------------------------------------------------------------------------------
-
-
-def percentile(samples: Sequence[float], q: float) -> float:
-    """The ``q``-quantile (0..1) with linear interpolation."""
-    ordered = sorted(samples)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
-    return {"median_ms": statistics.median(seconds) * 1e3,
-            "p99_ms": percentile(seconds, 0.99) * 1e3}
 
 
 # -- memory -----------------------------------------------------------------------------------
@@ -484,15 +469,6 @@ def spawn_listeners(group: Helpers, script: str, url: str, prefix: str, listener
         here = min(LISTENERS_PER_PROCESS, listeners - index * LISTENERS_PER_PROCESS)
         group.spawn(worker_argv(script, "listen", url, prefix, "--listeners", str(here),
                                 "--expect", str(count), *extra, python=python))
-
-
-@contextlib.contextmanager
-def cpu_cost(out: dict[str, Any], key: str, count: int) -> Iterator[None]:
-    """Record the client process's CPU time (all threads) per message in ``out[key]``, in
-    microseconds: less sensitive to other work on the machine than the rates."""
-    start = time.process_time()
-    yield
-    out[key] = (time.process_time() - start) / count * 1e6
 
 
 def broadcast_timeout(listeners: int, count: int) -> float:

@@ -55,8 +55,11 @@ from benchmarks._common import (
     new_prefix,
 )
 
-IMPLS = ["aio-pika", "kiwitrio", "kiwitrio/trio-asyncio", "kiwitrio_sync", "kiwiPy"]
-CLIENTS = {"aio-pika": "client_aiopika.py", "kiwitrio": "client_kiwitrio.py",
+#: "aiormq" is the floor: aio-pika's protocol layer alone, on the task round trips, confirmed
+#: publishes and consume + ack (benchmarks/client_aiormq.py).
+IMPLS = ["aio-pika", "aiormq", "kiwitrio", "kiwitrio/trio-asyncio", "kiwitrio_sync", "kiwiPy"]
+CLIENTS = {"aio-pika": "client_aiopika.py", "aiormq": "client_aiormq.py",
+           "kiwitrio": "client_kiwitrio.py",
            "kiwitrio/trio-asyncio": "client_kiwitrio.py",
            "kiwitrio_sync": "client_kiwitrio_sync.py", "kiwiPy": "client_kiwipy.py"}
 #: The asyncio bridge each kiwitrio implementation runs on (KIWITRIO_BRIDGE, which their

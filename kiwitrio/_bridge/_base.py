@@ -1,16 +1,18 @@
 """What every bridge offers the AMQP backend, and what the implementations share.
 
-A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs three crossings:
+A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs four crossings:
 
 * Trio awaits an asyncio coroutine: :meth:`AsyncioBridge.run`;
-* Trio starts an asyncio coroutine without waiting for it (acks, channel closes):
+* Trio starts an asyncio coroutine without waiting for it (channel closes):
   :meth:`AsyncioBridge.start_in_asyncio`;
+* Trio calls a plain function in asyncio context without waiting for it (acks and rejects,
+  for the channel's settler): :meth:`AsyncioBridge.call_soon_in_asyncio`;
 * asyncio callbacks hand data to Trio (deliveries, "connection lost"):
   :meth:`AsyncioBridge.call_in_trio`.
 
 Which thread runs which side is the implementation's business; nothing above the bridge may
 touch an asyncio object from Trio code, or a Trio object from asyncio code, except through
-these three.
+these four.
 """
 
 from __future__ import annotations
@@ -82,6 +84,16 @@ class AsyncioBridge(abc.ABC):
         only logged. Does nothing once the bridge is closed.
         """
 
+    def call_soon_in_asyncio(self, fn: Callable[..., object], *args: Any) -> None:
+        """From Trio code: call the plain function ``fn(*args)`` in asyncio context, soon.
+
+        Cheaper than :meth:`start_in_asyncio` (no asyncio task), for code that does not
+        await. Runs in order with the caller's ``start_in_asyncio`` calls. ``fn`` must not
+        raise: an exception is logged. Does nothing once the bridge is closed. Bridges
+        override this default, which goes through a task.
+        """
+        self.start_in_asyncio(_call_plain, fn, args)
+
     @abc.abstractmethod
     def call_in_trio(self, fn: Callable[..., object], *args: Any) -> None:
         """From asyncio code: call the plain function ``fn(*args)`` in Trio context.
@@ -95,6 +107,13 @@ class AsyncioBridge(abc.ABC):
 async def call_in_asyncio(fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
     """The asyncio task body of :meth:`AsyncioBridge.run`: ``fn(*args)`` called inside it."""
     return await fn(*args)
+
+
+async def _call_plain(fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        logger.exception("error in a call across the asyncio bridge: %s", describe(fn))
 
 
 def describe(fn: Callable[..., object]) -> str:

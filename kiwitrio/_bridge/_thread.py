@@ -85,6 +85,10 @@ class ThreadBridge(AsyncioBridge):
                          *args: Any) -> None:
         self._in_asyncio(self._create_task, fn, args)
 
+    def call_soon_in_asyncio(self, fn: Callable[..., object], *args: Any) -> None:
+        # The same queue as start_in_asyncio's: the two keep their order.
+        self._in_asyncio(fn, *args)
+
     def call_in_trio(self, fn: Callable[..., object], *args: Any) -> None:
         if not self._to_trio.post(fn, args):
             return

@@ -91,6 +91,12 @@ class TrioAsyncioBridge(AsyncioBridge):
         if not self.loop.is_closed():
             self.loop.create_task(fn(*args))
 
+    def call_soon_in_asyncio(self, fn: Callable[..., object], *args: Any) -> None:
+        # call_soon's queue is the one create_task schedules a task's first step on: the
+        # order with start_in_asyncio holds.
+        if not self.loop.is_closed():
+            self.loop.call_soon(_log_errors, fn, args)
+
     def call_in_trio(self, fn: Callable[..., object], *args: Any) -> None:
         # Same thread: asyncio callbacks may call synchronous Trio APIs directly.
         try:
@@ -185,3 +191,10 @@ async def _batched_main_loop_one(loop: Any, no_wait: bool = False) -> None:
 async def _start_async_handle(loop: Any, handle: Any) -> None:
     handle._context.run(loop._nursery.start_soon, handle._run, name=handle._callback)
     await handle._started.wait()
+
+
+def _log_errors(fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        logger.exception("error in a call across the asyncio bridge: %s", describe(fn))

@@ -33,6 +33,7 @@ from typing import Protocol
 import trio
 
 from .._backends import Delivery, OutgoingMessage, QueueSpec, dead_letter_to
+from .._ids import new_id
 from ._context import SHUTDOWN_GRACE, Context
 from ._durable import DurableQueues
 
@@ -128,7 +129,7 @@ class LeaseKeeper:
         """Move ``delivery`` onto a lease: publish its copy, then acknowledge it."""
         async with self._lock:
             await self._declare()
-            lease_id = uuid.uuid4().hex
+            lease_id = new_id()
             copy = OutgoingMessage(
                 delivery.body, delivery.content_type or self._queue.ctx.content_type,
                 correlation_id=delivery.correlation_id, reply_to=delivery.reply_to,

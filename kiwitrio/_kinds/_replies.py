@@ -21,6 +21,7 @@ import trio
 
 from .._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
 from .._errors import CommunicatorClosed, DecodeError, DeliveryFailed
+from .._ids import new_id
 from .._saferepr import describe_error, safe_repr
 from ._context import Context
 from ._envelopes import is_pending, parse_envelope
@@ -169,7 +170,7 @@ class ReplyRouter:
     async def expect(self) -> tuple[str, ResultHandle]:
         """Register a new pending result; returns (reply queue, handle)."""
         queue = self._queue or await self._open()
-        handle = ResultHandle(uuid.uuid4().hex)
+        handle = ResultHandle(new_id())
         assert handle.correlation_id is not None
         self._pending[handle.correlation_id] = handle
         self._issued[handle.correlation_id] = None
@@ -181,7 +182,7 @@ class ReplyRouter:
         """Register a request that many may answer: returns (reply queue, correlation id,
         the channel its results arrive on, at most ``limit`` of them)."""
         queue = self._queue or await self._open()
-        correlation_id = uuid.uuid4().hex
+        correlation_id = new_id()
         send, receive = trio.open_memory_channel[Any](limit)
         self._collectors[correlation_id] = send
         return queue, correlation_id, receive

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractContextManager, asynccontextmanager
 from typing import Any
@@ -31,6 +30,7 @@ from .._backends import (
     dead_letter_to,
 )
 from .._errors import DecodeError, DuplicateSubscriberIdentifier, QueueEmpty, TaskRejected
+from .._ids import new_id
 from .._saferepr import describe_error
 from . import _pipeline as pipeline
 from ._admin import dead_letter_queue_name, record_task_queue
@@ -132,7 +132,7 @@ class TaskQueue:
         body = self.ctx.encode(task)
         started = _metrics.now()
         if no_reply:
-            task_id = {TASK_ID_HEADER: uuid.uuid4().hex}
+            task_id = {TASK_ID_HEADER: new_id()}
             with self._tracing_send(None) as headers:
                 await self._publish(OutgoingMessage(body, self.ctx.content_type,
                                                     headers={**headers, **task_id},
@@ -141,7 +141,7 @@ class TaskQueue:
             return ResultHandle.completed(None)
         reply_to, handle = await self.replies.expect()
         # A task that wants a result is known by its correlation id: the one its handle has.
-        task_id = {TASK_ID_HEADER: handle.correlation_id or uuid.uuid4().hex}
+        task_id = {TASK_ID_HEADER: handle.correlation_id or new_id()}
         try:
             with self._tracing_send(handle.correlation_id) as headers:
                 await self._publish(OutgoingMessage(

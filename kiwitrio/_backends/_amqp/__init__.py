@@ -1,9 +1,10 @@
 """The RabbitMQ backend: :class:`~kiwitrio.backends.Session` over aio-pika.
 
 Everything here that touches aio-pika or aiormq runs in asyncio context, reached through the
-bridge's three crossings (:mod:`kiwitrio._bridge`): Trio code awaits an asyncio coroutine with
-``bridge.run``, starts one without waiting with ``bridge.start_in_asyncio``, and asyncio
-callbacks hand data back with ``bridge.call_in_trio``. Which thread each side runs in is the
+bridge's crossings (:mod:`kiwitrio._bridge`): Trio code awaits an asyncio coroutine with
+``bridge.run``, starts one without waiting with ``bridge.start_in_asyncio``, calls a plain
+function there with ``bridge.call_soon_in_asyncio``, and asyncio callbacks hand data back with
+``bridge.call_in_trio``. Which thread each side runs in is the
 bridge's business, so no method here touches an asyncio object from Trio code or a Trio object
 from asyncio code; each says in a comment which side it runs on. aio-pika sets up the
 connection and channels; the per-message hot paths (publish, deliver, ack) use the aiormq

@@ -19,6 +19,7 @@ from .._base import (
     Delivery,
 )
 from .._buffer import DeliveryBuffer
+from ._settler import ChannelSettler
 
 if TYPE_CHECKING:
     from ._session import _AmqpSession
@@ -78,13 +79,14 @@ class _AmqpDelivery(Delivery):
         return self._message.channel.is_closed
 
     async def ack(self) -> None:
-        await self._settle_now(lambda channel, tag: channel.basic_ack(tag, wait=False))
+        await self._settle_now(lambda channel, tag: channel.basic_ack(tag, wait=False), None)
 
     async def reject(self, *, requeue: bool) -> None:
         await self._settle_now(
-            lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False))
+            lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False),
+            requeue)
 
-    async def _settle_now(self, op: _SettleOp) -> None:
+    async def _settle_now(self, op: _SettleOp, requeue: bool | None) -> None:
         if self._consumer is None and not self._settled and not self._message.channel.is_closed:
             # A basic.get delivery: wait until the frame is written, so that a basic.get
             # that follows on this channel finds a requeued message back in its queue (the
@@ -94,34 +96,34 @@ class _AmqpDelivery(Delivery):
             await self._session.bridge.run(_settle_quietly, op, self._message.channel,
                                            self._message.delivery_tag)
             return
-        self._settle(op)
+        self._settle(requeue)
         await trio.lowlevel.checkpoint()
 
     def reject_soon(self, *, requeue: bool) -> None:
         """:meth:`reject` without the checkpoint (Trio side, synchronous)."""
-        self._settle(
-            lambda channel, tag: channel.basic_reject(tag, requeue=requeue, wait=False))
+        self._settle(requeue)
 
-    def _settle(self, op: _SettleOp) -> None:
+    def _settle(self, requeue: bool | None) -> None:
+        # A consumer's delivery: ack (requeue None) or reject.
         if self._settled:
             return
         self._settled = True
-        channel = self._message.channel
+        consumer = self._consumer
         tag = self._message.delivery_tag
         assert tag is not None
         try:
-            if channel.is_closed:
+            if self._message.channel.is_closed:
                 logger.warning("could not settle a delivery, the broker requeued it: "
                                "its channel is closed")
-            else:
-                # Nobody waits for the frame: AMQP does not answer acks and rejects, and once
-                # the frame is on the channel's write queue it goes out ahead of anything
-                # queued later (a channel close included). Sparing the Trio side a round trip
-                # through asyncio per settle is worth a tenth of the consume rate.
-                self._session.bridge.start_in_asyncio(_settle_quietly, op, channel, tag)
+            elif consumer is not None:  # (basic.get deliveries are settled in _settle_now)
+                # Not waited for: AMQP does not answer acks and rejects. Sparing the Trio
+                # side a round trip through asyncio per settle is worth a tenth of the
+                # consume rate; the channel's settler writes the settles of a burst together.
+                self._session.bridge.call_soon_in_asyncio(consumer.settler.settle, tag,
+                                                          requeue)
         finally:
-            if self._consumer is not None:
-                self._consumer.settled_one()
+            if consumer is not None:
+                consumer.settled_one()
 
 
 class _AmqpConsumer(Consumer):
@@ -138,6 +140,8 @@ class _AmqpConsumer(Consumer):
         self._tag: str | None = None
         self._cancelled = False
         self._unsettled = 0
+        #: Used on the asyncio side only; made there, once the channel is open.
+        self.settler: ChannelSettler
 
     def end(self) -> None:
         """End the delivery stream (channel or connection closed). Trio side."""
@@ -155,6 +159,7 @@ class _AmqpConsumer(Consumer):
         # asyncio side.
         self._channel.close_callbacks.add(self._on_channel_closed)
         underlay = await self._channel.get_underlay_channel()
+        self.settler = ChannelSettler(underlay)
         # The broker cancels a consumer with basic.cancel when its queue is deleted, and from
         # RabbitMQ 4.3 on also when a delivery outlives the consumer timeout (older brokers
         # close the channel instead); the channel stays open. aiormq 7 reports it through
@@ -184,7 +189,10 @@ class _AmqpConsumer(Consumer):
             self._session.spawn_close_channel(self._channel)
 
     async def _on_message(self, message: DeliveredMessage) -> None:
-        # asyncio side (aiormq runs this as a task per delivery).
+        # asyncio side (aiormq runs this as a task per delivery, in delivery order). The
+        # settler learns of the delivery before the Trio side can settle it.
+        assert message.delivery_tag is not None
+        self.settler.delivered(message.delivery_tag)
         self._session.bridge.call_in_trio(self._deliver, message)
 
     def _deliver(self, message: DeliveredMessage) -> None:
