@@ -4,7 +4,8 @@
   Delivery, OutgoingMessage, QueueSpec...);
 - :mod:`._amqp`: RabbitMQ through aio-pika (and :mod:`kiwitrio._bridge` for its asyncio);
 - :mod:`._memory`: a broker inside the process, for tests and trying things out;
-- :mod:`._reconnect`: a Session over successive AMQP sessions (ReconnectPolicy);
+- :mod:`._reconnect`: a Session over successive inner sessions (ReconnectPolicy), with its
+  consumers in :mod:`._resilient_consumer`;
 - :mod:`._factory`: :func:`open_session`, from a URL to one of those.
 
 Nothing above this layer imports the implementations: only this package's names.
