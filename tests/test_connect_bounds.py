@@ -57,6 +57,11 @@ class SilentListener:
             self._held.append(connection)
 
     def close(self) -> None:
+        # Closing alone does not wake a thread blocked in accept() (Linux); a shutdown does.
+        try:
+            self._socket.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self._socket.close()
         for connection in self._held:
             connection.close()

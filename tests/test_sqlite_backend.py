@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 import kiwitrio
 from kiwitrio._backends import OutgoingMessage, QueueSpec
-from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch
-from kiwitrio._backends._sqlite._doorbell import Doorbell
+from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch, _store
+from kiwitrio._backends._sqlite._doorbell import EVERY, Doorbell, is_gone, ring
 from kiwitrio._backends._sqlite._options import SqliteOptions
 from kiwitrio.backends import open_session
 from kiwitrio.testing import KiwitrioNames
@@ -143,6 +144,63 @@ async def test_a_consumer_is_rung_not_polled(tmp_path: Path) -> None:
             assert delivery.body == body
             await delivery.ack()
         await consumer.cancel()
+
+
+async def test_a_ring_names_consumers_and_probes_are_not_rings(tmp_path: Path) -> None:
+    """A ring says which consumers got messages; checking that a doorbell is held sends a
+    probe, which must not wake its owner (it would look at the file for nothing, on every
+    RPC call, before the call is even committed)."""
+    bell = Doorbell.bind(str(tmp_path / "kt.db"), uuid.uuid4().hex)
+    try:
+        assert not is_gone(bell.address)  # a probe, queued first
+        ring({bell.address: {"c1", "c2"}})
+        ring({bell.address: {"c3"}})
+        with trio.fail_after(ARRIVAL):
+            assert await bell.wait() == {"c1", "c2", "c3"}
+        ring({bell.address: {f"c{n}" for n in range(100)}})  # too many to name
+        with trio.fail_after(ARRIVAL):
+            assert await bell.wait() == {EVERY}
+        for number in range(20):  # more than the doorbell holds: some are refused
+            ring({bell.address: {f"c{number}"}})
+        with trio.fail_after(ARRIVAL):
+            assert EVERY in await bell.wait()
+    finally:
+        bell.close()
+    assert is_gone(bell.address)
+
+
+async def test_a_consumer_nobody_competes_with_claims_without_looking_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exclusive queue's consumer, named by a ring, claims its message at once; a consumer
+    of a shared queue looks (a read, no write lock) before it claims; and a ring for one
+    consumer does not make the others look."""
+    looks: list[int] = []
+    real_read = _store.Store.read
+
+    async def counting_read(self: _store.Store, work: Callable[[Any], Any]) -> Any:
+        looks.append(1)
+        return await real_read(self, work)
+
+    monkeypatch.setattr(_store.Store, "read", counting_read)
+    url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        sole = await worker.declare_queue(QueueSpec("sole", exclusive=True))
+        shared = await worker.declare_queue(QueueSpec("shared"))
+        consumers = [await worker.consume(sole, prefetch_count=1),
+                     await worker.consume(shared, prefetch_count=1)]
+        deliveries = []
+        for queue, consumer, expected_looks in ((sole, consumers[0], 0),
+                                                (shared, consumers[1], 1)):
+            # Until the worker's look for its new consumers is over.
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            looks.clear()
+            await publisher.publish("", queue, message(queue.encode()), mandatory=True)
+            with trio.fail_after(ARRIVAL):
+                deliveries.append(await consumer.deliveries.receive())
+            assert (deliveries[-1].body, len(looks)) == (queue.encode(), expected_looks)
+        for delivery in deliveries:
+            await delivery.ack()
 
 
 # -- SIGKILL in the middle of writing --------------------------------------------------------------
@@ -275,7 +333,7 @@ async def test_concurrent_work_of_one_session_shares_transactions(tmp_path: Path
                 if number % 2:
                     nursery.start_soon(delivery.ack)
                 else:
-                    nursery.start_soon(lambda d=delivery: d.reject(requeue=True))
+                    nursery.start_soon(functools.partial(delivery.reject, requeue=True))
                 nursery.start_soon(functools.partial(
                     session.publish, "", queue, message(b"new%d" % number), mandatory=True))
                 if number == 20:

@@ -2,9 +2,15 @@
 them polling the file.
 
 Each connection binds a Unix datagram socket; its address is in its ``connections`` row. After
-a commit, whoever changed a queue sends one byte to each consumer connection of it ("ring").
-A ring is a hint, never the data: a lost or extra one only costs a wasted look at the file,
-and each connection also looks every poll interval anyway (the safety net).
+a commit, whoever changed a queue sends one datagram to each consumer connection of it
+("ring"), naming the consumers there whose queues got messages (or :data:`EVERY`: look at all
+of them). A ring is a hint, never the data: a lost or extra one only costs a wasted look at
+the file, and each connection also looks every poll interval anyway (the safety net). Naming
+the consumers lets a connection claim at once for a consumer nobody else competes with,
+instead of looking first.
+
+Checking whether a doorbell is still held (:func:`is_gone`) sends a probe, which its owner
+reads and ignores.
 
 On Linux the sockets are in the abstract namespace (no file; the kernel removes the name
 when the process dies, which also tells a reaper that a silent connection is gone). Elsewhere
@@ -20,7 +26,19 @@ import sys
 
 import trio
 
-__all__ = ["Doorbell", "is_gone", "ring"]
+__all__ = ["EVERY", "Doorbell", "is_gone", "ring"]
+
+#: In a ring: look at every consumer (consumer ids are hex, so this is never one).
+EVERY = "*"
+#: The datagram :func:`is_gone` sends: ignored by the doorbell's owner.
+_PROBE = b"?"
+#: A ring naming more consumers than this says :data:`EVERY` instead (a short datagram).
+_MOST_NAMED = 32
+_RECEIVE_BYTES = 4096
+#: Taking this many rings in one :meth:`Doorbell.wait` says to look at every consumer: the
+#: doorbell may have been full, and the rings refused then named consumers we do not know
+#: of. (Linux queues at most ``net.unix.max_dgram_qlen`` datagrams, 10 by default.)
+_MAYBE_FULL = 8
 
 #: Addresses starting with this are abstract (the NUL byte does not go in the database).
 _ABSTRACT = "@"
@@ -54,25 +72,42 @@ def _sending_socket() -> socket.socket:
     return sock
 
 
-def _send(address: str) -> int:
-    """Ring once; 0 or the errno of a failure."""
+def _send(address: str, payload: bytes) -> int:
+    """Send one datagram; 0 or the errno of a failure."""
     try:
-        _sending_socket().sendto(b"!", _sockaddr(address))
+        _sending_socket().sendto(payload, _sockaddr(address))
     except OSError as exc:
         return exc.errno or -1
     return 0
 
 
-def ring(addresses: set[str]) -> None:
-    """Ring each doorbell; never blocks. A full doorbell has been rung already; a dead one's
-    owner is reaped by the heartbeat check."""
-    for address in addresses:
-        _send(address)
+def _payload(consumers: set[str]) -> bytes:
+    if EVERY in consumers or len(consumers) > _MOST_NAMED:
+        return EVERY.encode()
+    return " ".join(sorted(consumers)).encode()
+
+
+def ring(rings: dict[str, set[str]]) -> None:
+    """Ring each doorbell (address: the consumers there to name); never blocks. A full
+    doorbell's owner has been rung already and has not looked yet (it will look at what
+    those rings named); a dead one's owner is reaped by the heartbeat check."""
+    for address, consumers in rings.items():
+        _send(address, _payload(consumers))
 
 
 def is_gone(address: str) -> bool:
     """Whether nobody holds the doorbell any more (its process died or closed it)."""
-    return _send(address) in (errno.ECONNREFUSED, errno.ENOENT)
+    return _send(address, _PROBE) in (errno.ECONNREFUSED, errno.ENOENT)
+
+
+def _named(payload: bytes) -> set[str]:
+    """The consumers a ring names; :data:`EVERY` for one that does not parse (a ring from
+    another version of kiwitrio, say)."""
+    try:
+        names = set(payload.decode("ascii").split())
+    except UnicodeDecodeError:
+        return {EVERY}
+    return names if names and all(name.isalnum() for name in names) else {EVERY}
 
 
 class Doorbell:
@@ -97,17 +132,31 @@ class Doorbell:
             raise
         return cls(raw, address)
 
-    async def wait(self) -> None:
-        """Wait for a ring, then swallow any others already queued (one look covers all).
+    async def wait(self) -> set[str]:
+        """Wait for a ring (probes do not count), then take any others already queued (one
+        look covers all); the consumers they name, :data:`EVERY` among them if one said
+        to look at everything.
 
         Cancellation: a plain wait; nothing is lost (rings are only hints).
         """
-        await self._sock.recv(64)
+        named: set[str] = set()
+        while not named:
+            named = self._named_in(await self._sock.recv(_RECEIVE_BYTES))
+        taken = 1
         while True:
             try:
-                self._raw.recv(64)
+                payload = self._raw.recv(_RECEIVE_BYTES)
             except BlockingIOError:
                 break
+            named |= self._named_in(payload)
+            taken += 1
+        if taken >= _MAYBE_FULL:
+            named.add(EVERY)
+        return named
+
+    @staticmethod
+    def _named_in(payload: bytes) -> set[str]:
+        return set() if payload == _PROBE else _named(payload)
 
     def close(self) -> None:
         self._sock.close()

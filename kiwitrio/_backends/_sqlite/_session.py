@@ -24,7 +24,7 @@ from .._buffer import DeliveryBuffer
 from .._memory._entities import full_queue_error
 from . import _entities as entities
 from . import _messages as messages
-from ._doorbell import Doorbell, ring
+from ._doorbell import EVERY, Doorbell, ring
 from ._options import SqliteOptions
 from ._store import Store, Tx
 
@@ -97,6 +97,10 @@ class _SqliteSession(Session):
         self._consumers: dict[str, _SqliteConsumer] = {}
         #: Set to make the serving loop look at the file now (a ring, room, a new consumer).
         self._wake = trio.Event()
+        #: The consumers that rings named since the serving loop last looked (see
+        #: :meth:`_fill`); EVERY among them: look at every consumer (a ring said so, room
+        #: was made, a consumer came, or the poll interval is up).
+        self._rung: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -113,8 +117,9 @@ class _SqliteSession(Session):
             self._become_lost()
             self._check_open()
             raise
-        if self._bell.address in bells:
-            bells.discard(self._bell.address)
+        mine = bells.pop(self._bell.address, None)
+        if mine is not None:
+            self._rung |= mine
             self._wake.set()
         ring(bells)
         return result
@@ -220,9 +225,9 @@ class _SqliteSession(Session):
             raise ValueError("prefetch_count must be at least 1")
         consumer_id = uuid.uuid4().hex
 
-        def work(tx: Tx) -> None:
+        def work(tx: Tx) -> bool:
             entities.check_registered(tx)
-            entities.accessible_queue(tx, queue)
+            queue_row = entities.accessible_queue(tx, queue)
             entities.reap_consumers_of(tx, queue)
             others = [bool(row[0]) for row in tx.execute(
                 "SELECT exclusive FROM consumers WHERE queue = ?", [queue])]
@@ -232,11 +237,14 @@ class _SqliteSession(Session):
             tx.execute("INSERT INTO consumers VALUES (?, ?, ?, ?)",
                        [consumer_id, tx.me, queue, exclusive])
             entities.use_queue(tx, queue)
+            # Nobody on another connection can take this queue's messages: an exclusive
+            # consumer's, or an exclusive queue's (ours, since it is accessible).
+            return exclusive or bool(queue_row["exclusive"])
 
-        await self._enter(work)
-        consumer = _SqliteConsumer(self, consumer_id, queue, prefetch_count)
+        sole = await self._enter(work)
+        consumer = _SqliteConsumer(self, consumer_id, queue, prefetch_count, sole=sole)
         self._consumers[consumer_id] = consumer
-        self._wake.set()
+        self._look_at_everything()
         return consumer
 
     async def aclose(self) -> None:
@@ -277,12 +285,17 @@ class _SqliteSession(Session):
                          durable=False)
         if delivery._consumer is not None:
             delivery._consumer._in_flight -= 1
-            self._wake.set()
+            self._look_at_everything()
+
+    def _look_at_everything(self) -> None:
+        self._rung.add(EVERY)
+        self._wake.set()
 
     async def _listen(self) -> None:
         """Turn doorbell rings into wake-ups of the serving loop."""
         while True:
-            await self._bell.wait()
+            named = await self._bell.wait()  # not ``|=`` across the await: _fill swaps the set
+            self._rung |= named
             self._wake.set()
 
     async def _serve(self) -> None:
@@ -297,6 +310,7 @@ class _SqliteSession(Session):
             if trio.current_time() >= min(next_tick, next_expiry):
                 next_expiry = await self._housekeep(tick)
                 next_tick = trio.current_time() + tick
+                self._rung.add(EVERY)  # the safety net
             if self._lost is not None:
                 return
             try:
@@ -339,22 +353,32 @@ class _SqliteSession(Session):
         self._lost_event.set()
 
     async def _fill(self) -> None:
-        """Claim ready messages for every consumer with room, in one transaction, if a look
-        (no write lock) finds any: every consumer of a queue is rung for each publish to it,
-        and most rings find the message taken already, by another worker."""
-        wanting = {cid: c.room() for cid, c in self._consumers.items() if c.room() > 0}
+        """Claim ready messages for every consumer with room, in one transaction.
+
+        Only the consumers that rings named since the last look, or all of them after
+        :data:`EVERY`, are looked at. One that a ring named, and that nobody else competes
+        with, has a message waiting: its claim goes ahead. For the others a look (no write
+        lock) comes first: every consumer of a queue is rung for each publish to it, and
+        most rings find the message taken already, by another worker.
+        """
+        rung, self._rung = self._rung, set()
+        everything = EVERY in rung
+        wanting = {cid: c.room() for cid, c in self._consumers.items()
+                   if (everything or cid in rung) and c.room() > 0}
+        certain = {cid for cid in wanting if cid in rung and self._consumers[cid].sole}
+        unsure = [cid for cid in wanting if cid not in certain]
+        if unsure:
+            looked = await self._store.read(
+                lambda tx: messages.consumers_with_ready(tx, unsure))
+            if looked is not None:  # None: could not look; claim for all
+                ready, gone = looked
+                for cid in gone:
+                    if cid in self._consumers:
+                        self._consumers[cid]._end()
+                wanting = {cid: room for cid, room in wanting.items()
+                           if cid in certain or cid in ready}
         if not wanting:
             return
-        looked = await self._store.read(
-            lambda tx: messages.consumers_with_ready(tx, list(wanting)))
-        if looked is not None:
-            ready, gone = looked
-            for cid in gone:
-                if cid in self._consumers:
-                    self._consumers[cid]._end()
-            wanting = {cid: room for cid, room in wanting.items() if cid in ready}
-            if not wanting:
-                return
 
         def work(tx: Tx) -> tuple[dict[str, list[messages.Stored]], list[str]]:
             entities.check_registered(tx)
@@ -386,9 +410,11 @@ class _SqliteConsumer(Consumer):
     """A subscription (a ``consumers`` row); at most ``prefetch_count`` unsettled."""
 
     def __init__(self, session: _SqliteSession, consumer_id: str, queue: str,
-                 prefetch_count: int) -> None:
+                 prefetch_count: int, *, sole: bool) -> None:
         self.id = consumer_id
         self.queue = queue
+        #: Whether it is the only consumer that can take its queue's messages.
+        self.sole = sole
         self._session = session
         self._buffer = DeliveryBuffer(prefetch_count)
         self.deliveries = self._buffer.deliveries

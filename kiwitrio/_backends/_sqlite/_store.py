@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..._errors import CommunicatorClosed, DeliveryFailed
+from ._doorbell import EVERY
 from ._schema import connect, pragma
 from ._walsync import WalSync
 
@@ -57,18 +58,21 @@ class Tx:
         finally:
             cursor.close()
 
-    def bells(self) -> set[str]:
-        """The doorbells to ring once this commits (the caller's own included)."""
-        found: set[str] = set()
+    def bells(self) -> dict[str, set[str]]:
+        """The doorbells to ring once this commits (the caller's own included), each with
+        the consumers there to name in its ring (see :mod:`._doorbell`)."""
+        found: dict[str, set[str]] = {}
         if self.touched:
             marks = ",".join("?" * len(self.touched))
-            found.update(row[0] for row in self.execute(
-                "SELECT DISTINCT c.bell FROM consumers k JOIN connections c "
-                f"ON c.id = k.connection WHERE k.queue IN ({marks})", self.touched))
+            for bell, consumer in self.execute(
+                    "SELECT c.bell, k.id FROM consumers k JOIN connections c "
+                    f"ON c.id = k.connection WHERE k.queue IN ({marks})", self.touched):
+                found.setdefault(bell, set()).add(consumer)
         if self.notify:
             marks = ",".join("?" * len(self.notify))
-            found.update(row[0] for row in self.execute(
-                f"SELECT bell FROM connections WHERE id IN ({marks})", self.notify))
+            for (bell,) in self.execute(
+                    f"SELECT bell FROM connections WHERE id IN ({marks})", self.notify):
+                found.setdefault(bell, set()).add(EVERY)
         return found
 
 
@@ -84,7 +88,7 @@ class _Job:
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: BaseException | None = None
-    bells: set[str] = field(default_factory=set)
+    bells: dict[str, set[str]] = field(default_factory=dict)
     #: For a durable job that committed: its commit's :meth:`WalSync.committed` number.
     sync_ticket: int = 0
 
@@ -118,7 +122,8 @@ class Store:
         db = await trio.to_thread.run_sync(lambda: connect(path, synchronous="normal"))
         return cls(db, me, liveness, None if synchronous == "normal" else WalSync(path))
 
-    async def run(self, work: Callable[[Tx], T], *, durable: bool) -> tuple[T, set[str]]:
+    async def run(self, work: Callable[[Tx], T], *,
+                  durable: bool) -> tuple[T, dict[str, set[str]]]:
         """Run ``work`` in a transaction in a worker thread; its result and the doorbells to
         ring now that it committed. An exception from ``work`` undoes all its work; an
         error of the file (disk full, I/O) is raised as DeliveryFailed.
