@@ -22,14 +22,15 @@ from ._doorbell import is_gone
 from ._entities import (
     DEATH_REASON_HEADER,
     accessible_queue,
+    check_registered,
     drop_connection,
     exchange_type,
     give_back_held,
 )
 from ._store import Tx
 
-__all__ = ["Stored", "claim", "consumers_with_ready", "dead_letter", "expire_messages",
-           "publish", "settle"]
+__all__ = ["Stored", "claim", "claim_for_consumer", "consumers_with_ready", "dead_letter",
+           "expire_messages", "publish", "settle"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,26 @@ def claim(tx: Tx, queue: str, consumer: str | None, limit: int) -> list[Stored]:
         "WHERE queue = ? AND holder IS NULL AND (expires_at IS NULL OR expires_at >= ?) "
         "ORDER BY id LIMIT ?) RETURNING id, queue, body, redelivered, properties",
         [tx.me, consumer, queue, tx.now, limit]).fetchall()
+    rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
+    return [_stored(row) for row in rows]
+
+
+def claim_for_consumer(tx: Tx, consumer: str, queue: str, limit: int) -> list[Stored] | None:
+    """:func:`claim` for ``consumer`` (of this connection, on ``queue``), in one statement
+    while it is registered; ``None`` if it is gone (its queue was deleted), DeclaredDead if
+    this connection is (its consumers went with it). A claim is on every call's path: the
+    checks only run when it took nothing."""
+    rows = tx.execute(
+        "UPDATE messages SET holder = ?, consumer = ? WHERE id IN (SELECT id FROM messages "
+        "WHERE queue = ? AND holder IS NULL AND (expires_at IS NULL OR expires_at >= ?) "
+        "AND EXISTS (SELECT 1 FROM consumers WHERE id = ? AND connection = ?) "
+        "ORDER BY id LIMIT ?) RETURNING id, queue, body, redelivered, properties",
+        [tx.me, consumer, queue, tx.now, consumer, tx.me, limit]).fetchall()
+    if not rows:
+        check_registered(tx)
+        if tx.one("SELECT 1 FROM consumers WHERE id = ?", [consumer]) is None:
+            return None
+        return []
     rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
     return [_stored(row) for row in rows]
 

@@ -380,16 +380,21 @@ class _SqliteSession(Session):
         if not wanting:
             return
 
+        # Ended while we looked: nothing to claim for them.
+        queues = {cid: self._consumers[cid].queue for cid in wanting if cid in self._consumers}
+        wanting = {cid: room for cid, room in wanting.items() if cid in queues}
+        if not wanting:
+            return
+
         def work(tx: Tx) -> tuple[dict[str, list[messages.Stored]], list[str]]:
-            entities.check_registered(tx)
             claimed: dict[str, list[messages.Stored]] = {}
             ended: list[str] = []
             for cid, room in wanting.items():
-                row = tx.one("SELECT queue FROM consumers WHERE id = ?", [cid])
-                if row is None:
+                got = messages.claim_for_consumer(tx, cid, queues[cid], room)
+                if got is None:
                     ended.append(cid)
                 else:
-                    claimed[cid] = messages.claim(tx, row["queue"], cid, room)
+                    claimed[cid] = got
             return claimed, ended
 
         claimed, ended = await self._call(work, durable=False)
