@@ -340,7 +340,11 @@ class _AmqpSession(Session):
             await consumer.start()
         except aiormq.exceptions.AMQPChannelError as exc:
             raise channel_error(exc, f"cannot consume from {queue!r}") from exc
-        except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except (aiormq.exceptions.AMQPError, ConnectionError,
+                aiormq.exceptions.ChannelInvalidStateError) as exc:
+            # ChannelInvalidStateError: the channel closed under basic.qos or basic.consume
+            # (the connection cut meanwhile). Not an AMQPError: let out as it was, it made a
+            # reconnecting session give up instead of trying again.
             raise self._connection_error(exc) from exc
         self._consumers.add(consumer)
         return consumer
