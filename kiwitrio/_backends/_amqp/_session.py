@@ -45,7 +45,7 @@ from ._asyncio_side import (
     _decode_server_properties,
     _FlowEvent,
     _on_underlay,
-    _publish,
+    _publish_soon,
 )
 from ._consumer import _AmqpConsumer, _AmqpDelivery
 from ._refusals import channel_error, refusal
@@ -293,8 +293,9 @@ class _AmqpSession(Session):
             expiration=None if message.expiration_ms is None else str(message.expiration_ms),
         )
         try:
-            await self.bridge.run(_publish, self._publish_channel, exchange, routing_key,
-                                  message.body, properties, mandatory)
+            # No asyncio task per publish (_publish_soon); returns once confirmed.
+            await self.bridge.run_callback(_publish_soon, self._publish_channel, exchange,
+                                           routing_key, message.body, properties, mandatory)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise EntityNotFound(f"publishing to {exchange!r}: {exc}") from exc
         except aiormq.exceptions.PublishError as exc:
@@ -339,7 +340,11 @@ class _AmqpSession(Session):
             await consumer.start()
         except aiormq.exceptions.AMQPChannelError as exc:
             raise channel_error(exc, f"cannot consume from {queue!r}") from exc
-        except (aiormq.exceptions.AMQPError, ConnectionError) as exc:
+        except (aiormq.exceptions.AMQPError, ConnectionError,
+                aiormq.exceptions.ChannelInvalidStateError) as exc:
+            # ChannelInvalidStateError: the channel closed under basic.qos or basic.consume
+            # (the connection cut meanwhile). Not an AMQPError: let out as it was, it made a
+            # reconnecting session give up instead of trying again.
             raise self._connection_error(exc) from exc
         self._consumers.add(consumer)
         return consumer
