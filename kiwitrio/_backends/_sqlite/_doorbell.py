@@ -101,8 +101,10 @@ def is_gone(address: str) -> bool:
 
 
 def _named(payload: bytes) -> set[str]:
-    """The consumers a ring names; :data:`EVERY` for one that does not parse (a ring from
-    another version of kiwitrio, say)."""
+    """The consumers a ring names: none for a probe, :data:`EVERY` for one that does not
+    parse (a ring from another version of kiwitrio, say)."""
+    if payload == _PROBE:
+        return set()
     try:
         names = set(payload.decode("ascii").split())
     except UnicodeDecodeError:
@@ -141,22 +143,18 @@ class Doorbell:
         """
         named: set[str] = set()
         while not named:
-            named = self._named_in(await self._sock.recv(_RECEIVE_BYTES))
+            named = _named(await self._sock.recv(_RECEIVE_BYTES))
         taken = 1
         while True:
             try:
                 payload = self._raw.recv(_RECEIVE_BYTES)
             except BlockingIOError:
                 break
-            named |= self._named_in(payload)
+            named |= _named(payload)
             taken += 1
         if taken >= _MAYBE_FULL:
             named.add(EVERY)
         return named
-
-    @staticmethod
-    def _named_in(payload: bytes) -> set[str]:
-        return set() if payload == _PROBE else _named(payload)
 
     def close(self) -> None:
         self._sock.close()

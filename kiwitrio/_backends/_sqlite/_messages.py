@@ -127,17 +127,27 @@ def _is_full(tx: Tx, queue: str, arguments_text: str) -> bool:
     return refuses_more(arguments, int(ready[0]))
 
 
+#: Hand ready messages to this connection; ``{guard}``: a further condition, and its values
+#: go before the LIMIT's.
+_CLAIM = ("UPDATE messages SET holder = ?, consumer = ? WHERE id IN (SELECT id FROM messages "
+          "WHERE queue = ? AND holder IS NULL AND (expires_at IS NULL OR expires_at >= ?) "
+          "{guard}ORDER BY id LIMIT ?) RETURNING id, queue, body, redelivered, properties")
+_PLAIN_CLAIM = _CLAIM.format(guard="")
+_REGISTERED_CLAIM = _CLAIM.format(
+    guard="AND EXISTS (SELECT 1 FROM consumers WHERE id = ? AND connection = ?) ")
+
+
+def _claimed(tx: Tx, sql: str, params: list[Any]) -> list[Stored]:
+    rows = tx.execute(sql, params).fetchall()
+    rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
+    return [_stored(row) for row in rows]
+
+
 def claim(tx: Tx, queue: str, consumer: str | None, limit: int) -> list[Stored]:
     """Hand up to ``limit`` ready messages of ``queue``, oldest first, to this connection
     (for ``consumer``, or for a ``basic.get`` if ``None``). Expired ones are left for
     :func:`expire_messages`."""
-    rows = tx.execute(
-        "UPDATE messages SET holder = ?, consumer = ? WHERE id IN (SELECT id FROM messages "
-        "WHERE queue = ? AND holder IS NULL AND (expires_at IS NULL OR expires_at >= ?) "
-        "ORDER BY id LIMIT ?) RETURNING id, queue, body, redelivered, properties",
-        [tx.me, consumer, queue, tx.now, limit]).fetchall()
-    rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
-    return [_stored(row) for row in rows]
+    return _claimed(tx, _PLAIN_CLAIM, [tx.me, consumer, queue, tx.now, limit])
 
 
 def claim_for_consumer(tx: Tx, consumer: str, queue: str, limit: int) -> list[Stored] | None:
@@ -145,19 +155,13 @@ def claim_for_consumer(tx: Tx, consumer: str, queue: str, limit: int) -> list[St
     while it is registered; ``None`` if it is gone (its queue was deleted), DeclaredDead if
     this connection is (its consumers went with it). A claim is on every call's path: the
     checks only run when it took nothing."""
-    rows = tx.execute(
-        "UPDATE messages SET holder = ?, consumer = ? WHERE id IN (SELECT id FROM messages "
-        "WHERE queue = ? AND holder IS NULL AND (expires_at IS NULL OR expires_at >= ?) "
-        "AND EXISTS (SELECT 1 FROM consumers WHERE id = ? AND connection = ?) "
-        "ORDER BY id LIMIT ?) RETURNING id, queue, body, redelivered, properties",
-        [tx.me, consumer, queue, tx.now, consumer, tx.me, limit]).fetchall()
-    if not rows:
+    got = _claimed(tx, _REGISTERED_CLAIM,
+                   [tx.me, consumer, queue, tx.now, consumer, tx.me, limit])
+    if not got:
         check_registered(tx)
         if tx.one("SELECT 1 FROM consumers WHERE id = ?", [consumer]) is None:
             return None
-        return []
-    rows.sort(key=lambda row: int(row["id"]))  # RETURNING gives no order
-    return [_stored(row) for row in rows]
+    return got
 
 
 def consumers_with_ready(tx: Tx, consumers: list[str]) -> tuple[set[str], set[str]]:

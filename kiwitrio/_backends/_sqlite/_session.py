@@ -367,6 +367,9 @@ class _SqliteSession(Session):
                    if (everything or cid in rung) and c.room() > 0}
         certain = {cid for cid in wanting if cid in rung and self._consumers[cid].sole}
         unsure = [cid for cid in wanting if cid not in certain]
+        # Taken now: one that ends while we look is still claimed for, and what it gets is
+        # given back (the orphans below).
+        queues = {cid: self._consumers[cid].queue for cid in wanting}
         if unsure:
             looked = await self._store.read(
                 lambda tx: messages.consumers_with_ready(tx, unsure))
@@ -377,12 +380,6 @@ class _SqliteSession(Session):
                         self._consumers[cid]._end()
                 wanting = {cid: room for cid, room in wanting.items()
                            if cid in certain or cid in ready}
-        if not wanting:
-            return
-
-        # Ended while we looked: nothing to claim for them.
-        queues = {cid: self._consumers[cid].queue for cid in wanting if cid in self._consumers}
-        wanting = {cid: room for cid, room in wanting.items() if cid in queues}
         if not wanting:
             return
 
