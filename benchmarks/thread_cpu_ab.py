@@ -25,44 +25,30 @@ from typing import Any
 
 import trio
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-URL = "amqp://guest:guest@127.0.0.1:5672/"
-LANES = 200
-PREFETCH = 64
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-async def _lanes(count: int, fn: Any) -> None:
-    left = count
-
-    async def lane() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            await fn()
-
-    async with trio.open_nursery() as nursery:
-        for _ in range(LANES):
-            nursery.start_soon(lane)
+from benchmarks._common import DEFAULT_URL, PREFETCH
+from benchmarks.client_kiwitrio import lanes
 
 
 async def _one_run(what: str, count: int, prefix: str) -> dict[str, float]:
     import kiwitrio
 
-    names = {"message_exchange": f"{prefix}.m", "task_exchange": f"{prefix}.t",
-             "task_queue": f"{prefix}.q"}
+    names: dict[str, Any] = {"message_exchange": f"{prefix}.m", "task_exchange": f"{prefix}.t",
+                             "task_queue": f"{prefix}.q"}
     body = "x" * 1024
-    async with kiwitrio.open_communicator(URL, testing_mode=True, task_prefetch_count=PREFETCH,
-                                          **names) as comm:
+    async with kiwitrio.open_communicator(DEFAULT_URL, testing_mode=True,
+                                          task_prefetch_count=PREFETCH, **names) as comm:
         async def publish() -> None:
             await comm.task_send(body, no_reply=True)
 
-        await _lanes(200, publish)  # warm-up; consumed below
+        await lanes(200, publish)  # warm-up; consumed below
         total = count + 200
         if what == "publish":
             thread0, process0, wall0 = time.thread_time(), time.process_time(), time.perf_counter()
-            await _lanes(count, publish)
+            await lanes(count, publish)
         else:
-            await _lanes(count, publish)
+            await lanes(count, publish)
             seen = 0
             done = trio.Event()
 
