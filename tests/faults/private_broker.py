@@ -1,11 +1,12 @@
 """A private RabbitMQ node for destructive tests: started, SIGKILLed and restarted at will.
 
 The node has its own name (``kt-faults-<random>@localhost``), its own AMQP and distribution
-ports (free loopback ports), its own data, log, plugins, config and feature-flags files under
-one temporary directory owned by the ``rabbitmq`` user (the server drops to that user when
-started as root), and listens on 127.0.0.1 only. It is found again, and killed, by its node
-name in the processes' environment, never by a process name: the shared node
-(``rabbit@...`` on port 5672) and other people's private nodes are never touched.
+ports (loopback ports outside the ephemeral range, see :mod:`.ports`), its own data, log,
+plugins, config and feature-flags files under one temporary directory owned by the
+``rabbitmq`` user (the server drops to that user when started as root), and listens on
+127.0.0.1 only. It is found again, and killed, by its node name in the processes'
+environment, never by a process name: the shared node (``rabbit@...`` on port 5672) and
+other people's private nodes are never touched.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .ports import release_port, reserve_port
 
 RABBITMQ_BIN = Path(os.environ.get("KIWITRIO_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
 SERVER = RABBITMQ_BIN / "rabbitmq-server"
@@ -51,13 +54,6 @@ def available() -> str | None:
         except KeyError:
             return f"running as root but there is no {SERVICE_USER!r} user to run the node as"
     return None
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def amqp_ready(port: int, timeout: float = 1.0) -> bool:
@@ -104,7 +100,7 @@ class PrivateBroker:
         if existing is None:
             existing = NodeRecord(
                 node=f"{name_prefix}-{uuid.uuid4().hex[:10]}@localhost",
-                port=free_port(), dist_port=free_port(),
+                port=reserve_port(), dist_port=reserve_port(),
                 base=tempfile.mkdtemp(prefix=f"{name_prefix}-", dir=parent_dir))
             prepare = True
         else:
@@ -259,6 +255,8 @@ class PrivateBroker:
             self.kill()
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
+            release_port(self.port)
+            release_port(self.dist_port)
 
     def own_pids(self) -> list[int]:
         """Live processes whose environment names this node (zombies have none).
