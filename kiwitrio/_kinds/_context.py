@@ -11,7 +11,7 @@ from typing import Any
 
 import trio
 
-from .._backends import Delivery, Session
+from .._backends import Delivery, NegativeAck, Session
 from .._codec import Decoder, Encoder
 from .._errors import CommunicatorClosed, ConnectionFailed, DecodeError
 from .._finished import FinishedTasks
@@ -200,12 +200,23 @@ class Context:
         """Send the reply, then acknowledge: the work is done.
 
         Shielded, so that closing the communicator between the two cannot leave a task
-        answered but unacknowledged (and so redelivered and done twice).
+        answered but unacknowledged (and so redelivered and done twice). A reply the broker
+        kept refusing (``reply`` raised :class:`NegativeAck`) was not stored: the message is
+        given back instead, to be handled (and answered) again, rather than acknowledged
+        with its result lost.
         """
         # One scope for both: shielded from outside, and its own deadline still applies.
         with trio.CancelScope(shield=True, deadline=trio.current_time() + SHUTDOWN_GRACE):
             try:
-                await reply
+                try:
+                    await reply
+                except NegativeAck as exc:
+                    logger.warning("the broker refused the reply to a message (routing key "
+                                   "%r, correlation id %r): giving it back, to be handled "
+                                   "again: %s", delivery.routing_key, delivery.correlation_id,
+                                   exc)
+                    await delivery.reject(requeue=True)
+                    return
                 await delivery.ack()
             except (CommunicatorClosed, ConnectionFailed) as exc:
                 logger.warning("connection lost before a message was acknowledged; "

@@ -32,10 +32,11 @@ from typing import Protocol
 
 import trio
 
-from .._backends import Delivery, OutgoingMessage, QueueSpec, dead_letter_to
+from .._backends import Delivery, NegativeAck, OutgoingMessage, QueueSpec, dead_letter_to
 from .._ids import new_id
 from ._context import SHUTDOWN_GRACE, Context
 from ._durable import DurableQueues
+from ._nacks import publish_until_taken
 
 __all__ = ["LeaseKeeper", "LeasedQueue", "TaskLease"]
 
@@ -45,6 +46,9 @@ CYCLE_HEADER = "kiwitrio-lease-cycle"
 LEASE_HEADER = "kiwitrio-lease"
 #: On a task a worker handed back from its lease: it ran before, as a redelivery would have.
 REDELIVERED_HEADER = "kiwitrio-redelivered"
+#: How long a lease copy the broker refuses (its queue failing over) is published again:
+#: within the grace a renewal or a hand-back has (SHUTDOWN_GRACE).
+COPY_REFUSED_FOR = 3.0
 
 
 class LeasedQueue(Protocol):
@@ -157,8 +161,9 @@ class LeaseKeeper:
                 reply_to=copy.reply_to, headers={**copy.headers, REDELIVERED_HEADER: True},
                 persistent=True,
             )
-            await self._queue.ctx.session.publish(
-                self._queue.exchange, self._queue.name, returned, mandatory=True)
+            await publish_until_taken(self._queue.ctx.session, self._queue.exchange,
+                                      self._queue.name, returned, within=COPY_REFUSED_FOR,
+                                      what=f"leased task {copy.correlation_id!r} handed back")
         await self.release(lease_id)
 
     async def _renew(self) -> None:
@@ -177,7 +182,9 @@ class LeaseKeeper:
             persistent=True,
         )
         self._copies_outstanding = True
-        await self._queue.ctx.session.publish("", self.name, stamped, mandatory=True)
+        await publish_until_taken(self._queue.ctx.session, "", self.name, stamped,
+                                  within=COPY_REFUSED_FOR,
+                                  what=f"a lease copy of task {copy.correlation_id!r}")
 
     async def _drop_older_copies(self) -> None:
         session = self._queue.ctx.session
@@ -250,7 +257,16 @@ class TaskLease:
                 if self._lease_id is None or self._keeper is None:
                     await self._ctx.finish(self._delivery, reply)
                     return
-                await reply
+                try:
+                    await reply
+                except NegativeAck as exc:
+                    # Not stored (see _context.finish): the task goes back to its queue.
+                    logger.warning("the broker refused the result of leased task %r: handing "
+                                   "it back, to be done again: %s",
+                                   self._delivery.correlation_id, exc)
+                    with trio.move_on_after(SHUTDOWN_GRACE):
+                        await self._keeper.hand_back(self._lease_id)
+                    return
                 await self._keeper.release(self._lease_id)
 
     async def give_back(self) -> None:

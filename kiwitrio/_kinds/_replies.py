@@ -19,12 +19,13 @@ from typing import Any
 
 import trio
 
-from .._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain
+from .._backends import Consumer, Delivery, OutgoingMessage, QueueSpec, drain, is_negative_ack
 from .._errors import CommunicatorClosed, DecodeError, DeliveryFailed
 from .._ids import new_id
 from .._saferepr import describe_error, safe_repr
 from ._context import Context
 from ._envelopes import is_pending, parse_envelope
+from ._nacks import publish_until_taken
 
 __all__ = ["ReplyRouter", "ResultHandle"]
 
@@ -35,7 +36,13 @@ _REPLY_PREFETCH = 256
 _REMEMBERED_IDS = 16_384
 #: A reply queue unused (no consumer) this long is deleted by the broker.
 REPLY_QUEUE_EXPIRES_MS = 30 * 60 * 1000
+#: How long a reply the broker refuses (its queue failing over) is published again. Under
+#: the grace a task's reply and acknowledgement have together (_context.SHUTDOWN_GRACE), so
+#: that a task whose result was refused throughout can still be given back in it.
+REPLY_REFUSED_FOR = 3.0
 _MISSING: Any = object()
+
+
 class ResultHandle:
     """The eventual outcome of :meth:`~kiwitrio.Communicator.task_send` or ``rpc_send``.
 
@@ -303,18 +310,21 @@ class ReplyRouter:
             handle._set(None, CommunicatorClosed("the communicator closed before the reply came"))
 
     async def send(self, request: Delivery, envelope: dict[str, Any], *,
-                   persistent: bool = False) -> None:
+                   persistent: bool = False, must_store: bool = False) -> None:
         """Publish ``envelope`` as the reply to ``request``, if it asked for one.
 
         Task results are ``persistent``: the task is acknowledged once the broker confirms
         its result, so the result must survive a broker restart while it waits in the reply
         queue. A result that cannot be encoded (or is too large) is replaced by an error the
         requester sees as a RemoteException. A requester that is gone (its reply queue no
-        longer exists) is logged, not an error.
+        longer exists) is logged, not an error. A reply the broker refuses (its queue failing
+        over to another node) is published again for up to :data:`REPLY_REFUSED_FOR`
+        seconds; then, with ``must_store``, the refusal is raised (the caller gives the
+        request back instead of acknowledging it), otherwise logged.
         """
         body = self.encode(request, envelope)
         if body is not None:
-            await self.send_encoded(request, body, persistent=persistent)
+            await self.send_encoded(request, body, persistent=persistent, must_store=must_store)
 
     def encode(self, request: Delivery, envelope: dict[str, Any]) -> bytes | None:
         """The body of the reply to ``request``; ``None`` if it asked for none (or not even
@@ -324,15 +334,19 @@ class ReplyRouter:
         return self._encode_reply(envelope, request.correlation_id)
 
     async def send_encoded(self, request: Delivery, body: bytes, *,
-                           persistent: bool = False) -> None:
+                           persistent: bool = False, must_store: bool = False) -> None:
         """Publish the reply ``body`` (from :meth:`encode`) to ``request``; see :meth:`send`."""
         if not request.reply_to:
             return
         message = OutgoingMessage(body, self._ctx.content_type,
                                   correlation_id=request.correlation_id, persistent=persistent)
         try:
-            await self._ctx.session.publish("", request.reply_to, message, mandatory=True)
+            await publish_until_taken(
+                self._ctx.session, "", request.reply_to, message, within=REPLY_REFUSED_FOR,
+                what=f"the reply to {safe_repr(request.correlation_id, 80)}")
         except DeliveryFailed as exc:
+            if must_store and is_negative_ack(exc):
+                raise
             logger.info("could not reply to %r: %s", request.correlation_id, exc)
 
     def _encode_reply(self, envelope: dict[str, Any], correlation_id: str | None) -> bytes | None:

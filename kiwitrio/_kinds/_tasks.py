@@ -40,6 +40,7 @@ from ._durable import DurableQueues
 from ._envelopes import exception_envelope, pending_envelope, result_envelope
 from ._invoke import call_subscriber, check_subscriber_signature
 from ._leases import LeaseKeeper, TaskLease
+from ._nacks import publish_until_taken
 from ._pulled import IncomingTask, TaskIterator
 from ._redelivery import TASK_ID_HEADER, Redeliveries, task_id_of
 from ._replies import ReplyRouter, ResultHandle
@@ -47,6 +48,10 @@ from ._replies import ReplyRouter, ResultHandle
 __all__ = ["TaskQueue", "TaskSubscriber"]
 
 logger = logging.getLogger("kiwitrio.tasks")  # a public name (docs/configuration.md#logging)
+
+#: How long a task the broker refuses (its queue failing over to another node, or full) is
+#: published again before ``task_send`` raises the refusal.
+SEND_REFUSED_FOR = 10.0
 
 TaskSubscriber = Callable[[Any, Any], Any]
 
@@ -122,7 +127,9 @@ class TaskQueue:
 
         Returns a :class:`ResultHandle`: ``await`` it for the result (``None`` at once with
         ``no_reply=True``). Raises :class:`TypeError` if the task cannot be encoded,
-        :class:`~kiwitrio.UnroutableError` if the queue does not exist, and
+        :class:`~kiwitrio.UnroutableError` if the queue does not exist,
+        :class:`~kiwitrio.DeliveryFailed` if the broker refused the task (a negative confirm)
+        each time it was published for ``SEND_REFUSED_FOR`` (10) seconds, and
         :class:`~kiwitrio.SendOutcomeUnknown` if the connection went (without reconnection)
         or the communicator closed before the broker confirmed the task: it may still run.
         Cancelling the call abandons the wait; the task may or may not have reached the
@@ -162,13 +169,18 @@ class TaskQueue:
 
     async def _publish(self, message: OutgoingMessage) -> None:
         try:
-            await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
+            await self._publish_until_taken(message)
         except EntityNotFound:
             # The exchange was deleted under us (an auto-delete one in testing mode, or by
             # hand): declare what we need again, once, and retry.
             await self.ctx.redeclare_exchanges()
             await self.declare()
-            await self.ctx.session.publish(self.exchange, self.name, message, mandatory=True)
+            await self._publish_until_taken(message)
+
+    async def _publish_until_taken(self, message: OutgoingMessage) -> None:
+        # Refused while the queue fails over to another node: published again (_nacks).
+        await publish_until_taken(self.ctx.session, self.exchange, self.name, message,
+                                  within=SEND_REFUSED_FOR, what=f"a task for queue {self.name!r}")
 
     # -- push mode --------------------------------------------------------------------------
 
@@ -260,7 +272,7 @@ class TaskQueue:
         body = self.replies.encode(delivery, envelope)
         await self._redeliveries.remember(delivery, body)
         if body is not None:
-            await self.replies.send_encoded(delivery, body, persistent=True)
+            await self.replies.send_encoded(delivery, body, persistent=True, must_store=True)
 
     async def finish_task(self, delivery: Delivery, envelope: dict[str, Any]) -> None:
         """Reply with ``envelope`` (remembered as finished first), then acknowledge."""
@@ -279,7 +291,8 @@ class TaskQueue:
 
     async def _answer_again(self, delivery: Delivery, reply: bytes) -> None:
         await self.ctx.finish(delivery, self.replies.send_encoded(delivery, reply,
-                                                                  persistent=True))
+                                                                  persistent=True,
+                                                                  must_store=True))
 
     @property
     def consuming(self) -> bool:

@@ -57,6 +57,9 @@ logger = logging.getLogger("kiwitrio.connection")  # a public name (docs/configu
 T = TypeVar("T")
 
 _PERSISTENT = 2
+#: A retired publish channel (see _retire_publish_channel) stays open this long, for the
+#: confirms of what was published on it before.
+_RETIRED_CHANNEL_GRACE = 30.0
 _TRANSIENT = 1
 
 
@@ -85,6 +88,12 @@ async def open_amqp_session(url: str, *, heartbeat: float = 30.0, bridge: str = 
         finally:
             with trio.CancelScope(shield=True):
                 await session.aclose()
+
+
+async def _close_later(channel: aio_pika.abc.AbstractChannel, delay: float) -> None:
+    # asyncio side.
+    await asyncio.sleep(delay)
+    await _close_quietly(channel)
 
 
 class _AmqpSession(Session):
@@ -206,6 +215,18 @@ class _AmqpSession(Session):
         except (aiormq.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             raise self._connection_error(exc) from exc
 
+    def _retire_publish_channel(self) -> None:
+        """The next publish gets a new channel; this one closes once its confirms are in.
+
+        RabbitMQ 3.10 keeps refusing, on a channel that first published to a quorum queue
+        while that queue's leader was failing over, every later message to that queue (seen
+        in tests/faults/test_cluster.py: all the replies to one sender, for good, though the
+        queue had its new leader within half a second). A new channel is not stuck.
+        """
+        channel, self._publish_channel = self._publish_channel, None
+        if channel is not None:
+            self.bridge.start_in_asyncio(_close_later, channel, _RETIRED_CHANNEL_GRACE)
+
     def spawn_close_channel(self, channel: aio_pika.abc.AbstractChannel) -> None:
         """Close ``channel`` in the background (callable from asyncio or Trio context)."""
         self.bridge.start_in_asyncio(_close_quietly, channel)
@@ -302,6 +323,7 @@ class _AmqpSession(Session):
                 f"no queue is bound to {routing_key!r} on exchange {exchange!r}") from exc
         except aiormq.exceptions.DeliveryError as exc:
             if isinstance(getattr(exc, "frame", None), spec.Basic.Nack):
+                self._retire_publish_channel()
                 raise NegativeAck(f"the broker nacked the message: {exc}") from exc
             raise DeliveryFailed(f"the broker did not accept the message: {exc}") from exc
         except aiormq.exceptions.AMQPChannelError as exc:
