@@ -215,7 +215,7 @@ class Context:
                                    "%r, correlation id %r): giving it back, to be handled "
                                    "again: %s", delivery.routing_key, delivery.correlation_id,
                                    exc)
-                    await delivery.reject(requeue=True)
+                    await self.give_back(delivery)
                     return
                 await delivery.ack()
             except (CommunicatorClosed, ConnectionFailed) as exc:

@@ -264,8 +264,7 @@ class TaskLease:
                     logger.warning("the broker refused the result of leased task %r: handing "
                                    "it back, to be done again: %s",
                                    self._delivery.correlation_id, exc)
-                    with trio.move_on_after(SHUTDOWN_GRACE):
-                        await self._keeper.hand_back(self._lease_id)
+                    await self._hand_back_leased(self._keeper, self._lease_id)
                     return
                 await self._keeper.release(self._lease_id)
 
@@ -276,5 +275,11 @@ class TaskLease:
                 if self._lease_id is None or self._keeper is None:
                     await self._ctx.give_back(self._delivery)
                     return
-                with trio.move_on_after(SHUTDOWN_GRACE):
-                    await self._keeper.hand_back(self._lease_id)
+                await self._hand_back_leased(self._keeper, self._lease_id)
+
+    @staticmethod
+    async def _hand_back_leased(keeper: LeaseKeeper, lease_id: str) -> None:
+        """Put the leased task back in its queue, within the grace (the caller holds the
+        lease's lock and shields)."""
+        with trio.move_on_after(SHUTDOWN_GRACE):
+            await keeper.hand_back(lease_id)
