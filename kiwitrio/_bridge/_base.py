@@ -1,8 +1,11 @@
 """What every bridge offers the AMQP backend, and what the implementations share.
 
-A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs four crossings:
+A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs five crossings:
 
 * Trio awaits an asyncio coroutine: :meth:`AsyncioBridge.run`;
+* Trio awaits what a plain asyncio-side function reports through a callback, with no
+  asyncio task (publishes, whose only wait is for the broker's confirm):
+  :meth:`AsyncioBridge.run_callback`;
 * Trio starts an asyncio coroutine without waiting for it (channel closes):
   :meth:`AsyncioBridge.start_in_asyncio`;
 * Trio calls a plain function in asyncio context without waiting for it (acks and rejects,
@@ -12,7 +15,7 @@ A bridge runs aio-pika (asyncio) for Trio code. The AMQP backend needs four cros
 
 Which thread runs which side is the implementation's business; nothing above the bridge may
 touch an asyncio object from Trio code, or a Trio object from asyncio code, except through
-these four.
+these five.
 """
 
 from __future__ import annotations
@@ -26,11 +29,14 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, ClassVar, TypeVar
 
+import outcome
+
 from .._errors import KiwitrioError
 
 __all__ = [
     "AsyncioBridge",
     "AsyncioOperationAborted",
+    "Report",
     "abort_open_transports",
     "block_process_signals",
     "call_in_asyncio",
@@ -43,6 +49,10 @@ __all__ = [
 logger = logging.getLogger("kiwitrio.bridge")
 
 T = TypeVar("T")
+
+#: What :meth:`AsyncioBridge.run_callback` hands its ``start`` function: call it once, in
+#: asyncio context, with the outcome.
+Report = Callable[[outcome.Outcome[Any]], None]
 
 
 class AsyncioOperationAborted(ConnectionError, KiwitrioError):
@@ -83,6 +93,35 @@ class AsyncioBridge(abc.ABC):
         order they were started. ``fn`` handles its own errors: an exception it lets out is
         only logged. Does nothing once the bridge is closed.
         """
+
+    async def run_callback(self, start: Callable[..., object], *args: Any) -> Any:
+        """Call the plain function ``start(report, *args)`` in asyncio context and return
+        (or raise) the outcome it reports.
+
+        ``start`` arranges for ``report(outcome)`` to be called once, later or at once, in
+        asyncio context (from a future's done callback, say); later calls are ignored. An
+        exception ``start`` raises is the outcome. Where a bridge overrides this default
+        (the thread bridge), no asyncio task is made for the call.
+
+        Cancellation: the caller raises ``trio.Cancelled`` at once; what ``start`` set going
+        goes on, and its outcome is dropped. If the bridge closes before the outcome came,
+        :class:`AsyncioOperationAborted` is raised.
+        """
+        async def wait() -> Any:
+            reported: asyncio.Future[outcome.Outcome[Any]] = (
+                asyncio.get_running_loop().create_future())
+
+            def report(result: outcome.Outcome[Any]) -> None:
+                if not reported.done():
+                    reported.set_result(result)
+
+            try:
+                start(report, *args)
+            except Exception as exc:
+                report(outcome.Error(exc))
+            return (await reported).unwrap()
+
+        return await self.run(wait)
 
     def call_soon_in_asyncio(self, fn: Callable[..., object], *args: Any) -> None:
         """From Trio code: call the plain function ``fn(*args)`` in asyncio context, soon.

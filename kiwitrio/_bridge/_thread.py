@@ -16,7 +16,9 @@ delivery (the consumers' prefetch windows), plus the close notifications.
 Cancellation: a cancelled :meth:`ThreadBridge.run` caller asks the loop to cancel its
 asyncio task and keeps waiting, shielded from further cancellation, until that task has
 finished; only then does it raise ``trio.Cancelled``. Nothing is left running on behalf of
-a caller that has gone.
+a caller that has gone. A cancelled :meth:`ThreadBridge.run_callback` caller raises
+``trio.Cancelled`` at once: there is no task to cancel, and the report that comes later is
+dropped.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class ThreadBridge(AsyncioBridge):
         self.loop: asyncio.AbstractEventLoop | None = None
         self._to_asyncio = _Mailbox()
         self._to_trio = _Mailbox()
+        #: run_callback calls not reported yet (loop's thread): bounded by the callers
+        #: waiting, and by the publishes a cancelled caller left awaiting their confirm.
+        self._unreported: set[_ReportedCall] = set()
         #: Set (in Trio) once the bridge stops taking calls; read by run().
         self._closing = False
 
@@ -80,6 +85,15 @@ class ThreadBridge(AsyncioBridge):
         self._in_asyncio(call.start)
         result: T = await trio.lowlevel.wait_task_rescheduled(call.abort)
         return result
+
+    async def run_callback(self, start: Callable[..., object], *args: Any) -> Any:
+        if self._closing:
+            await trio.lowlevel.checkpoint()
+            raise AsyncioOperationAborted(
+                f"{describe(start)} was not started: the asyncio bridge is closing")
+        call = _ReportedCall(self, trio.lowlevel.current_task())
+        self._in_asyncio(call.start, start, args)
+        return await trio.lowlevel.wait_task_rescheduled(call.abort)
 
     def start_in_asyncio(self, fn: Callable[..., Coroutine[Any, Any, object]],
                          *args: Any) -> None:
@@ -125,6 +139,12 @@ class ThreadBridge(AsyncioBridge):
 
     # -- the loop's thread -----------------------------------------------------------------
 
+    def _abort_unreported(self) -> None:
+        # The loop is done: nothing will report to the run_callback calls still waiting.
+        for call in list(self._unreported):
+            call.report(outcome.Error(AsyncioOperationAborted(
+                "the asyncio bridge closed before the operation reported its outcome")))
+
     def _thread_main(self, started: trio.Event, finished: trio.Event) -> None:
         try:
             block_process_signals()
@@ -140,6 +160,7 @@ class ThreadBridge(AsyncioBridge):
             loop.call_soon(self.call_in_trio, started.set)
             loop.run_forever()
             _shut_down(loop, transports)
+            self._abort_unreported()
         finally:
             loop.close()
             # Last in the queue: every resumption of a Trio caller runs before it.
@@ -235,6 +256,45 @@ class _PendingCall:
                     f"{describe(self._fn)} was cancelled by asyncio "
                     "(its connection or channel closed, or the bridge is closing)"))
         trio.lowlevel.reschedule(self._trio_task, result)
+
+
+class _ReportedCall:
+    """One :meth:`ThreadBridge.run_callback` call: its waiting Trio task, and the report."""
+
+    __slots__ = ("_bridge", "_reported", "_trio_task", "_waiting")
+
+    def __init__(self, bridge: ThreadBridge, trio_task: trio.lowlevel.Task) -> None:
+        self._bridge = bridge
+        self._trio_task = trio_task
+        self._waiting = True  # (Trio thread)
+        self._reported = False  # (loop's thread)
+
+    def start(self, fn: Callable[..., object], args: tuple[Any, ...]) -> None:
+        # The loop's thread.
+        self._bridge._unreported.add(self)
+        try:
+            fn(self.report, *args)
+        except Exception as exc:
+            self.report(outcome.Error(exc))
+
+    def report(self, result: outcome.Outcome[Any]) -> None:
+        # The loop's thread; the first report counts.
+        if self._reported:
+            return
+        self._reported = True
+        self._bridge._unreported.discard(self)
+        self._bridge.call_in_trio(self._resume, result)
+
+    def abort(self, _raise_cancel: Callable[[], object]) -> trio.lowlevel.Abort:
+        # The Trio thread: stop waiting now; the report, when it comes, finds nobody.
+        self._waiting = False
+        return trio.lowlevel.Abort.SUCCEEDED
+
+    def _resume(self, result: outcome.Outcome[Any]) -> None:
+        # The Trio thread.
+        if self._waiting:
+            self._waiting = False
+            trio.lowlevel.reschedule(self._trio_task, result)
 
 
 def _run_all(batch: deque[_Call]) -> None:

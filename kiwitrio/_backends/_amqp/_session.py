@@ -45,7 +45,7 @@ from ._asyncio_side import (
     _decode_server_properties,
     _FlowEvent,
     _on_underlay,
-    _publish,
+    _publish_soon,
 )
 from ._consumer import _AmqpConsumer, _AmqpDelivery
 from ._refusals import channel_error, refusal
@@ -314,8 +314,9 @@ class _AmqpSession(Session):
             expiration=None if message.expiration_ms is None else str(message.expiration_ms),
         )
         try:
-            await self.bridge.run(_publish, self._publish_channel, exchange, routing_key,
-                                  message.body, properties, mandatory)
+            # No asyncio task per publish (_publish_soon); returns once confirmed.
+            await self.bridge.run_callback(_publish_soon, self._publish_channel, exchange,
+                                           routing_key, message.body, properties, mandatory)
         except aiormq.exceptions.ChannelNotFoundEntity as exc:
             raise EntityNotFound(f"publishing to {exchange!r}: {exc}") from exc
         except aiormq.exceptions.PublishError as exc:
