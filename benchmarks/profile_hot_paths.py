@@ -3,12 +3,14 @@
     python benchmarks/profile_hot_paths.py publish  [--count 20000] [--impl kiwitrio|aio-pika]
     python benchmarks/profile_hot_paths.py tasks    [--count 5000]  [--impl kiwitrio|aio-pika]
     python benchmarks/profile_hot_paths.py consume  [--count 20000] [--impl kiwitrio|aio-pika]
+    (any of them: [--size BYTES], the body, 1024 by default)
 
 ``publish``: confirmed persistent publishes (200 in flight). ``tasks``: task round trips with
 two worker processes; the client and the first worker are profiled (the worker through
 ``python -m pyinstrument``). ``consume``: consume + ack of a prefilled queue (only the consuming
 part is profiled). Profiles go to ``benchmarks/results/profiles/<what>-<impl>-<side>.txt``
-(self time per library and per function, then the call tree); ``--html`` also writes pyinstrument's
+(self time per library and per function, then the call tree; ``-<size>`` before ``.txt`` for a
+body other than 1 KiB); ``--html`` also writes pyinstrument's
 HTML view and the ``.pyisession`` (tens of MB each). The elapsed time and rate are printed; the
 profiler slows everything down, so compare CPU times and shares, not these rates.
 """
@@ -108,14 +110,14 @@ def worker_argv(impl: str, prefix: str, url: str, profile_to: str | None) -> lis
 # -- kiwitrio ------------------------------------------------------------------------------------
 
 
-async def kiwitrio_run(what: str, url: str, prefix: str, count: int) -> float:
+async def kiwitrio_run(what: str, url: str, prefix: str, count: int, size: int) -> float:
     import trio
 
     import kiwitrio
     from benchmarks._common import kiwi_names
     from benchmarks.client_kiwitrio import lanes
 
-    body = payload(1024)
+    body = payload(size)
     options = {**kiwi_names(prefix), "testing_mode": True, "task_prefetch_count": PREFETCH}
     async with kiwitrio.open_communicator(url, **options) as comm:
         if what == "publish":
@@ -157,19 +159,19 @@ async def kiwitrio_run(what: str, url: str, prefix: str, count: int) -> float:
             prof.start()
             elapsed = await lanes(count, round_trip)
             prof.stop()
-    save(prof, f"{what}-kiwitrio-client")
+    save(prof, f"{what}-kiwitrio{_sized(size)}-client")
     return elapsed
 
 
 # -- aio-pika ------------------------------------------------------------------------------------
 
 
-async def aiopika_run(what: str, url: str, prefix: str, count: int) -> float:
+async def aiopika_run(what: str, url: str, prefix: str, count: int, size: int) -> float:
     import aio_pika
 
     from benchmarks.client_aiopika import TaskSender, lanes
 
-    body = payload(1024).encode()
+    body = payload(size).encode()
     connection = await aio_pika.connect(url)
     async with connection:
         sender = TaskSender(connection, prefix)
@@ -216,8 +218,13 @@ async def aiopika_run(what: str, url: str, prefix: str, count: int) -> float:
             elapsed = await lanes(count, round_trip)
             prof.stop()
         await sender.close()
-    save(prof, f"{what}-aiopika-client")
+    save(prof, f"{what}-aiopika{_sized(size)}-client")
     return elapsed
+
+
+def _sized(size: int) -> str:
+    """The size in a profile's name: none for the default 1 KiB."""
+    return "" if size == 1024 else f"-{size}"
 
 
 def main() -> None:
@@ -226,12 +233,13 @@ def main() -> None:
     parser.add_argument("--impl", choices=["kiwitrio", "aio-pika"], default="kiwitrio")
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--url", default=DEFAULT_URL)
+    parser.add_argument("--size", type=int, default=1024, help="body bytes (default 1024)")
     parser.add_argument("--html", action="store_true", help="also write HTML and the session")
     args = parser.parse_args()
     count = args.count or (5000 if args.what == "tasks" else 20000)
     prefix = new_prefix("profile")
     os.makedirs(OUT, exist_ok=True)
-    tag = "kiwitrio" if args.impl == "kiwitrio" else "aiopika"
+    tag = ("kiwitrio" if args.impl == "kiwitrio" else "aiopika") + _sized(args.size)
     try:
         with helpers() as group:
             if args.what == "tasks":
@@ -243,9 +251,11 @@ def main() -> None:
             if args.impl == "kiwitrio":
                 import trio
 
-                elapsed = trio.run(kiwitrio_run, args.what, args.url, prefix, count)
+                elapsed = trio.run(kiwitrio_run, args.what, args.url, prefix, count,
+                                   args.size)
             else:
-                elapsed = asyncio.run(aiopika_run(args.what, args.url, prefix, count))
+                elapsed = asyncio.run(aiopika_run(args.what, args.url, prefix, count,
+                                                  args.size))
             group.stop()
     finally:
         clean_up(args.url, [prefix])

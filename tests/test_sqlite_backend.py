@@ -27,6 +27,7 @@ import trio.testing
 import kiwitrio
 from kiwitrio._backends import OutgoingMessage, QueueSpec
 from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch, _store
+from kiwitrio._backends._sqlite import _session as _sqlite_session
 from kiwitrio._backends._sqlite._doorbell import EVERY, Doorbell, is_gone, ring
 from kiwitrio._backends._sqlite._options import SqliteOptions
 from kiwitrio.backends import open_session
@@ -44,6 +45,11 @@ ARRIVAL = 5.0
 
 def message(body: bytes = b"x") -> OutgoingMessage:
     return OutgoingMessage(body=body, content_type="text/plain", persistent=True)
+
+
+def transient(body: bytes) -> OutgoingMessage:
+    """A message a publish may push to a sole consumer (persistent ones it does not)."""
+    return OutgoingMessage(body=body, content_type="text/plain", persistent=False)
 
 
 def url_of(path: Path, **options: object) -> str:
@@ -169,19 +175,25 @@ async def test_a_ring_names_consumers_and_probes_are_not_rings(tmp_path: Path) -
     assert is_gone(bell.address)
 
 
-async def test_a_consumer_nobody_competes_with_claims_without_looking_first(
+async def test_a_consumer_nobody_competes_with_reads_what_was_pushed_to_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exclusive queue's consumer, named by a ring, claims its message at once; a consumer
-    of a shared queue looks (a read, no write lock) before it claims; and a ring for one
-    consumer does not make the others look."""
-    looks: list[int] = []
-    real_read = _store.Store.read
+    """A transient publish to an exclusive queue with its one consumer delivers the message
+    itself: the consumer reads it (no write transaction, no claim); a persistent one it
+    claims at once, without looking; a consumer of a shared queue looks (a read) and then
+    claims (a write). A ring for one consumer does not make the others look."""
+    calls: list[tuple[_store.Store, str]] = []
+    real_read, real_run = _store.Store.read, _store.Store.run
 
     async def counting_read(self: _store.Store, work: Callable[[Any], Any]) -> Any:
-        looks.append(1)
+        calls.append((self, "read"))
         return await real_read(self, work)
 
+    async def counting_run(self: _store.Store, work: Callable[[Any], Any], **kw: Any) -> Any:
+        calls.append((self, "write"))
+        return await real_run(self, work, **kw)
+
     monkeypatch.setattr(_store.Store, "read", counting_read)
+    monkeypatch.setattr(_store.Store, "run", counting_run)
     url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
     async with open_session(url, heartbeat=0) as publisher, \
             open_session(url, heartbeat=0) as worker:
@@ -190,17 +202,173 @@ async def test_a_consumer_nobody_competes_with_claims_without_looking_first(
         consumers = [await worker.consume(sole, prefetch_count=1),
                      await worker.consume(shared, prefetch_count=1)]
         deliveries = []
-        for queue, consumer, expected_looks in ((sole, consumers[0], 0),
-                                                (shared, consumers[1], 1)):
+        for queue, consumer, expected, persistent in (
+                (sole, consumers[0], ["read"], False),
+                (sole, consumers[0], ["write"], True),  # claimed at once, not pushed
+                (shared, consumers[1], ["read", "write"], False)):
             # Until the worker's look for its new consumers is over.
             await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-            looks.clear()
-            await publisher.publish("", queue, message(queue.encode()), mandatory=True)
+            calls.clear()
+            body = queue.encode()
+            await publisher.publish("", queue, message(body) if persistent else transient(body),
+                                    mandatory=True)
             with trio.fail_after(ARRIVAL):
                 deliveries.append(await consumer.deliveries.receive())
-            assert (deliveries[-1].body, len(looks)) == (queue.encode(), expected_looks)
-        for delivery in deliveries:
+            worker_calls = [what for store, what in calls
+                            if store is worker._store]  # type: ignore[attr-defined]
+            assert (deliveries[-1].body, worker_calls) == (body, expected)
+            await deliveries[-1].ack()
+
+
+async def pushed_queue(session: Any, name: str, **arguments: Any) -> str:
+    """An exclusive queue of ``session``: its one consumer gets its messages pushed."""
+    return str(await session.declare_queue(QueueSpec(name, exclusive=True,
+                                                     arguments=arguments)))
+
+
+async def test_pushed_messages_wait_for_room_and_come_in_order(tmp_path: Path) -> None:
+    """A consumer with no room left does not get what is pushed to it until it settles
+    something: prefetch holds, and nothing is lost or reordered meanwhile."""
+    url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        queue = await pushed_queue(worker, "room")
+        consumer = await worker.consume(queue, prefetch_count=2)
+        for number in range(5):
+            await publisher.publish("", queue, transient(str(number).encode()), mandatory=True)
+        held = []
+        with trio.fail_after(ARRIVAL):
+            for _ in range(2):
+                held.append(await consumer.deliveries.receive())
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        with pytest.raises(trio.WouldBlock):
+            consumer.deliveries.receive_nowait()  # no room: the third waits
+        assert (await worker.inspect_queue(queue)).messages == 0  # type: ignore[union-attr]
+        bodies = [d.body for d in held]
+        with trio.fail_after(ARRIVAL):
+            while len(bodies) < 5:
+                await held.pop(0).ack()
+                held.append(await consumer.deliveries.receive())
+                bodies.append(held[-1].body)
+        assert bodies == [b"0", b"1", b"2", b"3", b"4"]
+        assert not any(d.redelivered for d in held)
+        for delivery in held:
             await delivery.ack()
+
+
+async def test_unread_pushed_messages_go_back_undelivered_when_the_consumer_goes(
+        tmp_path: Path) -> None:
+    """Cancelling a consumer, or closing its session, hands back what was pushed to it and
+    not read yet as never delivered (not flagged redelivered); what it read is delivered."""
+    url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher:
+        queue = await publisher.declare_queue(QueueSpec("durable-x", durable=True))
+        async with open_session(url, heartbeat=0) as worker:
+            consumer = await worker.consume(queue, prefetch_count=1, exclusive=True)
+            for body in (b"0", b"1", b"2"):
+                await publisher.publish("", queue, transient(body), mandatory=True)
+            with trio.fail_after(ARRIVAL):
+                first = await consumer.deliveries.receive()
+            await consumer.cancel()
+            await first.ack()
+            assert (await publisher.inspect_queue(queue)).messages == 2  # type: ignore[union-attr]
+            back = [await publisher.get(queue), await publisher.get(queue)]
+            assert [(d.body, d.redelivered) for d in back if d is not None] == [
+                (b"1", False), (b"2", False)]
+            for delivery in back:
+                await delivery.ack()  # type: ignore[union-attr]
+            consumer = await worker.consume(queue, prefetch_count=1, exclusive=True)
+            for body in (b"a", b"b"):
+                await publisher.publish("", queue, transient(body), mandatory=True)
+            with trio.fail_after(ARRIVAL):
+                assert (await consumer.deliveries.receive()).body == b"a"
+        # Closed holding "a" (delivered, unsettled) and "b" (pushed, unread).
+        again = [await publisher.get(queue), await publisher.get(queue)]
+        assert [(d.body, d.redelivered) for d in again if d is not None] == [
+            (b"a", True), (b"b", False)]
+        for delivery in again:
+            await delivery.ack()  # type: ignore[union-attr]
+        await publisher.delete_queue(queue)
+
+
+async def test_pushed_messages_never_overtake_ready_ones(tmp_path: Path) -> None:
+    """Queue order holds with pushes: a message published while older ones wait in the queue
+    comes after them, and one given back comes again before those pushed after it."""
+    url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        queue = await pushed_queue(worker, "order")
+
+        async def take(consumer: Any, count: int) -> list[tuple[bytes, bool]]:
+            seen = []
+            with trio.fail_after(ARRIVAL):
+                for _ in range(count):
+                    delivery = await consumer.deliveries.receive()
+                    seen.append((delivery.body, delivery.redelivered))
+                    await delivery.ack()
+            return seen
+
+        for body in (b"0", b"1"):  # waiting in the queue before anyone consumes
+            await publisher.publish("", queue, transient(body), mandatory=True)
+        consumer = await worker.consume(queue, prefetch_count=1)
+        await publisher.publish("", queue, transient(b"2"), mandatory=True)
+        assert await take(consumer, 3) == [(b"0", False), (b"1", False), (b"2", False)]
+
+        for body in (b"3", b"4", b"5"):  # pushed: the queue is empty now
+            await publisher.publish("", queue, transient(body), mandatory=True)
+        with trio.fail_after(ARRIVAL):
+            await (await consumer.deliveries.receive()).reject(requeue=True)
+        assert await take(consumer, 3) == [(b"3", True), (b"4", False), (b"5", False)]
+
+
+async def test_a_pushed_message_whose_ring_was_lost_arrives_by_the_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rings are hints for pushed messages too: with every ring lost, the safety-net poll
+    makes the consumer read what was pushed to it."""
+    monkeypatch.setattr(_sqlite_session, "ring", lambda rings: None)
+    url = url_of(tmp_path / "kt.db", poll=0.2, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        queue = await pushed_queue(worker, "unrung")
+        consumer = await worker.consume(queue, prefetch_count=1)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        await publisher.publish("", queue, transient(b"quiet"), mandatory=True)
+        with trio.fail_after(ARRIVAL):
+            delivery = await consumer.deliveries.receive()
+        assert delivery.body == b"quiet"
+        await delivery.ack()
+
+
+async def test_a_pushed_message_read_after_its_ttl_is_dead_lettered_not_delivered(
+        tmp_path: Path) -> None:
+    """A message pushed to a consumer with no room, whose time to live runs out before the
+    consumer reads it, expires as a ready one would (dead-lettered), instead of arriving."""
+    url = url_of(tmp_path / "kt.db", poll=60, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        await publisher.declare_exchange("dlx", "fanout", durable=False, auto_delete=False)
+        dead = await publisher.declare_queue(QueueSpec("dead"))
+        await publisher.bind_queue(dead, "dlx", "")
+        queue = await pushed_queue(worker, "ttl", **{"x-dead-letter-exchange": "dlx"})
+        consumer = await worker.consume(queue, prefetch_count=1)
+        await publisher.publish("", queue, transient(b"kept"), mandatory=True)
+        with trio.fail_after(ARRIVAL):
+            kept = await consumer.deliveries.receive()
+        short = OutgoingMessage(body=b"short", content_type="text/plain", expiration_ms=1)
+        await publisher.publish("", queue, short, mandatory=True)
+        await trio.sleep(0.05)  # past its 1 ms (wall clock): nothing to wait on
+        dead_letters = await publisher.consume(dead, prefetch_count=1)
+        await kept.ack()
+        with trio.fail_after(ARRIVAL):
+            got = await dead_letters.deliveries.receive()
+        assert got.body == b"short"
+        await got.ack()
+        await dead_letters.cancel()
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        with pytest.raises(trio.WouldBlock):
+            consumer.deliveries.receive_nowait()
+        await publisher.delete_queue(dead)
+        await publisher.delete_exchange("dlx")
 
 
 # -- SIGKILL in the middle of writing --------------------------------------------------------------

@@ -58,17 +58,22 @@ class ResultHandle:
     :attr:`replied_by` is the broker-checked login (``user_id``) of whoever sent the reply.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_error", "_event", "_pending_callbacks",
-                 "_pending_replies", "_value", "correlation_id", "replied_by")
+    __slots__ = ("__weakref__", "_callbacks", "_done", "_error", "_event",
+                 "_pending_callbacks", "_pending_replies", "_value", "correlation_id",
+                 "replied_by")
 
     def __init__(self, correlation_id: str | None) -> None:
         self.correlation_id = correlation_id
-        self._event = trio.Event()
+        self._done = False
+        # Made when first needed: most handles are awaited only once done, or never, and
+        # an Event (with its set of waiters) and two lists were half the memory of each of
+        # 10,000 pending tasks.
+        self._event: trio.Event | None = None
         self._value: Any = _MISSING
         self._error: BaseException | None = None
-        self._callbacks: list[Callable[[ResultHandle], None]] = []
+        self._callbacks: list[Callable[[ResultHandle], None]] | None = None
         self._pending_replies = 0
-        self._pending_callbacks: list[Callable[[ResultHandle], None]] = []
+        self._pending_callbacks: list[Callable[[ResultHandle], None]] | None = None
         #: The ``user_id`` of the reply that settled this handle (``None``: unset, or not
         #: settled by a reply).
         self.replied_by: str | None = None
@@ -80,7 +85,7 @@ class ResultHandle:
         return handle
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def result(self) -> Any:
         """The result now; raises :class:`RuntimeError` if there is none yet."""
@@ -99,6 +104,8 @@ class ResultHandle:
         """Call ``fn(handle)`` (in the Trio thread) once done; at once if already done."""
         if self.done():
             fn(self)
+        elif self._callbacks is None:
+            self._callbacks = [fn]
         else:
             self._callbacks.append(fn)
 
@@ -113,11 +120,22 @@ class ResultHandle:
         Those already received are counted by :attr:`pending_replies`; none come once the
         handle is done.
         """
-        if not self.done():
+        if self.done():
+            return
+        if self._pending_callbacks is None:
+            self._pending_callbacks = [fn]
+        else:
             self._pending_callbacks.append(fn)
 
     async def wait(self) -> Any:
-        await self._event.wait()
+        """The result (or its exception raised), once it came. Cancellation: only this wait
+        is cancelled; the handle stays pending."""
+        if self._done:
+            await trio.lowlevel.checkpoint()
+        else:
+            if self._event is None:
+                self._event = trio.Event()
+            await self._event.wait()
         return self.result()
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -127,9 +145,11 @@ class ResultHandle:
         if self.done():
             return  # a duplicate reply (the request was redelivered): keep the first
         self._value, self._error = value, error
-        self._event.set()
-        self._pending_callbacks = []
-        callbacks, self._callbacks = self._callbacks, []
+        self._done = True
+        if self._event is not None:
+            self._event.set()
+        self._pending_callbacks = None
+        callbacks, self._callbacks = self._callbacks or [], None
         for callback in callbacks:
             try:
                 callback(self)
@@ -140,7 +160,7 @@ class ResultHandle:
         if self.done():
             return
         self._pending_replies += 1
-        for callback in list(self._pending_callbacks):
+        for callback in list(self._pending_callbacks or ()):
             try:
                 callback(self)
             except Exception:

@@ -3,11 +3,12 @@ them polling the file.
 
 Each connection binds a Unix datagram socket; its address is in its ``connections`` row. After
 a commit, whoever changed a queue sends one datagram to each consumer connection of it
-("ring"), naming the consumers there whose queues got messages (or :data:`EVERY`: look at all
-of them). A ring is a hint, never the data: a lost or extra one only costs a wasted look at
-the file, and each connection also looks every poll interval anyway (the safety net). Naming
-the consumers lets a connection claim at once for a consumer nobody else competes with,
-instead of looking first.
+("ring"), naming the consumers there whose queues got messages, or that got messages
+delivered to them (:data:`PUSHED`), or :data:`EVERY`: look at all of them. A ring is a hint,
+never the data: a lost or extra one only costs a wasted look at the file, and each
+connection also looks every poll interval anyway (the safety net). Naming the consumers lets
+a connection claim at once for a consumer nobody else competes with, instead of looking
+first, and read what was pushed to one without looking at the others.
 
 Checking whether a doorbell is still held (:func:`is_gone`) sends a probe, which its owner
 reads and ignores.
@@ -26,10 +27,13 @@ import sys
 
 import trio
 
-__all__ = ["EVERY", "Doorbell", "is_gone", "ring"]
+__all__ = ["EVERY", "PUSHED", "Doorbell", "is_gone", "ring"]
 
 #: In a ring: look at every consumer (consumer ids are hex, so this is never one).
 EVERY = "*"
+#: In a ring, before a consumer id: messages were delivered to that consumer by their
+#: publish; it reads them (no claim). A bare id: its queue has ready messages to claim.
+PUSHED = "+"
 #: The datagram :func:`is_gone` sends: ignored by the doorbell's owner.
 _PROBE = b"?"
 #: A ring naming more consumers than this says :data:`EVERY` instead (a short datagram).
@@ -109,7 +113,8 @@ def _named(payload: bytes) -> set[str]:
         names = set(payload.decode("ascii").split())
     except UnicodeDecodeError:
         return {EVERY}
-    return names if names and all(name.isalnum() for name in names) else {EVERY}
+    valid = bool(names) and all(name.removeprefix(PUSHED).isalnum() for name in names)
+    return names if valid else {EVERY}
 
 
 class Doorbell:

@@ -277,8 +277,8 @@ def give_back_held(tx: Tx, condition: str, parameters: list[Any]) -> list[int]:
     """
     rows = tx.execute(f"SELECT id, queue, properties FROM messages WHERE {condition}",
                       parameters).fetchall()
-    tx.execute("UPDATE messages SET holder = NULL, consumer = NULL, redelivered = 1 "
-               f"WHERE {condition}", parameters)
+    tx.execute("UPDATE messages SET holder = NULL, consumer = NULL, pushed = 0, "
+               f"redelivered = 1 WHERE {condition}", parameters)
     past_limit = []
     for row in rows:
         arguments = _queue_arguments(tx, row["queue"])

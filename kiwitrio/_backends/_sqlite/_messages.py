@@ -4,6 +4,22 @@
 Every function works inside a transaction (:class:`~._store.Tx`). A message row with a
 ``holder`` is out with that connection and nobody else's: a claim is an UPDATE of ready rows
 inside the write lock, so no two consumers ever hold one message.
+
+A queue whose only consumer is one nobody else could compete with (an exclusive queue's, or
+an exclusive consumer: RPC, reply and broadcast queues) gets its transient messages delivered
+by the publish itself: the row is stored held by that consumer's connection and marked ``pushed``,
+and the consumer reads it (:func:`read_pushed`) instead of claiming it, which saves a write
+transaction on each side of an RPC. To the rest of the broker a pushed row is a delivered one:
+it does not count as ready, does not expire, and goes back to its queue (flagged redelivered)
+if the connection dies. The consumer reads its pushed rows in id order, as many as it has
+room for, and remembers the last id it read: ids grow in commit order (writers take turns),
+so a read never misses an earlier one. Those it has not read go back unflagged
+(:func:`unpush`) when it is cancelled, and when one of its messages is requeued, so that
+they stay behind it in queue order; for the same reason a publish pushes only into a queue
+with no ready message. Persistent messages (tasks, task results) are not pushed: their
+consumers' claims share commits with other work under load (group commit), and the cut that
+pushed task results too lost task throughput (benchmarks/results/sqlite/ab-8-pushed.md); the
+RPC path, which the change is for, is transient.
 """
 
 from __future__ import annotations
@@ -30,7 +46,7 @@ from ._entities import (
 from ._store import Tx
 
 __all__ = ["Stored", "claim", "claim_for_consumer", "consumers_with_ready", "dead_letter",
-           "expire_messages", "publish", "settle"]
+           "expire_messages", "publish", "read_pushed", "settle", "unpush"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,8 @@ class Stored:
     body: bytes
     redelivered: bool
     properties: Mapping[str, Any]
+    #: Pushed to its consumer and read only after its time to live ran out.
+    expired: bool = False
 
 
 def _properties(exchange: str, routing_key: str, message: OutgoingMessage,
@@ -94,26 +112,47 @@ def publish(tx: Tx, exchange: str, routing_key: str, message: OutgoingMessage, *
     if mandatory and not targets:
         raise UnroutableError(f"no queue for routing key {routing_key!r} on {exchange!r}")
     return _store(tx, targets, message.body,
-                  _properties(exchange, routing_key, message, user_id), message.expiration_ms)
+                  _properties(exchange, routing_key, message, user_id), message.expiration_ms,
+                  pushable=not message.persistent)
 
 
 def _store(tx: Tx, queues: list[str], body: bytes, properties: Mapping[str, Any],
-           expiration_ms: int | None) -> list[str]:
-    """Store a copy in each queue that takes it; the full ones that refused it."""
+           expiration_ms: int | None, *, pushable: bool = False) -> list[str]:
+    """Store a copy in each queue that takes it; the full ones that refused it.
+    ``pushable``: to a sole consumer, deliver it by this publish (see the module's
+    docstring)."""
     text = _values.dumps(properties)
     full: list[str] = []
     for queue in queues:
-        row = tx.one("SELECT message_ttl_ms, arguments FROM queues WHERE name = ?", [queue])
+        # The queue, with its consumers (two are enough to tell that there is no sole one).
+        rows = tx.execute(_QUEUE_AND_CONSUMERS, [queue]).fetchall()
+        row = rows[0]
         if _is_full(tx, queue, row["arguments"]):
             full.append(queue)
             continue
         # The queue's TTL and the message's own: whichever ends first.
         ttls = [ttl for ttl in (expiration_ms, row["message_ttl_ms"]) if ttl is not None]
         expires_at = tx.now + min(ttls) / 1000 if ttls else None
-        tx.execute("INSERT INTO messages (queue, body, properties, expires_at) "
-                   "VALUES (?, ?, ?, ?)", [queue, body, text, expires_at])
-        tx.touched.add(queue)
+        if pushable and len(rows) == 1 and row["sole"] and row["empty"]:
+            tx.execute("INSERT INTO messages (queue, body, properties, expires_at, holder, "
+                       "consumer, pushed) VALUES (?, ?, ?, ?, ?, ?, 1)",
+                       [queue, body, text, expires_at, row["connection"], row["consumer"]])
+            tx.pushed[row["consumer"]] = row["connection"]
+        else:
+            tx.execute("INSERT INTO messages (queue, body, properties, expires_at) "
+                       "VALUES (?, ?, ?, ?)", [queue, body, text, expires_at])
+            tx.touched.add(queue)
     return full
+
+
+#: A queue's row with each of its first two consumers (one row with NULLs if it has none);
+#: ``sole``: that consumer is one nobody else could compete with; ``empty``: no ready
+#: message is ahead of a new one (a pushed one must not overtake them).
+_QUEUE_AND_CONSUMERS = (
+    "SELECT q.message_ttl_ms, q.arguments, k.id AS consumer, k.connection, "
+    "(k.exclusive OR q.exclusive) AS sole, NOT EXISTS (SELECT 1 FROM messages m "
+    "WHERE m.queue = q.name AND m.holder IS NULL) AS empty FROM queues q "
+    "LEFT JOIN consumers k ON k.queue = q.name WHERE q.name = ? LIMIT 2")
 
 
 def _is_full(tx: Tx, queue: str, arguments_text: str) -> bool:
@@ -174,6 +213,50 @@ def consumers_with_ready(tx: Tx, consumers: list[str]) -> tuple[set[str], set[st
         f"WHERE k.id IN ({marks})", [tx.now, *consumers]).fetchall()
     ready = {row[0] for row in rows if row[1]}
     return ready, set(consumers) - {row[0] for row in rows}
+
+
+def read_pushed(tx: Tx, after: Mapping[str, tuple[int, int]]) -> dict[str, list[Stored]]:
+    """Read-only: for each consumer (id: (the last pushed id it read, its room)), the messages
+    pushed to it since, oldest first, at most its room. Each stored's ``expired`` says
+    whether its time to live ran out before it was read (see :func:`unpush`).
+
+    One statement for all of them: in autocommit each statement is a read transaction of its
+    own, which first catches up with what the other processes wrote (about 0.2 ms here)."""
+    found: dict[str, list[Stored]] = {}
+    if not after:
+        return found
+    marks = ",".join("?" * len(after))
+    # The ids a consumer read already are few: it holds at most its prefetch count.
+    for row in tx.execute(
+            "SELECT id, queue, body, redelivered, properties, expires_at, consumer "
+            f"FROM messages WHERE holder = ? AND pushed = 1 AND consumer IN ({marks}) "
+            "ORDER BY id", [tx.me, *after]):
+        last, room = after[row["consumer"]]
+        taken = found.setdefault(row["consumer"], [])
+        if row["id"] > last and len(taken) < room:
+            taken.append(replace(_stored(row), expired=row["expires_at"] is not None
+                                 and row["expires_at"] < tx.now))
+    return {consumer: taken for consumer, taken in found.items() if taken}
+
+
+def unpush(tx: Tx, consumer: str, *, after: int = -1, ids: list[int] | None = None) -> None:
+    """Hand the messages pushed to ``consumer`` and not read by it (those after the id
+    ``after``, or just ``ids``) back to their queue as never delivered, and expire those past
+    their time to live."""
+    condition = "holder = ? AND consumer = ? AND pushed = 1"
+    parameters: list[Any] = [tx.me, consumer]
+    if ids is None:
+        condition += " AND id > ?"
+        parameters.append(after)
+    else:
+        condition += f" AND id IN ({','.join('?' * len(ids))})"
+        parameters.extend(ids)
+    queues = [row[0] for row in tx.execute(
+        f"UPDATE messages SET holder = NULL, consumer = NULL, pushed = 0 WHERE {condition} "
+        "RETURNING queue", parameters)]
+    if queues:
+        tx.touched.update(queues)
+        expire_messages(tx)
 
 
 def _stored(row: sqlite3.Row) -> Stored:

@@ -16,7 +16,7 @@ from .._memory._broker import _PREDECLARED_EXCHANGES
 __all__ = ["SCHEMA_VERSION", "SchemaMismatch", "connect", "pragma"]
 
 #: Bump on any change to the tables below (and say in the CHANGELOG how to migrate).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Tables, in one script so that a new file gets all of them or none.
 _TABLES = """
@@ -48,7 +48,8 @@ CREATE TABLE messages (
     redelivered INTEGER NOT NULL DEFAULT 0,
     expires_at REAL,            -- wall clock
     holder TEXT,                -- the connection it is delivered to, NULL when ready
-    consumer TEXT);             -- its consumer there (NULL for basic.get)
+    consumer TEXT,              -- its consumer there (NULL for basic.get)
+    pushed INTEGER NOT NULL DEFAULT 0);  -- delivered by its publish (see _messages)
 CREATE INDEX messages_ready ON messages (queue, holder, id);
 CREATE INDEX messages_by_holder ON messages (holder) WHERE holder IS NOT NULL;
 CREATE INDEX messages_by_expiry ON messages (expires_at) WHERE expires_at IS NOT NULL;

@@ -24,7 +24,7 @@ from .._buffer import DeliveryBuffer
 from .._memory._entities import full_queue_error
 from . import _entities as entities
 from . import _messages as messages
-from ._doorbell import EVERY, Doorbell, ring
+from ._doorbell import EVERY, PUSHED, Doorbell, ring
 from ._options import SqliteOptions
 from ._store import Store, Tx
 
@@ -101,6 +101,9 @@ class _SqliteSession(Session):
         #: :meth:`_fill`); EVERY among them: look at every consumer (a ring said so, room
         #: was made, a consumer came, or the poll interval is up).
         self._rung: set[str] = set()
+        #: Set when rings may have been lost (the doorbell overflowed, or the poll interval
+        #: is up): every sole consumer then reads what may have been pushed to it.
+        self._reread_pushed = False
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -264,10 +267,16 @@ class _SqliteSession(Session):
         if self._closed:
             return
         self._closed = True
+        unread = {c.id: c.last_pushed for c in self._consumers.values()}
         for consumer in list(self._consumers.values()):
             consumer._end()
         if self._lost is None:
-            await self._call(lambda tx: entities.drop_connection(tx, tx.me), durable=False)
+            def work(tx: Tx) -> None:
+                for cid, last in unread.items():  # back as never delivered, not redelivered
+                    messages.unpush(tx, cid, after=last)
+                entities.drop_connection(tx, tx.me)
+
+            await self._call(work, durable=False)
 
     # -- consumers' side ----------------------------------------------------------------------
 
@@ -275,14 +284,22 @@ class _SqliteSession(Session):
         def work(tx: Tx) -> None:
             tx.execute("DELETE FROM consumers WHERE id = ?", [consumer.id])
             messages.requeue_many(tx, buffered)
+            messages.unpush(tx, consumer.id, after=consumer.last_pushed)
             entities.consumer_left(tx, consumer.queue)
 
         if not (self._closed or self._lost):
             await self._call(work, durable=False)
 
     async def _settle(self, delivery: _SqliteDelivery, outcome: str) -> None:
-        await self._call(lambda tx: messages.settle(tx, delivery._stored.id, outcome),
-                         durable=False)
+        consumer = delivery._consumer
+
+        def work(tx: Tx) -> None:
+            messages.settle(tx, delivery._stored.id, outcome)
+            if outcome == "requeue" and consumer is not None and consumer.sole:
+                # Queue order: what was pushed to it after this one lines up behind it.
+                messages.unpush(tx, consumer.id, after=consumer.last_pushed)
+
+        await self._call(work, durable=False)
         if delivery._consumer is not None:
             delivery._consumer._in_flight -= 1
             self._look_at_everything()
@@ -296,6 +313,8 @@ class _SqliteSession(Session):
         while True:
             named = await self._bell.wait()  # not ``|=`` across the await: _fill swaps the set
             self._rung |= named
+            if EVERY in named:
+                self._reread_pushed = True
             self._wake.set()
 
     async def _serve(self) -> None:
@@ -311,6 +330,7 @@ class _SqliteSession(Session):
                 next_expiry = await self._housekeep(tick)
                 next_tick = trio.current_time() + tick
                 self._rung.add(EVERY)  # the safety net
+                self._reread_pushed = True
             if self._lost is not None:
                 return
             try:
@@ -353,7 +373,8 @@ class _SqliteSession(Session):
         self._lost_event.set()
 
     async def _fill(self) -> None:
-        """Claim ready messages for every consumer with room, in one transaction.
+        """Hand messages to every consumer with room: read those pushed to it (see
+        :mod:`._messages`), then claim ready ones, in one transaction.
 
         Only the consumers that rings named since the last look, or all of them after
         :data:`EVERY`, are looked at. One that a ring named, and that nobody else competes
@@ -364,22 +385,44 @@ class _SqliteSession(Session):
         rung, self._rung = self._rung, set()
         everything = EVERY in rung
         wanting = {cid: c.room() for cid, c in self._consumers.items()
-                   if (everything or cid in rung) and c.room() > 0}
+                   if (everything or cid in rung or PUSHED + cid in rung) and c.room() > 0}
+        to_read = self._pushed_to_read(rung, wanting)
+        # Pushed to only: nothing to claim.
+        wanting = {cid: room for cid, room in wanting.items() if everything or cid in rung}
         certain = {cid for cid in wanting if cid in rung and self._consumers[cid].sole}
         unsure = [cid for cid in wanting if cid not in certain]
-        # Taken now: one that ends while we look is still claimed for, and what it gets is
+        # Taken now: one that ends while we claim is still claimed for, and what it gets is
         # given back (the orphans below).
         queues = {cid: self._consumers[cid].queue for cid in wanting}
-        if unsure:
-            looked = await self._store.read(
-                lambda tx: messages.consumers_with_ready(tx, unsure))
-            if looked is not None:  # None: could not look; claim for all
-                ready, gone = looked
+        if unsure or to_read:
+            def look(tx: Tx) -> tuple[dict[str, list[messages.Stored]],
+                                      tuple[set[str], set[str]]]:
+                pushed = messages.read_pushed(tx, to_read)
+                # Within the read, under the store's lock: a requeue's unpush (_settle) must
+                # not hand back one that was read.
+                for cid, (_, room) in to_read.items():
+                    if (reader := self._consumers.get(cid)) is not None:
+                        stored = pushed.get(cid, [])
+                        if stored:
+                            reader.last_pushed = stored[-1].id
+                        reader.unread_pushes = len(stored) == room  # maybe more
+                return pushed, (messages.consumers_with_ready(tx, unsure) if unsure
+                                else (set(), set()))
+
+            looked = await self._store.read(look)
+            if looked is None:  # could not look: claim for all, read next time
+                self._rung |= {PUSHED + cid for cid in to_read}
+            else:
+                pushed, (ready, gone) = looked
                 for cid in gone:
                     if cid in self._consumers:
                         self._consumers[cid]._end()
-                wanting = {cid: room for cid, room in wanting.items()
-                           if cid in certain or cid in ready}
+                await self._hand_pushed(pushed)
+                # What room is left after the pushed ones, for those with something to claim.
+                left = {cid: c.room() for cid in wanting
+                        if (cid in certain or cid in ready)
+                        and (c := self._consumers.get(cid)) is not None}
+                wanting = {cid: room for cid, room in left.items() if room > 0}
         if not wanting:
             return
 
@@ -407,6 +450,41 @@ class _SqliteSession(Session):
         if orphans:  # cancelled meanwhile: give them back
             await self._call(lambda tx: messages.requeue_many(tx, orphans), durable=False)
 
+    def _pushed_to_read(self, rung: set[str],
+                        wanting: dict[str, int]) -> dict[str, tuple[int, int]]:
+        """The sole consumers that should read what was pushed to them, each with (the last
+        pushed id it read, its room): those a ring named as pushed to, and those that may
+        have unread ones (a ring came while they had no room, their last read filled their
+        room, or rings may have been lost). Not every consumer after every ack: most have
+        nothing unread, and each read costs a catch-up with the file."""
+        reread, self._reread_pushed = self._reread_pushed, False
+        for cid, consumer in self._consumers.items():
+            if reread or (PUSHED + cid in rung and consumer.room() == 0):
+                consumer.unread_pushes = True  # read once it has room
+        return {cid: (consumer.last_pushed, room) for cid, room in wanting.items()
+                if (consumer := self._consumers[cid]).sole
+                and (PUSHED + cid in rung or consumer.unread_pushes)}
+
+    async def _hand_pushed(self, pushed: dict[str, list[messages.Stored]]) -> None:
+        """Offer the messages read as pushed to their consumers; those past their time to
+        live (read late: the consumer had no room) go back to expire there."""
+        expired: dict[str, list[int]] = {}
+        for cid, stored in pushed.items():
+            consumer = self._consumers.get(cid)
+            if consumer is None:
+                continue  # ended: its cancel (or its queue's end) took care of them
+            for one in stored:
+                if one.expired:
+                    expired.setdefault(cid, []).append(one.id)
+                else:
+                    consumer._offer(one)
+        if expired:
+            def work(tx: Tx) -> None:
+                for cid, ids in expired.items():
+                    messages.unpush(tx, cid, ids=ids)
+
+            await self._call(work, durable=False)
+
 
 class _SqliteConsumer(Consumer):
     """A subscription (a ``consumers`` row); at most ``prefetch_count`` unsettled."""
@@ -423,6 +501,11 @@ class _SqliteConsumer(Consumer):
         self._prefetch_count = prefetch_count
         self._in_flight = 0
         self._stopped = False
+        #: The id of the last message pushed to it that it read (ids grow: see _messages).
+        self.last_pushed = -1
+        #: Whether messages may have been pushed to it that it has not read: a ring for it
+        #: came while it had no room, or a read filled its room.
+        self.unread_pushes = False
 
     def room(self) -> int:
         return 0 if self._stopped else self._prefetch_count - self._in_flight

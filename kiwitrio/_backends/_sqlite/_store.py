@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import trio
 
 from ..._errors import CommunicatorClosed, DeliveryFailed
-from ._doorbell import EVERY
+from ._doorbell import EVERY, PUSHED
 from ._schema import connect, pragma
 from ._walsync import WalSync
 
@@ -42,6 +42,9 @@ class Tx:
         self.touched: set[str] = set()
         #: Connections that lost consumers (their queue went): woken to notice.
         self.notify: set[str] = set()
+        #: Consumers that messages were delivered to by their publish (consumer id: its
+        #: connection): woken to read them (see :func:`._messages.read_pushed`).
+        self.pushed: dict[str, str] = {}
 
     def execute(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         return self.db.execute(sql, tuple(params))
@@ -73,6 +76,14 @@ class Tx:
             for (bell,) in self.execute(
                     f"SELECT bell FROM connections WHERE id IN ({marks})", self.notify):
                 found.setdefault(bell, set()).add(EVERY)
+        if self.pushed:
+            connections = set(self.pushed.values())
+            marks = ",".join("?" * len(connections))
+            bells = dict(self.execute(
+                f"SELECT id, bell FROM connections WHERE id IN ({marks})", connections))
+            for consumer, connection in self.pushed.items():
+                if connection in bells:
+                    found.setdefault(bells[connection], set()).add(PUSHED + consumer)
         return found
 
 
@@ -220,6 +231,7 @@ class Store:
         else:
             wakes.touched |= tx.touched
             wakes.notify |= tx.notify
+            wakes.pushed |= tx.pushed
         if not alone:
             self._db.execute("RELEASE job")
 
