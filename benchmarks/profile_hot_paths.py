@@ -3,12 +3,15 @@
     python benchmarks/profile_hot_paths.py publish  [--count 20000] [--impl kiwitrio|aio-pika]
     python benchmarks/profile_hot_paths.py tasks    [--count 5000]  [--impl kiwitrio|aio-pika]
     python benchmarks/profile_hot_paths.py consume  [--count 20000] [--impl kiwitrio|aio-pika]
+    python benchmarks/profile_hot_paths.py rpc      [--count 2000]  (kiwitrio only)
     (any of them: [--size BYTES], the body, 1024 by default)
 
 ``publish``: confirmed persistent publishes (200 in flight). ``tasks``: task round trips with
 two worker processes; the client and the first worker are profiled (the worker through
 ``python -m pyinstrument``). ``consume``: consume + ack of a prefilled queue (only the consuming
-part is profiled). Profiles go to ``benchmarks/results/profiles/<what>-<impl>-<side>.txt``
+part is profiled). ``rpc``: calls one at a time to an RPC subscriber in a worker process (the
+client and the worker are profiled). Profiles go to
+``benchmarks/results/profiles/<what>-<impl>-<side>.txt``
 (self time per library and per function, then the call tree; ``-<size>`` before ``.txt`` for a
 body other than 1 KiB); ``--html`` also writes pyinstrument's
 HTML view and the ``.pyisession`` (tens of MB each). The elapsed time and rate are printed; the
@@ -97,14 +100,15 @@ def save(prof: Any, name: str) -> None:
           + (" (.html, .pyisession)" if HTML else ""))
 
 
-def worker_argv(impl: str, prefix: str, url: str, profile_to: str | None) -> list[str]:
+def worker_argv(impl: str, prefix: str, url: str, profile_to: str | None,
+                extra: tuple[str, ...] = ()) -> list[str]:
     script = os.path.join(HERE, "worker_kiwitrio.py" if impl == "kiwitrio" else
                           "worker_aiopika.py")
     head = [sys.executable]
     if profile_to:
         head += ["-m", "pyinstrument", "--interval", "0.0005", "-r", "text", "--no-color",
                  "--show-all", "-o", profile_to]
-    return [*head, script, "tasks", "--url", url, "--prefix", prefix]
+    return [*head, script, "tasks", "--url", url, "--prefix", prefix, *extra]
 
 
 # -- kiwitrio ------------------------------------------------------------------------------------
@@ -148,6 +152,18 @@ async def kiwitrio_run(what: str, url: str, prefix: str, count: int, size: int) 
             start = time.perf_counter()
             await comm.add_task_subscriber(consume)
             await done.wait()
+            elapsed = time.perf_counter() - start
+            prof.stop()
+        elif what == "rpc":
+            from benchmarks.client_kiwitrio import RPC_ID
+
+            for _ in range(200):
+                await (await comm.rpc_send(RPC_ID, body))
+            prof = profiler()
+            prof.start()
+            start = time.perf_counter()
+            for _ in range(count):
+                await (await comm.rpc_send(RPC_ID, body))
             elapsed = time.perf_counter() - start
             prof.stop()
         else:
@@ -229,14 +245,16 @@ def _sized(size: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["publish", "tasks", "consume"])
+    parser.add_argument("what", choices=["publish", "tasks", "consume", "rpc"])
     parser.add_argument("--impl", choices=["kiwitrio", "aio-pika"], default="kiwitrio")
     parser.add_argument("--count", type=int, default=None)
     parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--size", type=int, default=1024, help="body bytes (default 1024)")
     parser.add_argument("--html", action="store_true", help="also write HTML and the session")
     args = parser.parse_args()
-    count = args.count or (5000 if args.what == "tasks" else 20000)
+    if args.what == "rpc" and args.impl != "kiwitrio":
+        parser.error("rpc is profiled for kiwitrio only")
+    count = args.count or {"tasks": 5000, "rpc": 2000}.get(args.what, 20000)
     prefix = new_prefix("profile")
     os.makedirs(OUT, exist_ok=True)
     tag = ("kiwitrio" if args.impl == "kiwitrio" else "aiopika") + _sized(args.size)
@@ -247,6 +265,13 @@ def main() -> None:
                     target = (os.path.join(OUT, f"tasks-{tag}-worker.txt")
                               if index == 0 else None)
                     group.spawn(worker_argv(args.impl, prefix, args.url, target))
+                group.wait_for("ready")
+            elif args.what == "rpc":
+                from benchmarks.client_kiwitrio import RPC_ID
+
+                group.spawn(worker_argv(args.impl, prefix, args.url,
+                                        os.path.join(OUT, f"rpc-{tag}-worker.txt"),
+                                        ("--rpc", RPC_ID)))
                 group.wait_for("ready")
             if args.impl == "kiwitrio":
                 import trio
