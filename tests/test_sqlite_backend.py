@@ -27,6 +27,7 @@ import trio.testing
 import kiwitrio
 from kiwitrio._backends import OutgoingMessage, QueueSpec
 from kiwitrio._backends._sqlite import SCHEMA_VERSION, SchemaMismatch, _store
+from kiwitrio._backends._sqlite import _messages as _sqlite_messages
 from kiwitrio._backends._sqlite import _session as _sqlite_session
 from kiwitrio._backends._sqlite._doorbell import EVERY, Doorbell, is_gone, ring
 from kiwitrio._backends._sqlite._options import SqliteOptions
@@ -337,6 +338,44 @@ async def test_a_pushed_message_whose_ring_was_lost_arrives_by_the_poll(
             delivery = await consumer.deliveries.receive()
         assert delivery.body == b"quiet"
         await delivery.ack()
+
+
+async def test_a_look_that_finds_the_file_busy_loses_no_pushed_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look reads what was pushed and then which other queues have messages; if the second
+    read finds the file busy, the look is dropped whole, and the pushed message is read again
+    at the next one instead of being left held and never handed over."""
+    real_read, real_ready = _sqlite_messages.read_pushed, _sqlite_messages.consumers_with_ready
+    state: dict[str, Any] = {"read": {}, "raised": False}
+
+    def read_pushed(tx: Any, after: Any) -> Any:
+        state["read"] = real_read(tx, after)
+        return state["read"]
+
+    def busy_once(tx: Any, consumers: Any) -> Any:
+        if state["read"] and not state["raised"]:
+            state["raised"] = True
+            raise sqlite3.OperationalError("database is locked")
+        return real_ready(tx, consumers)
+
+    monkeypatch.setattr(_sqlite_messages, "read_pushed", read_pushed)
+    monkeypatch.setattr(_sqlite_messages, "consumers_with_ready", busy_once)
+    # No rings: the poll's look covers both consumers at once.
+    monkeypatch.setattr(_sqlite_session, "ring", lambda rings: None)
+    url = url_of(tmp_path / "kt.db", poll=0.2, liveness=600)
+    async with open_session(url, heartbeat=0) as publisher, \
+            open_session(url, heartbeat=0) as worker:
+        queue = await pushed_queue(worker, "busy")
+        shared = await worker.declare_queue(QueueSpec("busy-shared"))
+        consumer = await worker.consume(queue, prefetch_count=1)
+        other = await worker.consume(shared, prefetch_count=1)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+        await publisher.publish("", queue, transient(b"kept"), mandatory=True)
+        with trio.fail_after(ARRIVAL):
+            delivery = await consumer.deliveries.receive()
+        assert (delivery.body, state["raised"]) == (b"kept", True)
+        await delivery.ack()
+        await other.cancel()
 
 
 async def test_a_pushed_message_read_after_its_ttl_is_dead_lettered_not_delivered(

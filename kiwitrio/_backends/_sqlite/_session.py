@@ -398,16 +398,18 @@ class _SqliteSession(Session):
             def look(tx: Tx) -> tuple[dict[str, list[messages.Stored]],
                                       tuple[set[str], set[str]]]:
                 pushed = messages.read_pushed(tx, to_read)
-                # Within the read, under the store's lock: a requeue's unpush (_settle) must
-                # not hand back one that was read.
+                ready_and_gone = (messages.consumers_with_ready(tx, unsure) if unsure
+                                  else (set(), set()))
+                # Only once both reads are done (one that finds the file busy leaves no
+                # trace), and within the read, under the store's lock: a requeue's unpush
+                # (_settle) must not hand back one that was read.
                 for cid, (_, room) in to_read.items():
                     if (reader := self._consumers.get(cid)) is not None:
                         stored = pushed.get(cid, [])
                         if stored:
                             reader.last_pushed = stored[-1].id
                         reader.unread_pushes = len(stored) == room  # maybe more
-                return pushed, (messages.consumers_with_ready(tx, unsure) if unsure
-                                else (set(), set()))
+                return pushed, ready_and_gone
 
             looked = await self._store.read(look)
             if looked is None:  # could not look: claim for all, read next time
