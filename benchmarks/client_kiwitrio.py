@@ -73,6 +73,21 @@ async def lanes(count: int, op: Callable[[], Awaitable[Any]], concurrency: int =
     return time.perf_counter() - start
 
 
+def counting_subscriber(total: int) -> tuple[Callable[[Any, Any], Awaitable[None]],
+                                             trio.Event]:
+    """A task subscriber that only counts, and the event it sets at the ``total``-th task."""
+    seen = 0
+    all_seen = trio.Event()
+
+    async def consume(_comm: Any, _task: Any) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == total:
+            all_seen.set()
+
+    return consume, all_seen
+
+
 def spawn_workers(group: Helpers, url: str, prefix: str, api: str, rpc: bool) -> None:
     for index in range(WORKER_PROCESSES):
         extra = ["--api", api] + (["--rpc", RPC_ID] if rpc and index == 0 else [])
@@ -158,15 +173,7 @@ class Client:
                 out["publish_rate"] = count / await lanes(count, publish)
             if "consume" in self.config["workloads"]:
                 total = count + self.warmup
-                seen = 0
-                all_seen = trio.Event()
-
-                async def consume(_comm: Any, _task: Any) -> None:
-                    nonlocal seen
-                    seen += 1
-                    if seen == total:
-                        all_seen.set()
-
+                consume, all_seen = counting_subscriber(total)
                 with cpu_cost(out, "consume_cpu", total):
                     start = time.perf_counter()
                     subscriber = await comm.add_task_subscriber(consume)

@@ -115,11 +115,9 @@ def worker_argv(impl: str, prefix: str, url: str, profile_to: str | None,
 
 
 async def kiwitrio_run(what: str, url: str, prefix: str, count: int, size: int) -> float:
-    import trio
-
     import kiwitrio
     from benchmarks._common import kiwi_names
-    from benchmarks.client_kiwitrio import lanes
+    from benchmarks.client_kiwitrio import RPC_ID, counting_subscriber, lanes
 
     body = payload(size)
     options = {**kiwi_names(prefix), "testing_mode": True, "task_prefetch_count": PREFETCH}
@@ -138,15 +136,7 @@ async def kiwitrio_run(what: str, url: str, prefix: str, count: int, size: int) 
                 await comm.task_send(body, no_reply=True)
 
             await lanes(count, publish)
-            seen = 0
-            done = trio.Event()
-
-            async def consume(_comm: Any, _task: Any) -> None:
-                nonlocal seen
-                seen += 1
-                if seen == count:
-                    done.set()
-
+            consume, done = counting_subscriber(count)
             prof = profiler()
             prof.start()
             start = time.perf_counter()
@@ -155,8 +145,6 @@ async def kiwitrio_run(what: str, url: str, prefix: str, count: int, size: int) 
             elapsed = time.perf_counter() - start
             prof.stop()
         elif what == "rpc":
-            from benchmarks.client_kiwitrio import RPC_ID
-
             for _ in range(200):
                 await (await comm.rpc_send(RPC_ID, body))
             prof = profiler()

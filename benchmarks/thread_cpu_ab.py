@@ -28,7 +28,7 @@ import trio
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import DEFAULT_URL, PREFETCH
-from benchmarks.client_kiwitrio import lanes
+from benchmarks.client_kiwitrio import counting_subscriber, lanes
 
 
 async def _one_run(what: str, count: int, prefix: str) -> dict[str, float]:
@@ -49,15 +49,7 @@ async def _one_run(what: str, count: int, prefix: str) -> dict[str, float]:
             await lanes(count, publish)
         else:
             await lanes(count, publish)
-            seen = 0
-            done = trio.Event()
-
-            async def consume(_comm: Any, _task: Any) -> None:
-                nonlocal seen
-                seen += 1
-                if seen == total:
-                    done.set()
-
+            consume, done = counting_subscriber(total)
             thread0, process0, wall0 = time.thread_time(), time.process_time(), time.perf_counter()
             await comm.add_task_subscriber(consume)
             with trio.fail_after(300):
