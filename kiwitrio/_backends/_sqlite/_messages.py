@@ -124,20 +124,18 @@ def _store(tx: Tx, queues: list[str], body: bytes, properties: Mapping[str, Any]
     text = _values.dumps(properties)
     full: list[str] = []
     for queue in queues:
-        # The queue, with its consumers (two are enough to tell that there is no sole one).
-        rows = tx.execute(_QUEUE_AND_CONSUMERS, [queue]).fetchall()
-        row = rows[0]
+        row, sole = _target(tx, queue, pushable=pushable)
         if _is_full(tx, queue, row["arguments"]):
             full.append(queue)
             continue
         # The queue's TTL and the message's own: whichever ends first.
         ttls = [ttl for ttl in (expiration_ms, row["message_ttl_ms"]) if ttl is not None]
         expires_at = tx.now + min(ttls) / 1000 if ttls else None
-        if pushable and len(rows) == 1 and row["sole"] and row["empty"]:
+        if sole is not None:
             tx.execute("INSERT INTO messages (queue, body, properties, expires_at, holder, "
                        "consumer, pushed) VALUES (?, ?, ?, ?, ?, ?, 1)",
-                       [queue, body, text, expires_at, row["connection"], row["consumer"]])
-            tx.pushed[row["consumer"]] = row["connection"]
+                       [queue, body, text, expires_at, sole["connection"], sole["consumer"]])
+            tx.pushed[sole["consumer"]] = sole["connection"]
         else:
             tx.execute("INSERT INTO messages (queue, body, properties, expires_at) "
                        "VALUES (?, ?, ?, ?)", [queue, body, text, expires_at])
@@ -145,6 +143,19 @@ def _store(tx: Tx, queues: list[str], body: bytes, properties: Mapping[str, Any]
     return full
 
 
+def _target(tx: Tx, queue: str, *, pushable: bool) -> tuple[sqlite3.Row, sqlite3.Row | None]:
+    """A target queue's row, and the row naming the sole consumer a publish delivers to
+    (``None``: the message is stored ready). Only a pushable publish looks at consumers:
+    the others (tasks, results: most publishes) take the plain lookup."""
+    if not pushable:
+        return tx.one(_QUEUE, [queue]), None
+    # Two consumer rows are enough to tell that there is no sole one.
+    rows = tx.execute(_QUEUE_AND_CONSUMERS, [queue]).fetchall()
+    sole = len(rows) == 1 and rows[0]["sole"] and rows[0]["empty"]
+    return rows[0], rows[0] if sole else None
+
+
+_QUEUE = "SELECT message_ttl_ms, arguments FROM queues WHERE name = ?"
 #: A queue's row with each of its first two consumers (one row with NULLs if it has none);
 #: ``sole``: that consumer is one nobody else could compete with; ``empty``: no ready
 #: message is ahead of a new one (a pushed one must not overtake them).
